@@ -1,0 +1,139 @@
+"""Build the user's server container spec from plain values (no Docker, no traitlets).
+
+The spawner resolves identity, workspace, GPUs and the admin's escape hatches
+first, then calls `build_server_spec` once. The admin's ``extra_create_kwargs``
+and ``extra_host_config`` are merged last, every hardening key they replace is
+reported (the spawner logs each), and the guard then judges the merged result:
+an escape hatch can add, but never silently weaken.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from . import labels
+from .identity import Identity
+from .profile import SecurityProfile, render_healthcheck, render_host_config
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Keyword arguments for docker-py's ``create_container_config`` / ``create_host_config``."""
+
+    create: dict
+    host: dict
+    overridden: tuple[str, ...] = ()  # "extra_host_config['privileged']", ...
+
+
+@dataclass(frozen=True)
+class WorkspaceMount:
+    source: str  # volume name, or host path when `host_path`
+    target: str
+    host_path: bool = False
+
+    def as_mount(self) -> dict:
+        """A Docker API mount. Volumes get ``NoCopy``: see `workspace`."""
+        if self.host_path:
+            return {"Type": "bind", "Source": self.source, "Target": self.target, "ReadOnly": False}
+        return {
+            "Type": "volume",
+            "Source": self.source,
+            "Target": self.target,
+            "ReadOnly": False,
+            "VolumeOptions": {"NoCopy": True},
+        }
+
+
+@dataclass(frozen=True)
+class ServerInputs:
+    """Everything the server container is made of, already resolved."""
+
+    image: str
+    command: list[str]
+    environment: dict[str, str]
+    owner: str
+    server_name: str
+    identity: Identity
+    profile: SecurityProfile
+    workspace: WorkspaceMount
+    identity_files: dict[str, str]  # host path -> container path, bound read-only
+    gpu_uuids: tuple[str, ...]
+    gpus_since: str
+    network_name: str
+    port: int
+    version: str
+    extra_binds: dict = field(default_factory=dict)  # DockerSpawner's `volumes`, rendered
+
+
+def server_labels(inputs: ServerInputs) -> dict[str, str]:
+    return {
+        labels.MANAGED: "true",
+        labels.ROLE: labels.ROLE_SERVER,
+        labels.OWNER: inputs.owner,
+        labels.SERVER_NAME: inputs.server_name,
+        labels.UID: str(inputs.identity.uid),
+        labels.GID: str(inputs.identity.gid),
+        labels.VERSION: inputs.version,
+        labels.POLICY: inputs.profile.fingerprint(),
+        labels.GPUS: ",".join(inputs.gpu_uuids),
+        labels.GPUS_SINCE: inputs.gpus_since if inputs.gpu_uuids else "",
+    }
+
+
+def gpu_device_requests(gpu_uuids: tuple[str, ...]) -> list[dict]:
+    """An explicit device list: never a count (the engine turns a count of N
+    into devices 0..N-1 for everyone) and never 'all'."""
+    if not gpu_uuids:
+        return []
+    return [{"Driver": "nvidia", "DeviceIDs": list(gpu_uuids), "Capabilities": [["gpu"]]}]
+
+
+def merge_overrides(base: dict, extra: dict, setting: str) -> tuple[dict, list[str]]:
+    """Deep-merge ``extra`` over ``base``; name every existing key it replaces."""
+    merged = copy.deepcopy(base)
+    replaced: list[str] = []
+
+    def merge(dest: dict, src: dict, path: str) -> None:
+        for key, value in src.items():
+            where = f"{path}[{key!r}]"
+            if isinstance(value, dict) and isinstance(dest.get(key), dict):
+                merge(dest[key], value, where)
+                continue
+            if key in dest and dest[key] != value:
+                replaced.append(where)
+            dest[key] = copy.deepcopy(value)
+
+    merge(merged, extra or {}, setting)
+    return merged, replaced
+
+
+def build_server_spec(
+    inputs: ServerInputs, extra_create_kwargs: dict, extra_host_config: dict
+) -> ServerSpec:
+    ident = inputs.identity
+    create = {
+        "image": inputs.image,
+        "command": list(inputs.command),
+        "user": ident.user_spec,
+        "environment": dict(inputs.environment),
+        "working_dir": ident.home,
+        "labels": server_labels(inputs),
+        "ports": {f"{inputs.port}/tcp": None},
+        "healthcheck": render_healthcheck(inputs.profile),
+        "hostname": ident.name,
+    }
+    binds = dict(inputs.extra_binds)
+    for host_path, container_path in inputs.identity_files.items():
+        binds[host_path] = {"bind": container_path, "mode": "ro"}
+    host = {
+        **render_host_config(inputs.profile),
+        "binds": binds,
+        "mounts": [inputs.workspace.as_mount()],
+        "device_requests": gpu_device_requests(inputs.gpu_uuids),
+        "network_mode": inputs.network_name,
+        "init": True,  # reap the kernels' zombie children, forward signals
+    }
+    create, replaced_create = merge_overrides(create, extra_create_kwargs, "extra_create_kwargs")
+    host, replaced_host = merge_overrides(host, extra_host_config, "extra_host_config")
+    return ServerSpec(create, host, tuple(replaced_create + replaced_host))

@@ -1,0 +1,245 @@
+"""The guard: does a final container spec keep the policy?
+
+It reads the spec in the Docker API's own shape (``Config`` and
+``HostConfig``), which is both what the spawner is about to send to the
+engine and what ``docker inspect`` returns. So one function refuses a bad
+spawn before the container exists and audits running containers afterwards
+(``hardened-spawner check``), and neither can drift from the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .identity import MIN_SAFE_UID
+
+#: Host paths that must never be mounted into a user's container: the host's
+#: root, its configuration, kernel interfaces, devices, binaries, the engine's
+#: own state and sockets (the Docker socket is root on the host).
+SENSITIVE_HOST_PATHS = (
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/bin",
+    "/sbin",
+    "/root",
+    "/run",
+    "/var/run",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+)
+_SOCKET_NAMES = ("docker.sock", "containerd.sock", "podman.sock", "crio.sock")
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One way a spec breaks the policy, said so that an admin can act on it."""
+
+    check: str  # stable id, for --json and tests
+    key: str  # the spec field, as `docker inspect` shows it
+    setting: str  # where an admin sets it in jupyterhub_config.py
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.problem} ({self.key}, set through {self.setting}). Fix: {self.fix}"
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """What the guard allows beyond the fixed rules."""
+
+    allowed_cap_add: frozenset[str] = frozenset()
+    #: exact host paths the spawner itself bind-mounts read-only (the user's
+    #: generated passwd/group files); any other bind of a sensitive path is refused
+    allowed_bind_sources: frozenset[str] = field(default_factory=frozenset)
+    require_healthcheck: bool = True
+
+
+def _is_socket(path: str) -> bool:
+    return path.rstrip("/").endswith(_SOCKET_NAMES)
+
+
+def _is_sensitive(path: str) -> bool:
+    path = "/" + path.strip("/")
+    if path == "/" or _is_socket(path):
+        return True
+    return any(path == p or path.startswith(p + "/") for p in SENSITIVE_HOST_PATHS)
+
+
+def _host_mounts(host_config: dict) -> list[tuple[str, bool]]:
+    """(host path, read-only) of every bind mount, from Binds and Mounts."""
+    found = []
+    for bind in host_config.get("Binds") or []:
+        parts = bind.split(":")
+        if parts[0].startswith("/"):  # "name:/dst" is a named volume
+            found.append((parts[0], len(parts) > 2 and "ro" in parts[2].split(",")))
+    for mount in host_config.get("Mounts") or []:
+        if mount.get("Type") == "bind":
+            found.append((mount.get("Source", ""), bool(mount.get("ReadOnly"))))
+    return found
+
+
+def _user_uid(user: str) -> int | None:
+    uid = user.split(":", 1)[0]
+    return int(uid) if uid.isdigit() else None
+
+
+def check_container(config: dict, host_config: dict, policy: GuardPolicy) -> list[Violation]:
+    """Every way ``config``/``host_config`` break the policy; empty means allowed."""
+    v: list[Violation] = []
+
+    def refuse(check, key, setting, problem, fix):
+        v.append(Violation(check, key, setting, problem, fix))
+
+    if host_config.get("Privileged"):
+        refuse(
+            "privileged", "HostConfig.Privileged", "extra_host_config['privileged']",
+            "The container would run privileged, with every capability and every host device",
+            "remove 'privileged'; it is never allowed",
+        )
+    for key, kwarg in (
+        ("NetworkMode", "network_mode"),
+        ("PidMode", "pid_mode"),
+        ("IpcMode", "ipc_mode"),
+        ("UTSMode", "uts_mode"),
+        ("UsernsMode", "userns_mode"),
+    ):
+        mode = host_config.get(key) or ""
+        if mode == "host" or mode.startswith("container:"):
+            refuse(
+                "host-namespace", f"HostConfig.{key}", f"extra_host_config['{kwarg}']",
+                f"The container would share the {'host' if mode == 'host' else 'another container'}'s "
+                f"{kwarg.split('_')[0]} namespace ({mode!r})",
+                f"remove '{kwarg}' so the container gets its own namespace",
+            )
+    for source, read_only in _host_mounts(host_config):
+        if source in policy.allowed_bind_sources and read_only:
+            continue
+        if _is_socket(source):
+            refuse(
+                "docker-socket", "HostConfig.Binds/Mounts", "volumes or extra_host_config",
+                f"The engine socket {source} would be mounted; whoever holds it is root on the host",
+                "remove that mount",
+            )
+        elif _is_sensitive(source):
+            refuse(
+                "sensitive-mount", "HostConfig.Binds/Mounts", "volumes or extra_host_config",
+                f"The host path {source} would be mounted into a user's container",
+                "mount a dedicated data directory instead of a system path",
+            )
+    if host_config.get("Devices"):
+        refuse(
+            "devices", "HostConfig.Devices", "extra_host_config['devices']",
+            "Host devices would be mapped into the container",
+            "remove 'devices'; GPUs are assigned by the spawner (gpu_* settings)",
+        )
+    for request in host_config.get("DeviceRequests") or []:
+        if request.get("Count") or not request.get("DeviceIDs"):
+            refuse(
+                "gpu-count", "HostConfig.DeviceRequests", "extra_host_config['device_requests']",
+                "A GPU request by count or 'all' would hand out devices nobody assigned",
+                "remove 'device_requests'; the spawner assigns explicit GPUs",
+            )
+    if "ALL" not in [c.upper() for c in host_config.get("CapDrop") or []]:
+        refuse(
+            "cap-drop", "HostConfig.CapDrop", "extra_host_config['cap_drop']",
+            "Not all capabilities would be dropped",
+            "keep cap_drop=['ALL']",
+        )
+    extra_caps = sorted(
+        {c.upper().removeprefix("CAP_") for c in host_config.get("CapAdd") or []}
+        - policy.allowed_cap_add
+    )
+    if extra_caps:
+        refuse(
+            "cap-add", "HostConfig.CapAdd", "HardenedSpawner.cap_add or extra_host_config['cap_add']",
+            f"Capabilities outside the allowlist would be added: {', '.join(extra_caps)}",
+            "add capabilities only through HardenedSpawner.cap_add, from its allowlist",
+        )
+    if host_config.get("GroupAdd"):
+        refuse(
+            "group-add", "HostConfig.GroupAdd", "extra_host_config['group_add']",
+            f"Supplementary groups would be added: {', '.join(map(str, host_config['GroupAdd']))}",
+            "remove 'group_add'; each user has only their private group",
+        )
+    user = config.get("User") or ""
+    uid = _user_uid(user)
+    if uid is None or uid < MIN_SAFE_UID:
+        refuse(
+            "user", "Config.User", "extra_create_kwargs['user']",
+            f"The server would run as {user or 'the image default user'!r}, "
+            f"not as a dedicated UID >= {MIN_SAFE_UID}",
+            "do not override 'user'; the spawner sets the user's own UID:GID",
+        )
+    if "--allow-root" in (config.get("Cmd") or []) + (config.get("Entrypoint") or []):
+        refuse(
+            "allow-root", "Config.Cmd", "HardenedSpawner.cmd / args",
+            "The server command contains --allow-root",
+            "remove --allow-root from cmd and args",
+        )
+    if not host_config.get("ReadonlyRootfs"):
+        refuse(
+            "read-only-root", "HostConfig.ReadonlyRootfs", "extra_host_config['read_only']",
+            "The root filesystem would be writable",
+            "keep read_only=True; writable places are the workspace and the tmpfs mounts",
+        )
+    opts = [o.replace(":", "=", 1) for o in host_config.get("SecurityOpt") or []]
+    if not ({"no-new-privileges", "no-new-privileges=true"} & set(opts)):
+        refuse(
+            "no-new-privileges", "HostConfig.SecurityOpt", "extra_host_config['security_opt']",
+            "no-new-privileges is not set, so setuid programs could raise privileges",
+            "keep 'no-new-privileges:true' in security_opt",
+        )
+    for unconfined, what in (("seccomp=unconfined", "seccomp"), ("apparmor=unconfined", "AppArmor")):
+        if unconfined in opts:
+            refuse(
+                f"{what.lower()}-unconfined", "HostConfig.SecurityOpt",
+                "extra_host_config['security_opt']",
+                f"{what} would be switched off ({unconfined})",
+                f"remove '{unconfined}'",
+            )
+    if not host_config.get("Memory"):
+        refuse(
+            "memory", "HostConfig.Memory", "HardenedSpawner.mem_limit",
+            "No memory limit: one user could exhaust the host's memory",
+            "set mem_limit",
+        )
+    if host_config.get("OomKillDisable"):
+        refuse(
+            "oom-kill-disable", "HostConfig.OomKillDisable", "extra_host_config['oom_kill_disable']",
+            "The OOM killer would be disabled for this container",
+            "remove 'oom_kill_disable'",
+        )
+    if not (host_config.get("NanoCpus") or host_config.get("CpuQuota")):
+        refuse(
+            "cpu", "HostConfig.NanoCpus", "HardenedSpawner.cpu_limit",
+            "No CPU limit: one user could take every core",
+            "set cpu_limit",
+        )
+    pids = host_config.get("PidsLimit")
+    if not pids or pids < 0:
+        refuse(
+            "pids", "HostConfig.PidsLimit", "HardenedSpawner.pids_limit",
+            "No process limit: a fork bomb could exhaust the host's process table",
+            "set pids_limit",
+        )
+    healthcheck = config.get("Healthcheck") or {}
+    if policy.require_healthcheck and (not healthcheck.get("Test") or healthcheck["Test"] == ["NONE"]):
+        refuse(
+            "healthcheck", "Config.Healthcheck", "HardenedSpawner.healthcheck",
+            "The container has no healthcheck",
+            "keep the default healthcheck",
+        )
+    return v
+
+
+def describe(violations: list[Violation]) -> str:
+    """One message for the spawn page and the log: every reason, each with its fix."""
+    lines = [f"- {violation}" for violation in violations]
+    return "The server was not started because its container would break the security policy:\n" + "\n".join(lines)

@@ -1,0 +1,185 @@
+"""Which UID/GID a hub user runs as, and how the container learns that name.
+
+Every user gets a UID of their own and a private group with the same number:
+two users sharing a UID could read each other's workspaces, and UID 0 is root.
+Once a user has a UID, it never moves: their workspace files are owned by it,
+so a later change of configuration must not silently re-home them onto
+another number. The functions here only decide; the spawner persists.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: The lowest UID that may be handed out. Below it live the host's system
+#: accounts and the first human accounts of a typical Linux host.
+MIN_SAFE_UID = 1000
+
+_POSIX_NAME_MAX = 32
+
+
+class IdentityError(Exception):
+    """A user cannot be given a safe identity; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the user is inside their container."""
+
+    uid: int
+    gid: int
+    name: str  # the POSIX login name: what `id -un` and `whoami` print
+    home: str
+
+    @property
+    def user_spec(self) -> str:
+        """The container's `User` field: numeric, so no passwd lookup is needed to start."""
+        return f"{self.uid}:{self.gid}"
+
+
+def check_uid_range(uid_min: int, uid_max: int) -> None:
+    """Reject a range that could hand out root or a host system account."""
+    if uid_min < MIN_SAFE_UID:
+        raise IdentityError(
+            f"HardenedSpawner.uid_min is {uid_min}; it must be at least {MIN_SAFE_UID} "
+            "so that no user runs as root or as a host system account. "
+            "Pick a range above your host's human accounts, e.g. 200000."
+        )
+    if uid_max <= uid_min:
+        raise IdentityError(
+            f"HardenedSpawner.uid_max ({uid_max}) must be greater than "
+            f"HardenedSpawner.uid_min ({uid_min})."
+        )
+    if uid_max > 2**31 - 2:
+        raise IdentityError(
+            f"HardenedSpawner.uid_max ({uid_max}) is above the largest UID Linux "
+            f"accepts ({2**31 - 2})."
+        )
+
+
+def check_static_uids(uid_map: dict[str, int], uid_min: int, uid_max: int) -> None:
+    """Static UIDs must be safe, unique, and outside the derived range.
+
+    Outside the range, because a derived UID is ``uid_min + hub user id``:
+    a static UID inside it would one day collide with a derived one.
+    """
+    seen: dict[int, str] = {}
+    for name, uid in sorted(uid_map.items()):
+        if not isinstance(uid, int) or isinstance(uid, bool):
+            raise IdentityError(
+                f"HardenedSpawner.uid_map[{name!r}] is {uid!r}; UIDs must be integers."
+            )
+        if uid < MIN_SAFE_UID:
+            raise IdentityError(
+                f"HardenedSpawner.uid_map[{name!r}] is {uid}; UIDs below "
+                f"{MIN_SAFE_UID} (root and system accounts) are never handed out."
+            )
+        if uid_min <= uid <= uid_max:
+            raise IdentityError(
+                f"HardenedSpawner.uid_map[{name!r}] is {uid}, inside the derived range "
+                f"{uid_min}-{uid_max} (HardenedSpawner.uid_min/uid_max), where it would "
+                "collide with another user's UID. Choose a UID outside that range."
+            )
+        if uid in seen:
+            raise IdentityError(
+                f"HardenedSpawner.uid_map gives UID {uid} to both {seen[uid]!r} and "
+                f"{name!r}; every user needs a UID of their own."
+            )
+        seen[uid] = name
+
+
+def derived_uid(hub_user_id: int, uid_min: int, uid_max: int) -> int:
+    """The default UID: ``uid_min + hub user id``.
+
+    The hub's user id is unique and never reused while the user exists, so the
+    result is unique and stable without any table of our own.
+    """
+    uid = uid_min + hub_user_id
+    if uid > uid_max:
+        raise IdentityError(
+            f"No UID left for hub user id {hub_user_id}: {uid_min} + {hub_user_id} "
+            f"is above HardenedSpawner.uid_max ({uid_max}). Ask your admin to raise uid_max."
+        )
+    return uid
+
+
+def check_policy_uid(uid: object, username: str) -> int:
+    """Validate a UID produced by a map or an admin callable."""
+    if not isinstance(uid, int) or isinstance(uid, bool):
+        raise IdentityError(
+            f"The UID chosen for {username!r} is {uid!r}, not an integer. "
+            "Fix HardenedSpawner.uid_map (or the callable given there)."
+        )
+    if uid < MIN_SAFE_UID:
+        raise IdentityError(
+            f"The UID chosen for {username!r} is {uid}; UIDs below {MIN_SAFE_UID} "
+            "(root and system accounts) are never used. Fix HardenedSpawner.uid_map."
+        )
+    return uid
+
+
+@dataclass(frozen=True)
+class UidDecision:
+    uid: int
+    source: str  # "state", "workspace" or "policy"
+    warning: str | None = None
+
+
+def resolve_uid(
+    username: str,
+    *,
+    from_state: int | None,
+    from_workspace: int | None,
+    from_policy: int,
+) -> UidDecision:
+    """Choose the UID for this start, preferring what the user already has.
+
+    Order: the hub's stored spawner state, then the label on the user's
+    existing workspace volume (the engine remembers even if the hub database
+    was reset), then the configured policy. A policy that now disagrees is
+    reported, never applied: moving a user would orphan their files.
+    """
+    for uid, source in ((from_state, "state"), (from_workspace, "workspace")):
+        if uid is None:
+            continue
+        warning = None
+        if uid != from_policy:
+            warning = (
+                f"{username} keeps UID {uid} (from {source}); the current policy "
+                f"would give {from_policy}. Users never move UIDs over existing files; "
+                "to move this user, migrate their workspace and clear their state."
+            )
+        return UidDecision(uid, source, warning)
+    return UidDecision(from_policy, "policy")
+
+
+_NOT_POSIX = re.compile(r"[^a-z0-9_-]+")
+
+
+def posix_name(username: str, uid: int) -> str:
+    """A login name safe for /etc/passwd, derived from the hub user name.
+
+    Hub names may be e-mail addresses or contain any Unicode; passwd names may
+    not. Lower-case, replace the rest with '-', and fall back to ``user<UID>``
+    when nothing usable is left.
+    """
+    name = _NOT_POSIX.sub("-", username.split("@", 1)[0].lower()).strip("-")
+    if not name or not name[0].isalpha():
+        name = f"user{uid}"
+    return name[:_POSIX_NAME_MAX]
+
+
+def make_identity(username: str, uid: int, home_template: str) -> Identity:
+    """Build the identity for a resolved UID; the GID is the private group's."""
+    name = posix_name(username, uid)
+    return Identity(uid=uid, gid=uid, name=name, home=home_template.format(username=name))
+
+
+def passwd_entry(identity: Identity) -> str:
+    return f"{identity.name}:x:{identity.uid}:{identity.gid}::{identity.home}:/bin/bash"
+
+
+def group_entry(identity: Identity) -> str:
+    return f"{identity.name}:x:{identity.gid}:"
+

@@ -1,0 +1,72 @@
+"""The spawn page's GPU choice: the form, and re-validation of what comes back.
+
+User options can arrive from the form or straight from the REST API, so
+`gpu_request` checks them again before anything is assigned.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+
+class OptionsError(ValueError):
+    """Invalid user options; the message is shown on the spawn page."""
+
+
+async def gpu_options_form(spawner) -> str:
+    """A GPU count select (0..the user's limit), shown only when the hub has GPUs."""
+    allocator = spawner.gpus.allocator
+    summary = allocator.summary()
+    if not summary.total:
+        return ""
+    limit = allocator.user_limit(spawner.user.name, [g.name for g in spawner.user.groups])
+    default = min(spawner.gpu_default_per_user, limit)
+    choices = "".join(
+        f'<option value="{n}"{" selected" if n == default else ""}>'
+        f'{n}{" (CPU only)" if n == 0 else ""}</option>'
+        for n in range(limit + 1)
+    )
+    form = (
+        '<label for="hs-gpus">GPUs</label>'
+        f'<select id="hs-gpus" name="gpus" class="form-control">{choices}</select>'
+        f"<p>{summary.free} of {summary.total} GPUs are free right now.</p>"
+    )
+    if spawner.user.admin:
+        devices = ", ".join(escape(d.uuid) for d in allocator.inventory)
+        form += (
+            '<label for="hs-gpu-devices">Specific GPU UUIDs (admins, optional)</label>'
+            '<input id="hs-gpu-devices" name="gpu_devices" class="form-control" '
+            f'placeholder="{devices}">'
+        )
+    return form
+
+
+def parse_gpu_options(formdata: dict) -> dict:
+    """Form fields (lists of strings) to user options."""
+    options = {}
+    if formdata.get("gpus", [""])[0].strip():
+        options["gpus"] = formdata["gpus"][0].strip()
+    devices = formdata.get("gpu_devices", [""])[0]
+    if devices.strip():
+        options["gpu_devices"] = [d.strip() for d in devices.split(",") if d.strip()]
+    if formdata.get("image", [""])[0].strip():
+        options["image"] = formdata["image"][0].strip()
+    return options
+
+
+def gpu_request(user_options: dict) -> tuple[int | None, list[str] | None]:
+    """(count, devices) from user options, or `OptionsError` saying what is wrong."""
+    count = user_options.get("gpus")
+    if count is not None:
+        try:
+            count = int(count)
+        except (TypeError, ValueError):
+            raise OptionsError(f"The number of GPUs must be a whole number, not {count!r}.") from None
+        if count < 0:
+            raise OptionsError(f"The number of GPUs cannot be negative ({count}).")
+    devices = user_options.get("gpu_devices")
+    if devices is not None and (
+        not isinstance(devices, list) or not all(isinstance(d, str) for d in devices)
+    ):
+        raise OptionsError("gpu_devices must be a list of GPU UUIDs.")
+    return count, devices

@@ -1,0 +1,871 @@
+"""HardenedSpawner: the glue between JupyterHub, the policy modules and the engine.
+
+Every decision lives in a pure module (identity, profile, guard, container,
+workspace, gpus); this class reads the settings, asks the engine what it
+must know, calls those functions in order and reports progress, refusals and
+events. ``start`` is the whole story:
+
+identity -> workspace -> GPUs -> container spec -> guard -> create -> start -> wait
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import asdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+import docker.errors
+from dockerspawner import DockerSpawner
+from jupyterhub.traitlets import ByteSpecification
+from jupyterhub.utils import maybe_future, url_path_join
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from traitlets import (
+    Bool,
+    Callable,
+    Dict,
+    Integer,
+    List,
+    TraitError,
+    Unicode,
+    Union,
+    default,
+    validate,
+)
+
+from . import labels
+from ._version import __version__
+from .audit import get_audit_trail
+from .container import ServerInputs, WorkspaceMount, build_server_spec
+from .environment import hardened_environment
+from .errors import SpawnRefused
+from .gpu_broker import GpuBroker, holder_key
+from .gpus import (
+    GpuAllocationError,
+    GpuAllocator,
+    GpuConfigError,
+    GpuPolicy,
+    discover_nvidia_smi,
+    discover_nvml,
+    parse_static_inventory,
+)
+from .guard import GuardPolicy, check_container, describe
+from .identity import (
+    IdentityError,
+    check_policy_uid,
+    check_static_uids,
+    check_uid_range,
+    derived_uid,
+    make_identity,
+    resolve_uid,
+)
+from .options import OptionsError, gpu_options_form, gpu_request, parse_gpu_options
+from .profile import (
+    ProfileError,
+    SecurityProfile,
+    normalise_capability,
+    server_healthcheck,
+)
+from .workspace import (
+    IDENTITY_VOLUME,
+    PreparedMarker,
+    WorkspaceError,
+    helper_container_spec,
+    identity_file_sources,
+    interpret_helper_result,
+    volume_labels,
+)
+
+_MIB = 1024 * 1024
+
+
+class _HubWide:
+    """What every spawner in one hub process shares: built once, on first use."""
+
+    executor: ThreadPoolExecutor | None = None
+    broker: GpuBroker | None = None
+    engine_facts: dict | None = None
+    engine_lock: asyncio.Lock | None = None
+
+
+class HardenedSpawner(DockerSpawner):
+    """A DockerSpawner whose users each run as their own UID in a locked-down container."""
+
+    # --- identity -------------------------------------------------------
+
+    uid_min = Integer(
+        200000,
+        help="""Lowest UID handed out. A user's default UID is `uid_min + hub user id`
+        (and their private GID is the same number). Keep the range above every
+        account on the Docker host, so files in workspaces never map to a host user.""",
+    ).tag(config=True)
+
+    uid_max = Integer(
+        999_999_999,
+        help="Highest UID handed out; a spawn that would need more is refused with a clear message.",
+    ).tag(config=True)
+
+    uid_map = Union(
+        [Dict(), Callable()],
+        default_value={},
+        help="""Static UIDs instead of derived ones: a dict `{hub username: UID}`, or a
+        callable `f(spawner) -> UID` (may be async). Values must be >= 1000, unique,
+        and outside `uid_min`..`uid_max`. Users without an entry get derived UIDs.
+        A user who already has a UID keeps it even if this changes later: changing
+        it never silently moves anyone over their existing files (the hub logs a warning).""",
+    ).tag(config=True)
+
+    home_template = Unicode(
+        "/home/{username}",
+        help="""Where the workspace is mounted and HOME points; `{username}` is the
+        user's POSIX login name (the hub name made safe for /etc/passwd).""",
+    ).tag(config=True)
+
+    # --- workspace ------------------------------------------------------
+
+    workspace_volume_name = Unicode(
+        "jupyterhub-workspace-{username}",
+        help="""Name of each user's persistent workspace volume (DockerSpawner templates:
+        `{username}`, `{raw_username}`...). It is created if missing, owned by the
+        user's UID:GID with mode 0700 before the server starts, and never deleted.""",
+    ).tag(config=True)
+
+    workspace_host_path = Unicode(
+        "",
+        help="""If set, a host directory template used as the workspace instead of a named
+        volume (e.g. `/srv/workspaces/{username}`); it is created and prepared the same way.""",
+    ).tag(config=True)
+
+    workspace_allow_adopt = Bool(
+        False,
+        help="""Allow re-owning a workspace that belongs to another UID (recursively) to the
+        user's UID. Off by default: such a workspace is refused with a clear message,
+        because it may hold someone else's files.""",
+    ).tag(config=True)
+
+    # --- security profile -----------------------------------------------
+
+    cap_add = List(
+        Unicode(),
+        help="""Capabilities added back after dropping ALL. Empty by default (a non-root
+        process has no effective capabilities anyway). Only CHOWN, FOWNER, SETUID,
+        SETGID, KILL, NET_BIND_SERVICE and SYS_NICE may be added; others are an error.""",
+    ).tag(config=True)
+
+    pids_limit = Integer(
+        1024,
+        help="Most processes and threads in a server; stops fork bombs. Must be > 0.",
+    ).tag(config=True)
+
+    shm_size = ByteSpecification(
+        "1G",
+        help="""Size of /dev/shm. PyTorch DataLoader workers pass batches through it; Docker's
+        64M default crashes them. At least 64M. Never use `ipc_mode=host` instead.""",
+    ).tag(config=True)
+
+    tmp_size = ByteSpecification(
+        "1G",
+        help="Size of the /tmp tmpfs (counts against the memory limit when used).",
+    ).tag(config=True)
+
+    extra_tmpfs = Dict(
+        help="""More size-limited tmpfs mounts, `{path: size}` (e.g. `{"/var/tmp": "256M"}`),
+        for images that need other writable paths under the read-only root.""",
+    ).tag(config=True)
+
+    seccomp_profile = Unicode(
+        "",
+        help="""Path to a custom seccomp profile (JSON) on the hub's filesystem. Empty keeps
+        the engine's default profile, which is always on; `unconfined` is refused.""",
+    ).tag(config=True)
+
+    apparmor_profile = Unicode(
+        "docker-default",
+        help="""AppArmor profile for servers, applied where the engine supports AppArmor
+        (it reports it in `docker info`); ignored, with a log line, elsewhere.""",
+    ).tag(config=True)
+
+    healthcheck = Dict(
+        help="""The servers' healthcheck, in docker-py form (`test`, `interval`, ... in ns).
+        Default: the server's own /api, asked from inside the container every 30 s.""",
+    ).tag(config=True)
+
+    # --- GPUs -----------------------------------------------------------
+
+    gpu_inventory = Union(
+        [Unicode(), List()],
+        default_value="none",
+        help="""Where the GPUs come from: `"nvml"` (needs nvidia-ml-py), `"nvidia-smi"`,
+        `"none"`, or a static list of UUID strings or dicts `{uuid, index, name, parent_uuid}`.""",
+    ).tag(config=True)
+
+    gpu_pool = List(
+        Unicode(),
+        allow_none=True,
+        default_value=None,
+        help="UUIDs of the devices that may be assigned; None means every device in the inventory.",
+    ).tag(config=True)
+
+    gpu_default_per_user = Integer(
+        0, help="GPUs a user gets when they do not choose (0 allowed)."
+    ).tag(config=True)
+
+    gpu_max_per_user = Integer(1, help="Most GPUs one server may hold.").tag(config=True)
+
+    gpu_group_max = Dict(
+        help="`{group: max GPUs}`; a user's limit is the highest entry among their groups."
+    ).tag(config=True)
+
+    gpu_pins = Dict(
+        help="`{username: [UUID, ...]}`: devices reserved for a user, always given to them."
+    ).tag(config=True)
+
+    gpu_max_users_per_gpu = Integer(
+        1,
+        help="""1 = exclusive (default). More lets that many servers share one GPU, with NO
+        isolation between them (memory, compute and faults are shared).""",
+    ).tag(config=True)
+
+    # --- audit and engine -----------------------------------------------
+
+    audit_log = Unicode(
+        "",
+        help="""Where the audit trail goes: a file path (JSON lines, appended), `stdout`,
+        `stderr` or `-`, or empty for none.""",
+    ).tag(config=True)
+
+    docker_threads = Integer(
+        16,
+        help="""Threads for Docker API calls, shared by all users. DockerSpawner uses one,
+        so one slow call delays every user's spawn.""",
+    ).tag(config=True)
+
+    # --- DockerSpawner defaults that hardening changes ------------------
+
+    @default("mem_limit")
+    def _default_mem_limit(self):
+        return 8 * 1024 * _MIB
+
+    @default("cpu_limit")
+    def _default_cpu_limit(self):
+        return 4.0
+
+    @default("remove")
+    def _default_remove(self):
+        return True
+
+    @default("network_name")
+    def _default_network_name(self):
+        return "hardened-spawner-users"
+
+    @default("name_template")
+    def _default_name_template(self):
+        return "jupyter-{username}--{servername}" if self.name else "jupyter-{username}"
+
+    @default("healthcheck")
+    def _default_healthcheck(self):
+        return server_healthcheck()
+
+    @default("options_form")
+    def _default_options_form(self):
+        return gpu_options_form
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return parse_gpu_options
+
+    # --- validation: bad config fails at hub start, naming the setting ---
+
+    @validate("remove")
+    def _validate_remove(self, proposal):
+        if not proposal.value:
+            raise TraitError(
+                "HardenedSpawner.remove must stay True: a kept container would restart "
+                "with stale GPUs and an old policy. Workspaces persist anyway."
+            )
+        return True
+
+    @validate("uid_min")
+    def _validate_uid_min(self, proposal):
+        _as_trait_error(check_uid_range, proposal.value, proposal.value + 1)
+        return proposal.value
+
+    @validate("cap_add")
+    def _validate_cap_add(self, proposal):
+        try:
+            return [normalise_capability(c) for c in proposal.value]
+        except ProfileError as e:
+            raise TraitError(str(e)) from None
+
+    @validate("pids_limit", "docker_threads")
+    def _validate_positive(self, proposal):
+        if proposal.value < 1:
+            raise TraitError(
+                f"HardenedSpawner.{proposal.trait.name} must be at least 1, not {proposal.value}."
+            )
+        return proposal.value
+
+    @validate("shm_size", "tmp_size")
+    def _validate_scratch_size(self, proposal):
+        if proposal.value < 64 * _MIB:
+            raise TraitError(
+                f"HardenedSpawner.{proposal.trait.name} is {proposal.value} bytes; use at "
+                "least 64M (e.g. '1G')."
+            )
+        return proposal.value
+
+    @validate("extra_tmpfs")
+    def _validate_extra_tmpfs(self, proposal):
+        sizes = {}
+        for path, size in proposal.value.items():
+            if not path.startswith("/") or path.rstrip("/") in ("", "/dev/shm", "/tmp"):
+                raise TraitError(
+                    f"HardenedSpawner.extra_tmpfs: {path!r} must be an absolute path other "
+                    "than /, /tmp and /dev/shm (those have tmp_size and shm_size)."
+                )
+            try:
+                sizes[path] = ByteSpecification().validate(self, size)
+            except TraitError:
+                raise TraitError(
+                    f"HardenedSpawner.extra_tmpfs[{path!r}] = {size!r} is not a size like '256M'."
+                ) from None
+        return sizes
+
+    @validate("seccomp_profile")
+    def _validate_seccomp(self, proposal):
+        if not proposal.value:
+            return ""
+        if proposal.value.strip() == "unconfined":
+            raise TraitError("HardenedSpawner.seccomp_profile: 'unconfined' is never allowed.")
+        try:
+            with open(proposal.value) as f:
+                json.load(f)
+        except (OSError, ValueError) as e:
+            raise TraitError(
+                f"HardenedSpawner.seccomp_profile: cannot read a JSON profile from "
+                f"{proposal.value!r} ({e})."
+            ) from None
+        return proposal.value
+
+    @validate("mem_limit")
+    def _validate_mem_limit(self, proposal):
+        if proposal.value is None or proposal.value < 128 * _MIB:
+            raise TraitError(
+                f"HardenedSpawner.mem_limit must be set and at least 128M, not {proposal.value!r}."
+            )
+        return proposal.value
+
+    @validate("cpu_limit")
+    def _validate_cpu_limit(self, proposal):
+        if proposal.value is None or proposal.value <= 0:
+            raise TraitError(f"HardenedSpawner.cpu_limit must be > 0, not {proposal.value!r}.")
+        return proposal.value
+
+    @validate("gpu_default_per_user", "gpu_max_per_user", "gpu_max_users_per_gpu")
+    def _validate_gpu_numbers(self, proposal):
+        low = 1 if proposal.trait.name == "gpu_max_users_per_gpu" else 0
+        if proposal.value < low:
+            raise TraitError(
+                f"HardenedSpawner.{proposal.trait.name} must be at least {low}, not {proposal.value}."
+            )
+        return proposal.value
+
+    def check_config(self) -> None:
+        """Checks across settings, run once at hub start (see `_check_at_hub_start`)."""
+        _as_trait_error(check_uid_range, self.uid_min, self.uid_max)
+        if isinstance(self.uid_map, dict):
+            _as_trait_error(check_static_uids, self.uid_map, self.uid_min, self.uid_max)
+        try:
+            self.gpu_allocator()
+        except (GpuConfigError, ValueError, OSError) as e:
+            raise TraitError(str(e)) from None
+
+    # --- hub-wide shared pieces -----------------------------------------
+
+    @property
+    def executor(self):
+        """A pool shared by all users, so one slow Docker call does not queue the others."""
+        if _HubWide.executor is None:
+            _HubWide.executor = ThreadPoolExecutor(self.docker_threads, "hardened-docker")
+        return _HubWide.executor
+
+    @property
+    def audit(self):
+        return get_audit_trail(self.audit_log, self.log)
+
+    def gpu_allocator(self) -> GpuAllocator:
+        source = self.gpu_inventory
+        if isinstance(source, list):
+            inventory = parse_static_inventory(source)
+        elif source == "nvml":
+            inventory = discover_nvml()
+        elif source == "nvidia-smi":
+            inventory = discover_nvidia_smi()
+        elif source == "none":
+            inventory = ()
+        else:
+            raise GpuConfigError(
+                "gpu_inventory", f"{source!r} is not 'nvml', 'nvidia-smi', 'none' or a list."
+            )
+        policy = GpuPolicy(
+            default_per_user=self.gpu_default_per_user,
+            max_per_user=self.gpu_max_per_user,
+            group_max=dict(self.gpu_group_max),
+            pins={user: tuple(devices) for user, devices in self.gpu_pins.items()},
+            max_users_per_gpu=self.gpu_max_users_per_gpu,
+            pool=None if self.gpu_pool is None else tuple(self.gpu_pool),
+        )
+        return GpuAllocator(inventory, policy)
+
+    @property
+    def gpus(self) -> GpuBroker:
+        if _HubWide.broker is None:
+            _HubWide.broker = GpuBroker(self.gpu_allocator(), self._running_servers, self.log)
+        return _HubWide.broker
+
+    async def _running_servers(self) -> list[dict]:
+        filters = {"label": [f"{labels.MANAGED}=true", f"{labels.ROLE}={labels.ROLE_SERVER}"]}
+        return await self.docker("containers", filters=filters)
+
+    async def _engine_facts(self) -> dict:
+        """Facts about the engine every spawn needs, asked once per hub process:
+        AppArmor support, the identity volume's host path, the users' network."""
+        if _HubWide.engine_lock is None:
+            _HubWide.engine_lock = asyncio.Lock()
+        async with _HubWide.engine_lock:
+            if _HubWide.engine_facts is None:
+                info = await self.docker("info")
+                apparmor = any("apparmor" in o for o in info.get("SecurityOptions") or [])
+                identity = await self._ensure_volume(
+                    IDENTITY_VOLUME, {labels.MANAGED: "true", labels.ROLE: labels.ROLE_IDENTITY}
+                )
+                await self._ensure_network()
+                _HubWide.engine_facts = {
+                    "apparmor": apparmor,
+                    "identity_mountpoint": identity["Mountpoint"],
+                }
+                if not apparmor and self.apparmor_profile:
+                    self.log.info("The engine has no AppArmor; servers run without an AppArmor profile.")
+            return _HubWide.engine_facts
+
+    async def _ensure_volume(self, name: str, volume_labels: dict) -> dict:
+        try:
+            return await self.docker("inspect_volume", name)
+        except docker.errors.NotFound:
+            await self.docker("create_volume", name=name, labels=volume_labels)
+            return await self.docker("inspect_volume", name)
+
+    async def _ensure_network(self) -> None:
+        if self.network_name in ("bridge", "host", "none"):
+            return
+        found = await self.docker("networks", names=[self.network_name])
+        if not [n for n in found if n["Name"] == self.network_name]:
+            self.log.info("Creating the users' network %s", self.network_name)
+            await self.docker(
+                "create_network",
+                self.network_name,
+                driver="bridge",
+                labels={labels.MANAGED: "true"},
+            )
+
+    # --- state: the UID and the prepared workspace outlive each server ---
+
+    _uid: int | None = None
+    _prepared: str = ""
+    _gpus_held: tuple[str, ...] = ()
+
+    def load_state(self, state):
+        super().load_state(state)
+        self._uid = state.get("uid", self._uid)
+        self._prepared = state.get("workspace_prepared", self._prepared)
+
+    def get_state(self):
+        state = super().get_state()
+        if self._uid is not None:
+            state["uid"] = self._uid
+        if self._prepared:
+            state["workspace_prepared"] = self._prepared
+        return state
+
+    def clear_state(self):
+        """Forget the container, never the UID: it owns the user's files."""
+        uid, prepared = self._uid, self._prepared
+        super().clear_state()
+        self._uid, self._prepared = uid, prepared
+
+    # --- progress on the spawn page ---------------------------------------
+
+    def _report(self, progress: int, message: str) -> None:
+        self.log.info("%s: %s", self._log_name, message)
+        self._events.append({"progress": progress, "message": message})
+        self._event_signal.set()
+
+    async def progress(self):
+        sent = 0
+        while True:
+            while sent < len(self._events):
+                yield self._events[sent]
+                sent += 1
+            if self._start_done:
+                return
+            self._event_signal.clear()
+            await self._event_signal.wait()
+
+    # --- start, step by step -----------------------------------------------
+
+    async def _policy_uid(self) -> int:
+        if callable(self.uid_map):
+            uid = await maybe_future(self.uid_map(self))
+            return check_policy_uid(uid, self.user.name)
+        if self.user.name in self.uid_map:
+            return check_policy_uid(self.uid_map[self.user.name], self.user.name)
+        return derived_uid(self.user.id, self.uid_min, self.uid_max)
+
+    def _workspace_source(self) -> tuple[str, bool]:
+        if self.workspace_host_path:
+            return self._render_templates(self.workspace_host_path), True
+        return self._render_templates(self.workspace_volume_name), False
+
+    async def _resolve_identity(self):
+        source, is_host_path = self._workspace_source()
+        workspace_uid = None
+        if not is_host_path:
+            try:
+                volume = await self.docker("inspect_volume", source)
+                workspace_uid = int((volume.get("Labels") or {}).get(labels.UID, "") or 0) or None
+            except docker.errors.NotFound:
+                pass
+        decision = resolve_uid(
+            self.user.name,
+            from_state=self._uid,
+            from_workspace=workspace_uid,
+            from_policy=await self._policy_uid(),
+        )
+        if decision.warning:
+            self.log.warning(decision.warning)
+        await self._check_uid_unique(decision.uid)
+        self._uid = decision.uid
+        return make_identity(self.user.name, decision.uid, self.home_template)
+
+    async def _check_uid_unique(self, uid: int) -> None:
+        """No other user's workspace or server may carry this UID on the engine."""
+        filters = {"label": [f"{labels.MANAGED}=true", f"{labels.UID}={uid}"]}
+        volumes = (await self.docker("volumes", filters=filters)).get("Volumes") or []
+        containers = await self.docker("containers", all=True, filters=filters)
+        owners = {(v.get("Labels") or {}).get(labels.OWNER) for v in volumes}
+        owners |= {(c.get("Labels") or {}).get(labels.OWNER) for c in containers}
+        others = owners - {self.user.name, None}
+        if others:
+            raise IdentityError(
+                f"UID {uid} is already used by another user's workspace, so it cannot be "
+                "yours too. Ask your hub admin to fix HardenedSpawner.uid_map."
+            )
+
+    async def _prepare_workspace(self, identity, image_id: str) -> WorkspaceMount:
+        source, is_host_path = self._workspace_source()
+        mount = WorkspaceMount(source, identity.home, host_path=is_host_path)
+        created = False
+        if not is_host_path:
+            try:
+                await self.docker("inspect_volume", source)
+            except docker.errors.NotFound:
+                await self.docker(
+                    "create_volume",
+                    name=source,
+                    labels=volume_labels(self.user.name, identity, __version__),
+                )
+                created = True
+        marker = PreparedMarker(source, identity.uid, image_id).as_state()
+        if created or marker != self._prepared:
+            self._report(20, "Preparing your workspace")
+            await self._run_helper(identity, mount)
+            self._prepared = marker
+        return mount
+
+    async def _run_helper(self, identity, mount: WorkspaceMount) -> None:
+        create, host = helper_container_spec(
+            image=self.image,
+            volume=mount.source,
+            identity=identity,
+            owner=self.user.name,
+            allow_adopt=self.workspace_allow_adopt,
+            version=__version__,
+        )
+        if mount.host_path:
+            host["mounts"][0] = {"Type": "bind", "Source": mount.source, "Target": "/workspace"}
+        host_config = self.client.create_host_config(**host)
+        helper = await self.docker("create_container", host_config=host_config, **create)
+        try:
+            await self.docker("start", helper["Id"])
+            result = await self.docker("wait", helper["Id"], timeout=120)
+            output = (await self.docker("logs", helper["Id"])).decode(errors="replace")
+        finally:
+            await self.docker("remove_container", helper["Id"], force=True)
+        action = interpret_helper_result(
+            result["StatusCode"], output, volume=mount.source, uid=identity.uid
+        )
+        self.log.info("Workspace %s for %s: %s", mount.source, self.user.name, action)
+
+    async def _assign_gpus(self) -> tuple[tuple[str, ...], str]:
+        try:
+            count, devices = gpu_request(self.user_options)
+        except OptionsError as e:
+            raise SpawnRefused(str(e), reason="options") from None
+        if devices is not None and not self.user.admin:
+            raise SpawnRefused("Only admins may choose GPU devices.", reason="gpu", status_code=403)
+        groups = [g.name for g in self.user.groups]
+        holder = holder_key(self.user.name, self.name)
+        uuids, since = await self.gpus.assign(holder, groups, count, devices)
+        self._gpus_held = uuids
+        if uuids:
+            self.audit.emit("gpus-assigned", **self._audit_fields(devices=list(uuids)))
+        return uuids, since.isoformat()
+
+    def _profile(self, facts: dict) -> SecurityProfile:
+        seccomp = ""
+        if self.seccomp_profile:
+            with open(self.seccomp_profile) as f:
+                seccomp = json.dumps(json.load(f), separators=(",", ":"))
+        return SecurityProfile(
+            mem_limit=self.mem_limit,
+            cpu_limit=self.cpu_limit,
+            pids_limit=self.pids_limit,
+            shm_size=self.shm_size,
+            tmpfs={"/tmp": self.tmp_size, **self.extra_tmpfs},
+            cap_add=tuple(self.cap_add),
+            seccomp_profile=seccomp,
+            apparmor_profile=self.apparmor_profile if facts["apparmor"] else "",
+            healthcheck=self.healthcheck or None,
+        )
+
+    async def start(self):
+        self._events: list[dict] = []
+        self._event_signal = asyncio.Event()
+        self._start_done = False
+        self.audit.emit("spawn-requested", **self._audit_fields())
+        try:
+            return await self._start()
+        except Exception as e:
+            await self._release_gpus()
+            refusal = self._as_refusal(e)
+            self.audit.emit("spawn-refused", **self._audit_fields(reason=refusal.jupyterhub_message))
+            if refusal is e:
+                raise
+            raise refusal from e
+        finally:
+            self._start_done = True
+            self._event_signal.set()
+
+    def _as_refusal(self, e: Exception) -> SpawnRefused:
+        if isinstance(e, SpawnRefused):
+            return e
+        if isinstance(e, IdentityError):
+            return SpawnRefused(str(e), reason="identity", status_code=403)
+        if isinstance(e, WorkspaceError):
+            return SpawnRefused(str(e), reason="workspace", status_code=409)
+        if isinstance(e, GpuAllocationError):
+            return SpawnRefused(e.user_message, reason="gpu", status_code=409)
+        self.log.exception("Unexpected error starting %s", self._log_name)
+        return SpawnRefused(
+            "Your server could not be started because of an internal error; "
+            "the hub admin can find the details in the hub log.",
+            reason="error",
+            status_code=500,
+        )
+
+    async def _start(self):
+        self._report(5, "Checking your identity")
+        facts = await self._engine_facts()
+        image = self.image
+        if self.user_options.get("image"):
+            image = self.image = await self.check_allowed(self.user_options["image"])
+        await self.pull_image(image)
+        image_info = await self.docker("inspect_image", image)
+        self._image_id = image_info["Id"]
+        self._image_digest = (image_info.get("RepoDigests") or [image_info["Id"]])[0]
+        identity = await self._resolve_identity()
+        self._identity = identity
+        workspace = await self._prepare_workspace(identity, self._image_id)
+        self._report(40, "Assigning GPUs")
+        self._gpu_uuids, self._gpus_since = await self._assign_gpus()
+        self._server_profile = self._profile(facts)
+        self._workspace = workspace
+        self._identity_files = identity_file_sources(facts["identity_mountpoint"], identity.uid)
+        self._report(55, "Creating your server container")
+        ip, port = await super().start()
+        self._report(70, "Waiting for your server to answer")
+        await self._wait_until_up(ip, port)
+        self.audit.emit("server-started", **self._audit_fields())
+        return ip, port
+
+    async def create_object(self):
+        """Decide the whole spec, let the guard judge it, and only then create."""
+        inputs = ServerInputs(
+            image=self.image,
+            command=await self.get_command(),
+            environment={**self.get_env(), **hardened_environment(self._identity, self._gpu_uuids)},
+            owner=self.user.name,
+            server_name=self.name,
+            identity=self._identity,
+            profile=self._server_profile,
+            workspace=self._workspace,
+            identity_files=self._identity_files,
+            gpu_uuids=self._gpu_uuids,
+            gpus_since=self._gpus_since,
+            network_name=self.network_name,
+            port=self.port,
+            version=__version__,
+            extra_binds=self.volume_binds,
+        )
+        spec = build_server_spec(
+            inputs,
+            await self._resolved(self.extra_create_kwargs),
+            await self._resolved(self.extra_host_config),
+        )
+        for key in spec.overridden:
+            self.log.warning("%s: %s overrides a value the spawner set", self._log_name, key)
+        host_config = self.client.create_host_config(**spec.host)
+        config = self.client.create_container_config(**spec.create, host_config=host_config)
+        violations = check_container(config, config["HostConfig"], self._guard_policy())
+        if violations:
+            raise SpawnRefused(
+                describe(violations),
+                reason="policy",
+                status_code=403,
+                log_message=f"Refused {self._log_name}: " + "; ".join(map(str, violations)),
+            )
+        return await self.docker("create_container_from_config", config, self.container_name)
+
+    def _guard_policy(self) -> GuardPolicy:
+        return GuardPolicy(
+            allowed_cap_add=frozenset(self.cap_add),
+            allowed_bind_sources=frozenset(self._identity_files),
+        )
+
+    async def _resolved(self, value):
+        value = self._eval_if_callable(value)
+        return self._render_templates(await maybe_future(value))
+
+    async def _wait_until_up(self, ip: str, port: int) -> None:
+        """Return once the server answers; raise with its own last words if it dies first.
+
+        The hub would otherwise wait out http_timeout and show a bare 500.
+        """
+        url = url_path_join(f"http://{ip}:{port}", self.server.base_url, "api")
+        client = AsyncHTTPClient()
+        deadline = asyncio.get_running_loop().time() + self.http_timeout
+        while asyncio.get_running_loop().time() < deadline:
+            state = (await self.docker("inspect_container", self.container_id))["State"]
+            if not state["Running"]:
+                raise await self._died_during_start(state)
+            try:
+                response = await client.fetch(
+                    HTTPRequest(url, request_timeout=2, follow_redirects=False), raise_error=False
+                )
+                if response.code < 500:
+                    return
+            except OSError:  # not listening yet
+                pass
+            await asyncio.sleep(0.5)
+
+    async def _died_during_start(self, state: dict) -> SpawnRefused:
+        logs = (await self.docker("logs", self.container_id, tail=15)).decode(errors="replace")
+        tail = "\n".join(line[:300] for line in logs.strip().splitlines()[-15:])
+        message = (
+            f"Your server stopped while starting (exit code {state.get('ExitCode')}"
+            f"{', out of memory' if state.get('OOMKilled') else ''}). Its last output:\n{tail}"
+        )
+        return SpawnRefused(message, reason="container-died", status_code=500)
+
+    # --- stop and poll ---------------------------------------------------
+
+    async def _release_gpus(self) -> None:
+        released = await self.gpus.release(holder_key(self.user.name, self.name))
+        if released:
+            self.audit.emit("gpus-released", **self._audit_fields(devices=list(released)))
+        self._gpus_held = ()
+
+    async def stop(self, now=False):
+        await super().stop(now=now)
+        await self._release_gpus()
+        self.audit.emit("server-stopped", **self._audit_fields())
+
+    async def poll(self):
+        status = await super().poll()
+        if status is not None and await self.gpus.held_by(holder_key(self.user.name, self.name)):
+            self.audit.emit("server-died", **self._audit_fields(reason=str(status)))
+            await self._release_gpus()
+        return status
+
+    # --- audit -------------------------------------------------------------
+
+    def _audit_fields(self, **extra) -> dict:
+        handler = getattr(self, "handler", None)
+        profile = getattr(self, "_server_profile", None)
+        fields = {
+            "user": self.user.name,
+            "server_name": self.name,
+            "uid": self._uid,
+            "gid": self._uid,
+            "client_ip": handler.request.remote_ip if handler is not None else None,
+            "image": self.image,
+            "image_digest": getattr(self, "_image_digest", None),
+            "policy_fingerprint": profile.fingerprint() if profile else None,
+            "security": _security_summary(profile) if profile else {},
+            "devices": list(self._gpus_held),
+            "container_id": self.object_id or None,
+            "container_name": self.object_name,
+        }
+        fields.update(extra)
+        return fields
+
+
+def _security_summary(profile: SecurityProfile) -> dict:
+    """The effective settings, for the audit trail (the seccomp JSON itself is too big)."""
+    summary = asdict(profile)
+    summary["seccomp_profile"] = "custom" if profile.seccomp_profile else "engine-default"
+    summary.update(read_only_root=True, no_new_privileges=True, cap_drop=["ALL"], privileged=False)
+    return summary
+
+
+def _as_trait_error(check, *args) -> None:
+    try:
+        check(*args)
+    except IdentityError as e:
+        raise TraitError(str(e)) from None
+
+
+def _check_at_hub_start() -> None:
+    """Fail the hub's start, not a user's spawn, on bad configuration.
+
+    JupyterHub creates spawners lazily, so a bad setting would otherwise only
+    show at someone's first spawn. The hub imports this module while it
+    initialises (resolving ``spawner_class``); a callback then builds one
+    spawner from the complete config, which runs every validator, and stops
+    the hub with the message if any fails.
+    """
+    app_module = sys.modules.get("jupyterhub.app")
+    if app_module is None or not app_module.JupyterHub.initialized():
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    app = app_module.JupyterHub.instance()
+
+    def check():
+        if not issubclass(app.spawner_class, HardenedSpawner):
+            return
+        try:
+            app.spawner_class(config=app.config, log=app.log).check_config()
+        except TraitError as e:
+            app.log.critical("Invalid HardenedSpawner configuration: %s", e)
+            raise SystemExit(1) from None
+        app.log.info("HardenedSpawner configuration checked")
+
+    loop.call_soon(check)
+
+
+_check_at_hub_start()

@@ -1,0 +1,58 @@
+"""Fixtures for tests against the real engine, a real hub and the real proxy.
+
+A missing engine, image or proxy is a failure, never a skip: these tests are
+the proof that the hardening works, and CI must not pass without them.
+"""
+
+import shutil
+
+import docker
+import pytest
+
+from .hubtools import SINGLEUSER_IMAGE, Hub, cleanup_engine
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def engine():
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:
+        pytest.fail(f"No Docker engine answers ({e}). Run scripts/setup.sh --gpu-stub first.")
+    try:
+        client.images.get(SINGLEUSER_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"Image {SINGLEUSER_IMAGE} is missing. Run scripts/setup.sh --gpu-stub first.")
+    if not shutil.which("configurable-http-proxy"):
+        pytest.fail("configurable-http-proxy is missing. Run scripts/setup.sh --gpu-stub first.")
+    cleanup_engine()
+    yield client
+    cleanup_engine()
+
+
+@pytest.fixture(scope="session")
+def hub_factory(engine, tmp_path_factory):
+    """Start hubs with extra config; each gets its own UID range so users never collide."""
+    hubs = []
+
+    def start(extra_config: str = "", wait: bool = True) -> Hub:
+        index = len(hubs)
+        hub = Hub(
+            workdir=tmp_path_factory.mktemp(f"hub{index}"),
+            extra_config=extra_config,
+            uid_min=300000 + 10000 * index,
+        )
+        hubs.append(hub)
+        return hub.start(wait=wait)
+
+    yield start
+    for hub in hubs:
+        hub.stop()
+
+
+@pytest.fixture(scope="session")
+def hub(hub_factory):
+    """The default hub: HardenedSpawner with its defaults and the test image."""
+    return hub_factory()

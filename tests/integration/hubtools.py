@@ -1,0 +1,335 @@
+"""Drive a real JupyterHub process, its proxy and real single-user servers from tests.
+
+Everything goes over the wire as a person's browser or script would: the hub's
+REST API for users and servers, the proxy for the servers' own API, and the
+Jupyter kernel protocol (REST to start a kernel, a websocket to execute).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import requests
+import websocket
+
+SINGLEUSER_IMAGE = os.environ.get("SINGLEUSER_IMAGE", "hardened-spawner-singleuser:latest")
+#: Every engine object a test run creates carries this prefix, so it can be cleaned up.
+TEST_PREFIX = "hstest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def docker0_address() -> str:
+    """Where containers reach services on the host (the default bridge's gateway)."""
+    network = docker.from_env().networks.get("bridge")
+    for config in network.attrs["IPAM"]["Config"] or []:
+        if config.get("Gateway"):
+            return config["Gateway"]
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True)
+    return out.stdout.split()[3].split("/")[0]
+
+
+class HubError(AssertionError):
+    pass
+
+
+@dataclass
+class Hub:
+    """One JupyterHub process with its own database, proxy, ports and settings."""
+
+    workdir: Path
+    extra_config: str = ""
+    uid_min: int = 300000
+    port: int = field(default_factory=free_port)
+    hub_port: int = field(default_factory=free_port)
+    proxy_api_port: int = field(default_factory=free_port)
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.workdir / "audit.jsonl"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "hub.log"
+
+    def config_text(self) -> str:
+        return textwrap.dedent(
+            f"""
+            c = get_config()  # noqa
+            c.JupyterHub.spawner_class = "hardened"
+            c.JupyterHub.authenticator_class = "dummy"
+            c.Authenticator.allow_all = True
+            c.JupyterHub.ip = "127.0.0.1"
+            c.JupyterHub.port = {self.port}
+            c.JupyterHub.hub_ip = "0.0.0.0"
+            c.JupyterHub.hub_port = {self.hub_port}
+            c.JupyterHub.hub_connect_ip = "{docker0_address()}"
+            c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
+            c.ConfigurableHTTPProxy.pid_file = "{self.workdir}/proxy.pid"
+            c.JupyterHub.db_url = "sqlite:///{self.workdir}/hub.sqlite"
+            c.JupyterHub.cookie_secret_file = "{self.workdir}/cookie_secret"
+            c.JupyterHub.cleanup_servers = False
+            c.JupyterHub.services = [{{"name": "tester", "api_token": "{self.token}"}}]
+            c.JupyterHub.load_roles = [{{
+                "name": "tester",
+                "scopes": ["admin:users", "admin:servers", "access:servers", "tokens",
+                           "admin:groups", "read:metrics"],
+                "services": ["tester"],
+            }}]
+            c.Spawner.http_timeout = 60
+            c.Spawner.start_timeout = 120
+            c.HardenedSpawner.image = "{SINGLEUSER_IMAGE}"
+            c.HardenedSpawner.uid_min = {self.uid_min}
+            c.HardenedSpawner.name_template = "{TEST_PREFIX}-{{username}}--{{servername}}"
+            c.HardenedSpawner.workspace_volume_name = "{TEST_PREFIX}-workspace-{{username}}"
+            c.HardenedSpawner.network_name = "{TEST_PREFIX}-users"
+            c.HardenedSpawner.mem_limit = "2G"
+            c.HardenedSpawner.cpu_limit = 1.0
+            c.HardenedSpawner.audit_log = "{self.audit_path}"
+            """
+        ) + textwrap.dedent(self.extra_config)
+
+    def start(self, wait: bool = True) -> "Hub":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "jupyterhub_config.py"
+        config.write_text(self.config_text())
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(config), "--debug"],
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise HubError(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/hub/api/", timeout=2).ok:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        raise HubError(f"hub did not answer within {timeout}s:\n{self.log_tail()}")
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout)
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._kill_proxy()
+
+    def kill(self) -> None:
+        """SIGKILL the hub alone, as a crash would; the proxy and servers live on."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def _kill_proxy(self) -> None:
+        pid_file = self.workdir / "proxy.pid"
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+            except (ValueError, ProcessLookupError):
+                pass
+
+    # --- REST API -------------------------------------------------------
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"Authorization": f"token {self.token}"}
+        return requests.request(method, f"{self.url}/hub/api{path}", headers=headers, timeout=30, **kwargs)
+
+    def create_user(self, name: str, admin: bool = False) -> dict:
+        r = self.api("POST", f"/users/{name}")
+        if r.status_code not in (201, 409):
+            raise HubError(f"create user {name}: {r.status_code} {r.text}")
+        if admin:
+            self.api("PATCH", f"/users/{name}", json={"admin": True}).raise_for_status()
+        return self.api("GET", f"/users/{name}").json()
+
+    def user_token(self, name: str) -> str:
+        r = self.api("POST", f"/users/{name}/tokens", json={"note": "tests"})
+        r.raise_for_status()
+        return r.json()["token"]
+
+    def spawn(self, name: str, options: dict | None = None, timeout: float = 180) -> "SpawnResult":
+        """Request a server and follow its progress stream to the end, as the spawn page does."""
+        r = self.api("POST", f"/users/{name}/server", json=options or {})
+        if r.status_code >= 400:
+            return SpawnResult(False, r.status_code, _message(r), [])
+        events = self.progress(name, timeout)
+        last = events[-1] if events else {}
+        return SpawnResult(bool(last.get("ready")), r.status_code, last.get("message", ""), events)
+
+    def progress(self, name: str, timeout: float = 180) -> list[dict]:
+        events = []
+        with requests.get(
+            f"{self.url}/hub/api/users/{name}/server/progress",
+            headers={"Authorization": f"token {self.token}"},
+            stream=True,
+            timeout=timeout,
+        ) as r:
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    events.append(event)
+                    if event.get("ready") or event.get("failed"):
+                        break
+        return events
+
+    def stop_server(self, name: str, timeout: float = 60) -> None:
+        r = self.api("DELETE", f"/users/{name}/server")
+        if r.status_code not in (202, 204, 400):
+            raise HubError(f"stop {name}: {r.status_code} {r.text}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.api("GET", f"/users/{name}").json()["servers"]:
+                return
+            time.sleep(0.3)
+        raise HubError(f"{name}'s server did not stop")
+
+    def audit_events(self) -> list[dict]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+
+
+def _message(r: requests.Response) -> str:
+    try:
+        return r.json().get("message", r.text)
+    except ValueError:
+        return r.text
+
+
+@dataclass
+class SpawnResult:
+    ready: bool
+    status_code: int
+    message: str
+    events: list[dict]
+
+
+class Kernel:
+    """A kernel in a user's server, reached through the proxy like JupyterLab does."""
+
+    def __init__(self, hub: Hub, user: str, token: str | None = None):
+        self.base = f"{hub.url}/user/{user}"
+        self.token = token or hub.user_token(user)
+        self.headers = {"Authorization": f"token {self.token}"}
+        r = requests.post(f"{self.base}/api/kernels", headers=self.headers, json={}, timeout=60)
+        r.raise_for_status()
+        self.id = r.json()["id"]
+        ws_url = f"ws{self.base[4:]}/api/kernels/{self.id}/channels"
+        self.ws = websocket.create_connection(ws_url, header=[f"Authorization: token {self.token}"], timeout=120)
+
+    def execute(self, code: str, timeout: float = 120) -> "Execution":
+        msg_id = uuid.uuid4().hex
+        self.ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "execute_request",
+                        "username": "test",
+                        "session": uuid.uuid4().hex,
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "content": {"code": code, "silent": False, "store_history": False,
+                                "user_expressions": {}, "allow_stdin": False},
+                    "channel": "shell",
+                    "buffers": [],
+                }
+            )
+        )
+        out, error, status = [], None, None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.ws.settimeout(max(1, deadline - time.monotonic()))
+            msg = json.loads(self.ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "stream":
+                out.append(msg["content"]["text"])
+            elif kind == "execute_result":
+                out.append(msg["content"]["data"].get("text/plain", ""))
+            elif kind == "error":
+                error = f"{msg['content']['ename']}: {msg['content']['evalue']}"
+            elif kind == "execute_reply":
+                status = msg["content"]["status"]
+            elif kind == "status" and msg["content"]["execution_state"] == "idle" and status:
+                break
+        else:
+            raise TimeoutError(f"no reply within {timeout}s; output so far: {''.join(out)}")
+        return Execution("".join(out), error, status)
+
+    def run(self, code: str, timeout: float = 120) -> str:
+        """Execute and return stdout; fail the test with the kernel's error if it raised."""
+        result = self.execute(code, timeout)
+        if result.error:
+            raise AssertionError(f"kernel raised {result.error}; output: {result.output}")
+        return result.output
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+            requests.delete(f"{self.base}/api/kernels/{self.id}", headers=self.headers, timeout=10)
+        except Exception:
+            pass
+
+
+@dataclass
+class Execution:
+    output: str
+    error: str | None
+    status: str | None
+
+
+def cleanup_engine() -> None:
+    """Remove every container, volume and network a test run made (by name prefix)."""
+    client = docker.from_env()
+    for container in client.containers.list(all=True, filters={"name": TEST_PREFIX}):
+        container.remove(force=True)
+    for volume in client.volumes.list(filters={"name": TEST_PREFIX}):
+        volume.remove(force=True)
+    for network in client.networks.list(names=[f"{TEST_PREFIX}-users"]):
+        network.remove()
