@@ -91,6 +91,8 @@ class Hub:
             c.JupyterHub.db_url = "sqlite:///{self.workdir}/hub.sqlite"
             c.JupyterHub.cookie_secret_file = "{self.workdir}/cookie_secret"
             c.JupyterHub.cleanup_servers = False
+            # answer spawn requests at once, so tests follow the whole progress stream
+            c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
             c.JupyterHub.services = [{{"name": "tester", "api_token": "{self.token}"}}]
             c.JupyterHub.load_roles = [{{
                 "name": "tester",
