@@ -9,6 +9,7 @@ spawn before the container exists and audits running containers afterwards
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 
 from .identity import MIN_SAFE_UID
@@ -66,7 +67,7 @@ def _is_socket(path: str) -> bool:
 
 
 def _is_sensitive(path: str) -> bool:
-    path = "/" + path.strip("/")
+    path = posixpath.normpath("/" + path.strip("/"))
     if path == "/" or _is_socket(path):
         return True
     return any(path == p or path.startswith(p + "/") for p in SENSITIVE_HOST_PATHS)
@@ -85,9 +86,11 @@ def _host_mounts(host_config: dict) -> list[tuple[str, bool]]:
     return found
 
 
-def _user_uid(user: str) -> int | None:
-    uid = user.split(":", 1)[0]
-    return int(uid) if uid.isdigit() else None
+def _dedicated_ids(user: str) -> bool:
+    """``UID:GID``, both numeric and above the system range. A bare UID or a
+    name would leave the group (or the whole identity) to the image: often 0."""
+    ids = user.split(":")
+    return len(ids) == 2 and all(i.isdigit() and int(i) >= MIN_SAFE_UID for i in ids)
 
 
 def check_container(config: dict, host_config: dict, policy: GuardPolicy) -> list[Violation]:
@@ -114,7 +117,7 @@ def check_container(config: dict, host_config: dict, policy: GuardPolicy) -> lis
         if mode == "host" or mode.startswith("container:"):
             refuse(
                 "host-namespace", f"HostConfig.{key}", f"extra_host_config['{kwarg}']",
-                f"The container would share the {'host' if mode == 'host' else 'another container'}'s "
+                f"The container would share {'the host' if mode == 'host' else 'another container'}'s "
                 f"{kwarg.split('_')[0]} namespace ({mode!r})",
                 f"remove '{kwarg}' so the container gets its own namespace",
             )
@@ -133,6 +136,12 @@ def check_container(config: dict, host_config: dict, policy: GuardPolicy) -> lis
                 f"The host path {source} would be mounted into a user's container",
                 "mount a dedicated data directory instead of a system path",
             )
+    if host_config.get("VolumesFrom"):
+        refuse(
+            "volumes-from", "HostConfig.VolumesFrom", "extra_host_config['volumes_from']",
+            "Another container's volumes would be mounted, possibly another user's workspace",
+            "remove 'volumes_from'",
+        )
     if host_config.get("Devices"):
         refuse(
             "devices", "HostConfig.Devices", "extra_host_config['devices']",
@@ -169,12 +178,11 @@ def check_container(config: dict, host_config: dict, policy: GuardPolicy) -> lis
             "remove 'group_add'; each user has only their private group",
         )
     user = config.get("User") or ""
-    uid = _user_uid(user)
-    if uid is None or uid < MIN_SAFE_UID:
+    if not _dedicated_ids(user):
         refuse(
             "user", "Config.User", "extra_create_kwargs['user']",
             f"The server would run as {user or 'the image default user'!r}, "
-            f"not as a dedicated UID >= {MIN_SAFE_UID}",
+            f"not as a dedicated UID:GID >= {MIN_SAFE_UID}",
             "do not override 'user'; the spawner sets the user's own UID:GID",
         )
     if "--allow-root" in (config.get("Cmd") or []) + (config.get("Entrypoint") or []):
@@ -190,16 +198,23 @@ def check_container(config: dict, host_config: dict, policy: GuardPolicy) -> lis
             "keep read_only=True; writable places are the workspace and the tmpfs mounts",
         )
     opts = [o.replace(":", "=", 1) for o in host_config.get("SecurityOpt") or []]
-    if not ({"no-new-privileges", "no-new-privileges=true"} & set(opts)):
+    nnp = [o for o in opts if o.startswith("no-new-privileges")]
+    # the engine applies options in order: the last no-new-privileges wins
+    if not nnp or nnp[-1] not in ("no-new-privileges", "no-new-privileges=true"):
         refuse(
             "no-new-privileges", "HostConfig.SecurityOpt", "extra_host_config['security_opt']",
             "no-new-privileges is not set, so setuid programs could raise privileges",
             "keep 'no-new-privileges:true' in security_opt",
         )
-    for unconfined, what in (("seccomp=unconfined", "seccomp"), ("apparmor=unconfined", "AppArmor")):
+    for unconfined, what in (
+        ("seccomp=unconfined", "seccomp"),
+        ("apparmor=unconfined", "AppArmor"),
+        ("systempaths=unconfined", "masking of /proc and /sys paths"),
+        ("label=disable", "SELinux labelling"),
+    ):
         if unconfined in opts:
             refuse(
-                f"{what.lower()}-unconfined", "HostConfig.SecurityOpt",
+                unconfined.split("=")[0] + "-unconfined", "HostConfig.SecurityOpt",
                 "extra_host_config['security_opt']",
                 f"{what} would be switched off ({unconfined})",
                 f"remove '{unconfined}'",
@@ -216,7 +231,7 @@ def check_container(config: dict, host_config: dict, policy: GuardPolicy) -> lis
             "The OOM killer would be disabled for this container",
             "remove 'oom_kill_disable'",
         )
-    if not (host_config.get("NanoCpus") or host_config.get("CpuQuota")):
+    if (host_config.get("NanoCpus") or 0) <= 0 and (host_config.get("CpuQuota") or 0) <= 0:
         refuse(
             "cpu", "HostConfig.NanoCpus", "HardenedSpawner.cpu_limit",
             "No CPU limit: one user could take every core",

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 #: The lowest UID that may be handed out. Below it live the host's system
 #: accounts and the first human accounts of a typical Linux host.
 MIN_SAFE_UID = 1000
+#: The highest UID that every tool handles (2**31 - 1 overflows signed code;
+#: 2**32 - 1 means "unchanged" to chown).
+MAX_UID = 2**31 - 2
 
 _POSIX_NAME_MAX = 32
 
@@ -51,10 +54,10 @@ def check_uid_range(uid_min: int, uid_max: int) -> None:
             f"HardenedSpawner.uid_max ({uid_max}) must be greater than "
             f"HardenedSpawner.uid_min ({uid_min})."
         )
-    if uid_max > 2**31 - 2:
+    if uid_max > MAX_UID:
         raise IdentityError(
             f"HardenedSpawner.uid_max ({uid_max}) is above the largest UID Linux "
-            f"accepts ({2**31 - 2})."
+            f"accepts ({MAX_UID})."
         )
 
 
@@ -74,6 +77,11 @@ def check_static_uids(uid_map: dict[str, int], uid_min: int, uid_max: int) -> No
             raise IdentityError(
                 f"HardenedSpawner.uid_map[{name!r}] is {uid}; UIDs below "
                 f"{MIN_SAFE_UID} (root and system accounts) are never handed out."
+            )
+        if uid > MAX_UID:
+            raise IdentityError(
+                f"HardenedSpawner.uid_map[{name!r}] is {uid}, above the largest UID "
+                f"Linux accepts ({MAX_UID})."
             )
         if uid_min <= uid <= uid_max:
             raise IdentityError(
@@ -116,6 +124,11 @@ def check_policy_uid(uid: object, username: str) -> int:
             f"The UID chosen for {username!r} is {uid}; UIDs below {MIN_SAFE_UID} "
             "(root and system accounts) are never used. Fix HardenedSpawner.uid_map."
         )
+    if uid > MAX_UID:
+        raise IdentityError(
+            f"The UID chosen for {username!r} is {uid}, above the largest UID Linux "
+            f"accepts ({MAX_UID}). Fix HardenedSpawner.uid_map."
+        )
     return uid
 
 
@@ -143,6 +156,12 @@ def resolve_uid(
     for uid, source in ((from_state, "state"), (from_workspace, "workspace")):
         if uid is None:
             continue
+        if not MIN_SAFE_UID <= uid <= MAX_UID:
+            raise IdentityError(
+                f"{username}'s stored UID ({uid}, from {source}) is outside the safe range "
+                f"{MIN_SAFE_UID}-{MAX_UID}; refusing to run or to touch the workspace. "
+                "An admin must check the workspace volume's labels and the user's state."
+            )
         warning = None
         if uid != from_policy:
             warning = (
@@ -156,16 +175,25 @@ def resolve_uid(
 
 _NOT_POSIX = re.compile(r"[^a-z0-9_-]+")
 
+#: Accounts that images commonly ship. A user named like one would replace it
+#: in the generated passwd file (``root`` would leave UID 0 without a name),
+#: so such users get ``user<UID>`` instead.
+RESERVED_NAMES = frozenset(
+    """root daemon bin sys sync games man lp mail news uucp proxy www-data backup
+    list irc gnats nobody nogroup messagebus sshd jovyan ubuntu debian admin
+    operator halt shutdown ftp docker sudo wheel adm staff users""".split()
+)
+
 
 def posix_name(username: str, uid: int) -> str:
     """A login name safe for /etc/passwd, derived from the hub user name.
 
     Hub names may be e-mail addresses or contain any Unicode; passwd names may
     not. Lower-case, replace the rest with '-', and fall back to ``user<UID>``
-    when nothing usable is left.
+    when nothing usable is left or the name is a system account's.
     """
     name = _NOT_POSIX.sub("-", username.split("@", 1)[0].lower()).strip("-")
-    if not name or not name[0].isalpha():
+    if not name or not name[0].isalpha() or name in RESERVED_NAMES or name.startswith("systemd-"):
         name = f"user{uid}"
     return name[:_POSIX_NAME_MAX]
 

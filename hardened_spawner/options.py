@@ -46,9 +46,9 @@ def parse_gpu_options(formdata: dict) -> dict:
     options = {}
     if formdata.get("gpus", [""])[0].strip():
         options["gpus"] = formdata["gpus"][0].strip()
-    devices = formdata.get("gpu_devices", [""])[0]
-    if devices.strip():
-        options["gpu_devices"] = [d.strip() for d in devices.split(",") if d.strip()]
+    devices = [d.strip() for d in formdata.get("gpu_devices", [""])[0].split(",") if d.strip()]
+    if devices:
+        options["gpu_devices"] = devices
     if formdata.get("image", [""])[0].strip():
         options["image"] = formdata["image"][0].strip()
     return options
@@ -58,10 +58,11 @@ def gpu_request(user_options: dict) -> tuple[int | None, list[str] | None]:
     """(count, devices) from user options, or `OptionsError` saying what is wrong."""
     count = user_options.get("gpus")
     if count is not None:
-        try:
+        # the form sends text, the REST API any JSON: accept "2" and 2, not 2.5 or true
+        if isinstance(count, str) and count.strip().lstrip("-").isdigit():
             count = int(count)
-        except (TypeError, ValueError):
-            raise OptionsError(f"The number of GPUs must be a whole number, not {count!r}.") from None
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise OptionsError(f"The number of GPUs must be a whole number, not {count!r}.")
         if count < 0:
             raise OptionsError(f"The number of GPUs cannot be negative ({count}).")
     devices = user_options.get("gpu_devices")

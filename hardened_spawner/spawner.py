@@ -244,6 +244,12 @@ class HardenedSpawner(DockerSpawner):
 
     # --- DockerSpawner defaults that hardening changes ------------------
 
+    remove = Bool(
+        True,
+        help="""Always True: each start gets a fresh container, so no server ever restarts
+        with stale GPUs or an old policy. The workspace volume persists anyway.""",
+    ).tag(config=True)
+
     @default("mem_limit")
     def _default_mem_limit(self):
         return 8 * 1024 * _MIB
@@ -251,10 +257,6 @@ class HardenedSpawner(DockerSpawner):
     @default("cpu_limit")
     def _default_cpu_limit(self):
         return 4.0
-
-    @default("remove")
-    def _default_remove(self):
-        return True
 
     @default("network_name")
     def _default_network_name(self):
@@ -634,7 +636,7 @@ class HardenedSpawner(DockerSpawner):
             pids_limit=self.pids_limit,
             shm_size=self.shm_size,
             tmpfs={"/tmp": self.tmp_size, **self.extra_tmpfs},
-            cap_add=tuple(self.cap_add),
+            cap_add=tuple(sorted(self.cap_add)),
             seccomp_profile=seccomp,
             apparmor_profile=self.apparmor_profile if facts["apparmor"] else "",
             healthcheck=self.healthcheck or None,

@@ -127,6 +127,8 @@ def interpret_helper_result(exit_code: int, output: str, *, volume: str, uid: in
         result = json.loads(last)
     except ValueError:
         result = None
+    if not isinstance(result, dict) or not {"action", "owner_uid"} <= result.keys():
+        result = None  # not the helper's own report: treat as a failure below
     if exit_code == workspace_helper.EXIT_REFUSED and result:
         raise WorkspaceError(
             f"Your workspace (volume {volume}) belongs to UID {result['owner_uid']}, "

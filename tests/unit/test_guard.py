@@ -97,7 +97,7 @@ SENSITIVE = "The host path {} would be mounted into a user's container (HostConf
 GPU_COUNT = "A GPU request by count or 'all' would hand out devices nobody assigned (HostConfig.DeviceRequests, set through extra_host_config['device_requests']). Fix: remove 'device_requests'; the spawner assigns explicit GPUs"
 CAP_ADD = "Capabilities outside the allowlist would be added: {} (HostConfig.CapAdd, set through HardenedSpawner.cap_add or extra_host_config['cap_add']). Fix: add capabilities only through HardenedSpawner.cap_add, from its allowlist"
 CAP_DROP = "Not all capabilities would be dropped (HostConfig.CapDrop, set through extra_host_config['cap_drop']). Fix: keep cap_drop=['ALL']"
-USER = "The server would run as {!r}, not as a dedicated UID >= 1000 (Config.User, set through extra_create_kwargs['user']). Fix: do not override 'user'; the spawner sets the user's own UID:GID"
+USER = "The server would run as {!r}, not as a dedicated UID:GID >= 1000 (Config.User, set through extra_create_kwargs['user']). Fix: do not override 'user'; the spawner sets the user's own UID:GID"
 ALLOW_ROOT = "The server command contains --allow-root (Config.Cmd, set through HardenedSpawner.cmd / args). Fix: remove --allow-root from cmd and args"
 NNP = "no-new-privileges is not set, so setuid programs could raise privileges (HostConfig.SecurityOpt, set through extra_host_config['security_opt']). Fix: keep 'no-new-privileges:true' in security_opt"
 CPU = "No CPU limit: one user could take every core (HostConfig.NanoCpus, set through HardenedSpawner.cpu_limit). Fix: set cpu_limit"
@@ -317,11 +317,6 @@ def test_sharing_another_containers_namespace_is_refused(key, kwarg):
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: guard message for a 'container:' namespace reads \"share the another "
-    "container's\" (the f-string always puts 'the' before the owner)",
-)
 def test_sharing_another_containers_namespace_message():
     (violation,) = _check(host={"PidMode": "container:x"})
     assert str(violation) == (
@@ -461,11 +456,6 @@ def test_describe_two_violations():
 # --- bugs: specs the guard lets through although they break its policy ---------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _is_sensitive does not normalise '..', so a bind of '/srv/../etc' (which the "
-    "kernel resolves to /etc) passes the sensitive-mount check",
-)
 @pytest.mark.parametrize(
     "host",
     [
@@ -479,31 +469,15 @@ def test_dot_dot_does_not_hide_a_sensitive_path(host):
     assert [v.check for v in _check(host=host)] == ["sensitive-mount"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the user check reads only the UID: 'UID:0' (and a bare 'UID', which the engine "
-    "gives GID 0 when the image has no passwd entry) run the server in the root group, not the "
-    "user's private group",
-)
 @pytest.mark.parametrize("user", ["300001:0", "300001"])
 def test_root_group_is_refused(user):
     assert [v.check for v in _check({"User": user})] == ["user"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the engine applies security options in order, so a later "
-    "'no-new-privileges:false' switches it off, but the guard only looks for a true entry",
-)
 def test_later_no_new_privileges_false_wins():
     host = {"SecurityOpt": ["no-new-privileges:true", "no-new-privileges:false"]}
     assert [v.check for v in _check(host=host)] == ["no-new-privileges"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: CpuQuota -1 means 'no quota' to the engine, yet the guard accepts any truthy "
-    "CpuQuota as a CPU limit (PidsLimit -1 is refused for the same reason)",
-)
 def test_negative_cpu_quota_is_no_limit():
     assert [v.check for v in _check(host={"NanoCpus": 0, "CpuQuota": -1})] == ["cpu"]

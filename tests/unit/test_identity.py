@@ -152,12 +152,6 @@ def test_check_static_uids_refuses(uid_map, message):
     assert str(err.value) == message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: check_static_uids accepts UIDs above 2**31 - 2, the ceiling that "
-    "check_uid_range enforces as 'the largest UID Linux accepts' (2**32 - 1 is chown's "
-    "'leave unchanged' sentinel, 2**32 does not fit uid_t at all)",
-)
 @pytest.mark.parametrize("uid", [2**31 - 1, 2**32 - 1, 2**32])
 def test_check_static_uids_refuses_uids_above_linux_max(uid):
     with pytest.raises(IdentityError, match="largest UID Linux accepts"):
@@ -232,11 +226,6 @@ def test_check_policy_uid_refuses(uid, message):
     assert str(err.value) == message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: check_policy_uid accepts a UID above the largest UID Linux accepts "
-    "(a uid_map callable returning 2**32 passes)",
-)
 def test_check_policy_uid_refuses_uid_above_linux_max():
     with pytest.raises(IdentityError):
         check_policy_uid(2**32, "alice")

@@ -39,12 +39,6 @@ def test_parse_gpu_options(formdata, expected):
     assert parse_gpu_options(formdata) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_gpu_options turns a devices field holding only separators (' , ') into "
-    "gpu_devices=[], an explicit choice of no device: an admin then gets 0 GPUs whatever "
-    "count they picked, and a non-admin is refused with 'Only admins may choose GPU devices.'",
-)
 @pytest.mark.parametrize("devices", [",", " , ", ",,"])
 def test_parse_gpu_options_separators_only_is_no_choice(devices):
     assert parse_gpu_options({"gpus": ["2"], "gpu_devices": [devices]}) == {"gpus": "2"}
@@ -98,11 +92,6 @@ def test_options_error_is_a_value_error():
     assert issubclass(OptionsError, ValueError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: gpu_request truncates a non-integral number from the REST API "
-    "(int(2.5) == 2) instead of refusing it as 'not a whole number'",
-)
 def test_gpu_request_refuses_a_fraction():
     with pytest.raises(OptionsError) as err:
         gpu_request({"gpus": 2.5})

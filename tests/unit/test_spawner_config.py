@@ -169,13 +169,6 @@ def test_remove_false_refused_when_assigned():
     assert spawner.remove is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: c.HardenedSpawner.remove = False (or c.DockerSpawner.remove = False) is accepted: "
-    "traitlets only cross-validates config values that differ from the trait's static default, "
-    "which for DockerSpawner.remove is False; the @default(True) does not count, so "
-    "_validate_remove never runs and spawner.remove stays False",
-)
 @pytest.mark.parametrize("section", ["HardenedSpawner", "DockerSpawner"])
 def test_remove_false_refused_in_config(section):
     config = Config()

@@ -430,12 +430,6 @@ def test_interpret_helper_result_failure(exit_code, output, message):
     assert str(err.value) == message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: interpret_helper_result raises TypeError/KeyError instead of WorkspaceError "
-    "when the last output line is JSON but not the helper's object (a number, a string, "
-    "a dict without 'action' or, on exit 3, without 'owner_uid')",
-)
 @pytest.mark.parametrize(
     "exit_code, output",
     [(0, "42"), (0, '"done"'), (0, '{"status": "ok"}'), (3, '{"action": "refuse"}')],
