@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+
 class GpuConfigError(ValueError):
     """Bad GPU configuration, raised at hub start so the admin fixes it before anyone spawns."""
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from dataclasses import asdict
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from dataclasses import asdict
+from types import SimpleNamespace
 
 import docker.errors
 from dockerspawner import DockerSpawner
@@ -37,7 +37,7 @@ from traitlets import (
 
 from . import labels
 from ._version import __version__
-from .audit import get_audit_trail
+from .audit import AuditLogError, get_audit_trail
 from .container import ServerInputs, WorkspaceMount, build_server_spec
 from .environment import hardened_environment
 from .errors import SpawnRefused
@@ -381,7 +381,8 @@ class HardenedSpawner(DockerSpawner):
             _as_trait_error(check_static_uids, self.uid_map, self.uid_min, self.uid_max)
         try:
             self.gpu_allocator()
-        except (GpuConfigError, ValueError, OSError) as e:
+            self.audit  # opens the sink: a bad path fails now, not in a user's spawn
+        except (GpuConfigError, AuditLogError, ValueError, OSError) as e:
             raise TraitError(str(e)) from None
 
     # --- hub-wide shared pieces -----------------------------------------
@@ -667,6 +668,13 @@ class HardenedSpawner(DockerSpawner):
             return SpawnRefused(str(e), reason="identity", status_code=403)
         if isinstance(e, WorkspaceError):
             return SpawnRefused(str(e), reason="workspace", status_code=409)
+        if isinstance(e, docker.errors.ImageNotFound):
+            return SpawnRefused(
+                f"The image {self.image} is not on this server. Ask your hub admin to build "
+                "or load it (HardenedSpawner.image).",
+                reason="image",
+                status_code=404,
+            )
         if isinstance(e, GpuAllocationError):
             return SpawnRefused(e.user_message, reason="gpu", status_code=409)
         self.log.exception("Unexpected error starting %s", self._log_name)
@@ -839,35 +847,39 @@ def _as_trait_error(check, *args) -> None:
         raise TraitError(str(e)) from None
 
 
-def _check_at_hub_start() -> None:
-    """Fail the hub's start, not a user's spawn, on bad configuration.
+def _install_hub_start_check() -> None:
+    """Make a bad configuration stop the hub at start, not fail a user's spawn.
 
     JupyterHub creates spawners lazily, so a bad setting would otherwise only
-    show at someone's first spawn. The hub imports this module while it
-    initialises (resolving ``spawner_class``); a callback then builds one
-    spawner from the complete config, which runs every validator, and stops
-    the hub with the message if any fails.
+    surface at someone's first spawn, on their spawn page. JupyterHub imports
+    every spawner entry point while it constructs its app, before it reads the
+    config; so this wraps its ``init_tornado_settings`` (called once the
+    config is complete, before anything is served) to build one spawner from
+    the config first, which runs every validator and `check_config`. When the
+    hub uses another spawner class, the wrapper does nothing.
     """
     app_module = sys.modules.get("jupyterhub.app")
-    if app_module is None or not app_module.JupyterHub.initialized():
+    if app_module is None:
         return
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
+    hub_class = app_module.JupyterHub
+    original = hub_class.init_tornado_settings
+    if getattr(original, "_hardened_spawner_check", False):
         return
-    app = app_module.JupyterHub.instance()
 
-    def check():
-        if not issubclass(app.spawner_class, HardenedSpawner):
-            return
-        try:
-            app.spawner_class(config=app.config, log=app.log).check_config()
-        except TraitError as e:
-            app.log.critical("Invalid HardenedSpawner configuration: %s", e)
-            raise SystemExit(1) from None
-        app.log.info("HardenedSpawner configuration checked")
+    def init_tornado_settings(app):
+        if isinstance(app.spawner_class, type) and issubclass(app.spawner_class, HardenedSpawner):
+            try:
+                # a stand-in user: DockerSpawner's observers render name templates
+                probe_user = SimpleNamespace(name="config-check", id=0, admin=False, groups=[])
+                app.spawner_class(config=app.config, log=app.log, user=probe_user).check_config()
+            except TraitError as e:
+                app.log.critical("Invalid HardenedSpawner configuration: %s", e)
+                app.exit(1)
+            app.log.info("HardenedSpawner configuration checked")
+        return original(app)
 
-    loop.call_soon(check)
+    init_tornado_settings._hardened_spawner_check = True
+    hub_class.init_tornado_settings = init_tornado_settings
 
 
-_check_at_hub_start()
+_install_hub_start_check()

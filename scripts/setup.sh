@@ -209,8 +209,8 @@ want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && (cd / && "$VENV/bin/python" -c 'import hardened_spawner') 2>/dev/null; then
     step "project installed in $VENV"
 else
-    step "pip install -e '.[test]' into $VENV"
-    "$VENV/bin/python" -m pip install -q -e "$REPO[test]" || die "pip install -e '$REPO[test]' failed"
+    step "pip install -e '.[test,deploy]' into $VENV"
+    "$VENV/bin/python" -m pip install -q -e "$REPO[test,deploy]" || die "pip install -e '$REPO[test,deploy]' failed"
     echo "$want" >"$stamp"
 fi
 

@@ -9,7 +9,7 @@ import shutil
 import docker
 import pytest
 
-from .hubtools import SINGLEUSER_IMAGE, Hub, cleanup_engine
+from .hubtools import SINGLEUSER_IMAGE, UID_BASE, Hub, cleanup_engine
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def hub_factory(engine, tmp_path_factory):
         hub = Hub(
             workdir=tmp_path_factory.mktemp(f"hub{index}"),
             extra_config=extra_config,
-            uid_min=300000 + 10000 * index,
+            uid_min=UID_BASE + 10000 * index,
         )
         hubs.append(hub)
         return hub.start(wait=wait)

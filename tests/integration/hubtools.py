@@ -25,8 +25,10 @@ import requests
 import websocket
 
 SINGLEUSER_IMAGE = os.environ.get("SINGLEUSER_IMAGE", "hardened-spawner-singleuser:latest")
-#: Every engine object a test run creates carries this prefix, so it can be cleaned up.
-TEST_PREFIX = "hstest"
+#: Every engine object a test run creates carries this prefix, so it can be cleaned up;
+#: two test sessions on one engine need different prefixes and UID bases.
+TEST_PREFIX = os.environ.get("HSTEST_PREFIX", "hstest")
+UID_BASE = int(os.environ.get("HSTEST_UID_BASE", "300000"))
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ import requests
 
 from hardened_spawner import labels
 
-from .hubtools import Kernel
+from .hubtools import TEST_PREFIX, Kernel
 
 USERS = ("alice", "bob")
 
@@ -150,7 +150,7 @@ def test_jupyterlab_and_a_terminal_work(servers, hub):
 def test_docker_inspect_shows_the_same(servers, engine, hub):
     uids = set()
     for name in USERS:
-        container = engine.containers.get(f"hstest-{name}--")
+        container = engine.containers.get(f"{TEST_PREFIX}-{name}--")
         config, host = container.attrs["Config"], container.attrs["HostConfig"]
         uid = int(config["User"].split(":")[0])
         uids.add(uid)
@@ -164,14 +164,14 @@ def test_docker_inspect_shows_the_same(servers, engine, hub):
         assert host["Memory"] == 2 * 1024**3 and host["NanoCpus"] == 10**9
         assert host["ShmSize"] == 1024**3
         assert "size=1073741824" in host["Tmpfs"]["/tmp"]
-        assert host["NetworkMode"] == "hstest-users"
+        assert host["NetworkMode"] == f"{TEST_PREFIX}-users"
         assert config["Healthcheck"]["Test"][0] == "CMD"
         workspace = [m for m in container.attrs["Mounts"] if m["Destination"] == f"/home/{name}"]
         assert workspace and workspace[0]["Type"] == "volume" and workspace[0]["RW"]
         assert config["Labels"][labels.OWNER] == name
         assert config["Labels"][labels.UID] == str(uid)
         assert len(config["Labels"][labels.POLICY]) == 16
-        volume = engine.volumes.get(f"hstest-workspace-{name}")
+        volume = engine.volumes.get(f"{TEST_PREFIX}-workspace-{name}")
         assert volume.attrs["Labels"][labels.UID] == str(uid)
         assert volume.attrs["Labels"][labels.OWNER] == name
     assert len(uids) == len(USERS)

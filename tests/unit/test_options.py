@@ -6,7 +6,12 @@ from types import SimpleNamespace
 import pytest
 
 from hardened_spawner.gpus import GpuAllocator, GpuPolicy, parse_static_inventory
-from hardened_spawner.options import OptionsError, gpu_options_form, gpu_request, parse_gpu_options
+from hardened_spawner.options import (
+    OptionsError,
+    gpu_options_form,
+    gpu_request,
+    parse_gpu_options,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

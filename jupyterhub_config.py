@@ -1,0 +1,119 @@
+# JupyterHub configuration for a shared GPU server, with HardenedSpawner.
+#
+# The README's demo (scripts/demo.sh) and the compose deployment both use this
+# file. Deployment-specific values come from environment variables (listed
+# below with their defaults); everything else is a commented, deliberate
+# choice you can edit in place.
+#
+#   HUB_BIND_URL          where people reach the hub            http://127.0.0.1:8000
+#   HUB_CONNECT_IP        where user containers reach the hub   the docker0 address
+#   HUB_DATA_DIR          database and cookie secret            current directory
+#   HUB_AUTHENTICATOR     "dummy" for the demo; set a real one  dummy
+#   HUB_DEMO_PASSWORD     the demo's shared password            (none: any password)
+#   HUB_ADMIN_USERS       comma-separated admin user names      admin
+#   SINGLEUSER_IMAGE      the users' image                      hardened-spawner-singleuser:latest
+#   HARDENED_GPUS         "none", "nvml", "nvidia-smi", or comma-separated GPU UUIDs   none
+#   HARDENED_AUDIT_LOG    audit trail file ("" for none)         $HUB_DATA_DIR/audit.jsonl
+#   HARDENED_NETWORK      the users' Docker network             hardened-spawner-users
+#   HUB_IDLE_TIMEOUT      seconds before idle servers stop (0 = never)   3600
+import os
+import subprocess
+import sys
+
+c = get_config()  # noqa: F821 (provided by JupyterHub)
+
+
+def env(name, default):
+    return os.environ.get(name, default)
+
+
+def docker0_address():
+    """The host's address on Docker's default bridge; containers reach the hub there."""
+    try:
+        out = subprocess.run(
+            ["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True, check=True
+        ).stdout
+        return out.split()[3].split("/")[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return "172.17.0.1"
+
+
+data_dir = env("HUB_DATA_DIR", os.getcwd())
+
+# --- the hub ------------------------------------------------------------------
+c.JupyterHub.bind_url = env("HUB_BIND_URL", "http://127.0.0.1:8000")
+# The hub API listens on all interfaces so user containers can reach it; the
+# users' network isolation (see the README) allows them the hub and nothing else.
+c.JupyterHub.hub_ip = "0.0.0.0"
+c.JupyterHub.hub_connect_ip = env("HUB_CONNECT_IP", "") or docker0_address()
+c.JupyterHub.db_url = f"sqlite:///{data_dir}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = f"{data_dir}/jupyterhub_cookie_secret"
+# Keep users' servers running when the hub restarts; the spawner finds them
+# again (and rebuilds its GPU table from their labels).
+c.JupyterHub.cleanup_servers = False
+
+# --- who may log in -----------------------------------------------------------
+c.JupyterHub.authenticator_class = env("HUB_AUTHENTICATOR", "dummy")
+if c.JupyterHub.authenticator_class == "dummy":
+    # Demo only: anyone may log in with any name (and the shared password, if set).
+    c.Authenticator.allow_all = True
+    if env("HUB_DEMO_PASSWORD", ""):
+        c.DummyAuthenticator.password = env("HUB_DEMO_PASSWORD", "")
+c.Authenticator.admin_users = {u for u in env("HUB_ADMIN_USERS", "admin").split(",") if u}
+
+# --- the hardened spawner -------------------------------------------------------
+c.JupyterHub.spawner_class = "hardened"
+c.HardenedSpawner.image = env("SINGLEUSER_IMAGE", "hardened-spawner-singleuser:latest")
+# There is no registry on an offline GPU server: use the local image, never pull.
+c.HardenedSpawner.pull_policy = "never"
+c.HardenedSpawner.network_name = env("HARDENED_NETWORK", "hardened-spawner-users")
+
+# Identity: UID = uid_min + the hub's user id, far above host accounts.
+c.HardenedSpawner.uid_min = 200000
+
+# Resources per server. The memory limit includes /tmp and /dev/shm use.
+c.HardenedSpawner.mem_limit = "8G"
+c.HardenedSpawner.cpu_limit = 4
+c.HardenedSpawner.pids_limit = 1024
+c.HardenedSpawner.shm_size = "2G"  # DataLoader workers pass batches through /dev/shm
+c.HardenedSpawner.tmp_size = "1G"
+
+# One persistent workspace volume per user, mounted at /home/<name>.
+c.HardenedSpawner.workspace_volume_name = "jupyterhub-workspace-{username}"
+
+# GPUs: exclusive by default, one per server at most, none unless asked for.
+gpus = env("HARDENED_GPUS", "none")
+c.HardenedSpawner.gpu_inventory = (
+    gpus if gpus in ("none", "nvml", "nvidia-smi") else [u.strip() for u in gpus.split(",") if u.strip()]
+)
+c.HardenedSpawner.gpu_default_per_user = 0
+c.HardenedSpawner.gpu_max_per_user = 1
+
+# Who started what, when, with which GPUs: JSON lines for Loki / Elasticsearch.
+c.HardenedSpawner.audit_log = env("HARDENED_AUDIT_LOG", f"{data_dir}/audit.jsonl")
+
+# Give servers time to start on a busy morning.
+c.Spawner.start_timeout = 120
+c.Spawner.http_timeout = 60
+
+# --- idle culling: stopped servers give their GPUs back ---------------------------
+idle_timeout = int(env("HUB_IDLE_TIMEOUT", "3600"))
+if idle_timeout > 0:
+    try:
+        import jupyterhub_idle_culler  # noqa: F401
+    except ImportError:
+        print("jupyterhub-idle-culler is not installed: idle servers are not stopped", file=sys.stderr)
+    else:
+        c.JupyterHub.services = [
+            {
+                "name": "idle-culler",
+                "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={idle_timeout}"],
+            }
+        ]
+        c.JupyterHub.load_roles = [
+            {
+                "name": "idle-culler",
+                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+                "services": ["idle-culler"],
+            }
+        ]
