@@ -5,7 +5,7 @@ workspace, gpus); this class reads the settings, asks the engine what it
 must know, calls those functions in order and reports progress, refusals and
 events. ``start`` is the whole story:
 
-identity -> workspace -> GPUs -> container spec -> guard -> create -> start -> wait
+identity -> GPUs -> workspace -> container spec -> guard -> create -> start -> wait
 """
 
 from __future__ import annotations
@@ -582,7 +582,7 @@ class HardenedSpawner(DockerSpawner):
                 created = True
         marker = PreparedMarker(source, identity.uid, image_id).as_state()
         if created or marker != self._prepared:
-            self._report(20, "Preparing your workspace")
+            self._report(30, "Preparing your workspace")
             await self._run_helper(identity, mount)
             self._prepared = marker
         return mount
@@ -697,9 +697,10 @@ class HardenedSpawner(DockerSpawner):
         self._image_digest = (image_info.get("RepoDigests") or [image_info["Id"]])[0]
         identity = await self._resolve_identity()
         self._identity = identity
-        workspace = await self._prepare_workspace(identity, self._image_id)
-        self._report(40, "Assigning GPUs")
+        # GPUs before the workspace: a busy pool refuses at once, before any container runs
+        self._report(15, "Assigning GPUs")
         self._gpu_uuids, self._gpus_since = await self._assign_gpus()
+        workspace = await self._prepare_workspace(identity, self._image_id)
         self._server_profile = self._profile(facts)
         self._workspace = workspace
         self._identity_files = identity_file_sources(facts["identity_mountpoint"], identity.uid)

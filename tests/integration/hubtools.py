@@ -89,6 +89,8 @@ class Hub:
             c.JupyterHub.hub_port = {self.hub_port}
             c.JupyterHub.hub_connect_ip = "{docker0_address()}"
             c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
+            # fixed, so a restarted hub can talk to the proxy that outlived it
+            c.ConfigurableHTTPProxy.auth_token = "{self.token}-proxy"
             c.ConfigurableHTTPProxy.pid_file = "{self.workdir}/proxy.pid"
             c.JupyterHub.db_url = "sqlite:///{self.workdir}/hub.sqlite"
             c.JupyterHub.cookie_secret_file = "{self.workdir}/cookie_secret"
