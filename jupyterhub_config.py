@@ -15,6 +15,10 @@
 #   HARDENED_GPUS         "none", "nvml", "nvidia-smi", or comma-separated GPU UUIDs   none
 #   HARDENED_AUDIT_LOG    audit trail file ("" for none)         $HUB_DATA_DIR/audit.jsonl
 #   HARDENED_NETWORK      the users' Docker network             hardened-spawner-users
+#   HARDENED_UID_MIN      first UID of the users' range         200000
+#   HARDENED_WORKSPACE_VOLUME  workspace volume name template   jupyterhub-workspace-{username}
+#   HARDENED_NAME_TEMPLATE     server container name template   (spawner default: jupyter-{username})
+#   HARDENED_CPU_LIMIT    CPUs per server                       4 (or fewer, on a smaller host)
 #   HUB_IDLE_TIMEOUT      seconds before idle servers stop (0 = never)   3600
 import os
 import subprocess
@@ -69,17 +73,21 @@ c.HardenedSpawner.pull_policy = "never"
 c.HardenedSpawner.network_name = env("HARDENED_NETWORK", "hardened-spawner-users")
 
 # Identity: UID = uid_min + the hub's user id, far above host accounts.
-c.HardenedSpawner.uid_min = 200000
+c.HardenedSpawner.uid_min = int(env("HARDENED_UID_MIN", "200000"))
 
 # Resources per server. The memory limit includes /tmp and /dev/shm use.
 c.HardenedSpawner.mem_limit = "8G"
-c.HardenedSpawner.cpu_limit = 4
+# The engine refuses a limit above the host's CPU count, so a small machine gets all of its CPUs.
+c.HardenedSpawner.cpu_limit = float(env("HARDENED_CPU_LIMIT", str(min(4, os.cpu_count() or 1))))
 c.HardenedSpawner.pids_limit = 1024
 c.HardenedSpawner.shm_size = "2G"  # DataLoader workers pass batches through /dev/shm
 c.HardenedSpawner.tmp_size = "1G"
 
 # One persistent workspace volume per user, mounted at /home/<name>.
-c.HardenedSpawner.workspace_volume_name = "jupyterhub-workspace-{username}"
+c.HardenedSpawner.workspace_volume_name = env("HARDENED_WORKSPACE_VOLUME", "jupyterhub-workspace-{username}")
+if env("HARDENED_NAME_TEMPLATE", ""):
+    # Give named servers their own containers: include {servername} if you use them.
+    c.HardenedSpawner.name_template = env("HARDENED_NAME_TEMPLATE", "")
 
 # GPUs: exclusive by default, one per server at most, none unless asked for.
 gpus = env("HARDENED_GPUS", "none")

