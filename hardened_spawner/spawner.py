@@ -856,7 +856,8 @@ def _install_hub_start_check() -> None:
     every spawner entry point while it constructs its app, before it reads the
     config; so this wraps its ``init_tornado_settings`` (called once the
     config is complete, before anything is served) to build one spawner from
-    the config first, which runs every validator and `check_config`. When the
+    the config first, which runs every validator and `check_config`, and then
+    audits the server containers already running, in the background. When the
     hub uses another spawner class, the wrapper does nothing.
     """
     app_module = sys.modules.get("jupyterhub.app")
@@ -872,15 +873,44 @@ def _install_hub_start_check() -> None:
             try:
                 # a stand-in user: DockerSpawner's observers render name templates
                 probe_user = SimpleNamespace(name="config-check", id=0, admin=False, groups=[])
-                app.spawner_class(config=app.config, log=app.log, user=probe_user).check_config()
+                spawner = app.spawner_class(config=app.config, log=app.log, user=probe_user)
+                spawner.check_config()
             except TraitError as e:
                 app.log.critical("Invalid HardenedSpawner configuration: %s", e)
                 app.exit(1)
             app.log.info("HardenedSpawner configuration checked")
+            _audit_in_background(spawner, app.log)
         return original(app)
 
     init_tornado_settings._hardened_spawner_check = True
     hub_class.init_tornado_settings = init_tornado_settings
+
+
+#: keeps the hub-start audit's future referenced until it is done
+_background_audits: set = set()
+
+
+def _audit_in_background(spawner: HardenedSpawner, log) -> None:
+    """Check the managed server containers already on the engine and log what is found
+    (`cli.audit_at_hub_start`), in a thread: the hub's start never waits for it, and
+    nothing it raises reaches the hub."""
+
+    def audit():
+        try:
+            # the engine calls live with the admin commands, not in the spawner
+            from .cli import audit_at_hub_start
+
+            audit_at_hub_start(spawner, log)
+        except Exception:
+            log.exception("Checking the existing server containers at hub start failed")
+
+    try:
+        future = asyncio.get_running_loop().run_in_executor(None, audit)
+    except RuntimeError as e:  # no running event loop to schedule it on
+        log.warning("Not checking the existing server containers at hub start: %s", e)
+        return
+    _background_audits.add(future)
+    future.add_done_callback(_background_audits.discard)
 
 
 _install_hub_start_check()

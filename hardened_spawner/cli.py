@@ -1,0 +1,364 @@
+"""``hardened-spawner``: admin commands over the engine the hub's servers run on.
+
+- ``hardened-spawner check [--json] [--all] [CONTAINER ...]``: audit the
+  managed server containers (or every container, or the named ones) with the
+  spawner's own guard. Exit status 0: no violations; 1: violations; 2: the
+  check could not run (engine unreachable, configuration unreadable).
+- ``hardened-spawner gpus [--json]``: each GPU of the configured inventory,
+  who holds it and since when, and the pool's totals.
+
+The Application classes only turn options into arguments; the work is in
+plain functions (`audit_containers`, `run_check`, `run_gpus`, ...) that take a
+docker-py ``APIClient`` (or anything with its methods), so tests call them
+with literal dicts and no engine. The decisions and renderings are pure, in
+`inspection`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from types import SimpleNamespace
+from typing import TextIO
+
+import docker.errors
+import requests.exceptions
+from traitlets import Bool, Unicode
+from traitlets.config import Application, Config
+from traitlets.config.loader import (
+    ArgumentError,
+    ConfigFileNotFound,
+    PyFileConfigLoader,
+)
+
+from . import labels
+from ._version import __version__
+from .gpus import GpuAllocator, GpuConfigError
+from .inspection import (
+    ContainerReport,
+    check_as_json,
+    check_as_table,
+    check_exit_status,
+    gpu_report,
+    gpus_as_json,
+    gpus_as_table,
+    hub_start_log_lines,
+    report_container,
+)
+from .workspace import IDENTITY_VOLUME
+
+EXIT_OK = 0
+EXIT_VIOLATIONS = 1
+EXIT_CANNOT_CHECK = 2
+
+DEFAULT_CONFIG_FILE = "jupyterhub_config.py"
+
+MANAGED_SERVERS = {"label": [f"{labels.MANAGED}=true", f"{labels.ROLE}={labels.ROLE_SERVER}"]}
+
+#: A stand-in for the hub user the spawner is built for: DockerSpawner's
+#: observers render name templates with it; nothing here acts for a user.
+_STAND_IN_USER = {"name": "hardened-spawner-cli", "id": 0, "admin": False, "groups": []}
+
+_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+class CannotCheck(Exception):
+    """The command cannot do its work; the message says why and what to do."""
+
+
+# --- plain functions: configuration ---------------------------------------
+
+
+def default_config_file(cwd: str = ".") -> str:
+    """The hub's config file in ``cwd`` if there is one, else "" (the spawner's defaults)."""
+    return DEFAULT_CONFIG_FILE if os.path.isfile(os.path.join(cwd, DEFAULT_CONFIG_FILE)) else ""
+
+
+def load_hub_config(path: str) -> Config:
+    """The hub's ``jupyterhub_config.py``, loaded as the hub loads it (``c = get_config()``)."""
+    if not path:
+        return Config()
+    directory, filename = os.path.split(os.path.abspath(path))
+    try:
+        return PyFileConfigLoader(filename, path=directory).load_config()
+    except ConfigFileNotFound:
+        raise CannotCheck(f"The config file {path} does not exist.") from None
+    except Exception as e:  # noqa: BLE001 - any error in the admin's Python file
+        raise CannotCheck(f"Loading the config file {path} failed: {e!r}") from None
+
+
+def build_spawner(config: Config, log: logging.Logger | None = None):
+    """A HardenedSpawner with the hub's settings, the way the hub checks its
+    config at start: every validator runs, so bad settings fail here too."""
+    from traitlets import TraitError
+
+    from .spawner import HardenedSpawner
+
+    try:
+        return HardenedSpawner(
+            config=config, log=log or logging.getLogger(__name__), user=SimpleNamespace(**_STAND_IN_USER)
+        )
+    except TraitError as e:
+        raise CannotCheck(f"Invalid HardenedSpawner configuration: {e}") from None
+
+
+def engine_client(spawner):
+    """The spawner's own docker-py client (same DOCKER_HOST, TLS and client_kwargs as the hub)."""
+    try:
+        return spawner.client
+    except _ENGINE_ERRORS as e:
+        raise CannotCheck(cannot_reach_message(spawner, e)) from None
+
+
+def cannot_reach_message(spawner, error: Exception) -> str:
+    where = (
+        spawner.client_kwargs.get("base_url")
+        or os.environ.get("DOCKER_HOST")
+        or "unix:///var/run/docker.sock"
+    )
+    return (
+        f"Cannot reach the Docker engine at {where}: {error}. Is the engine running, and may "
+        "this account use it (the docker group, DOCKER_HOST, DockerSpawner.client_kwargs)?"
+    )
+
+
+# --- plain functions: check ------------------------------------------------
+
+
+def identity_mountpoint(client) -> str | None:
+    """Where the engine keeps the generated passwd/group files; None before any spawn."""
+    try:
+        return client.inspect_volume(IDENTITY_VOLUME)["Mountpoint"]
+    except docker.errors.NotFound:
+        return None
+
+
+def audit_containers(
+    client,
+    allowed_cap_add: frozenset[str],
+    *,
+    everything: bool = False,
+    names: tuple[str, ...] = (),
+) -> list[ContainerReport]:
+    """Reports for the managed server containers, or every container
+    (``everything``), or just the ones named (names or ids), running or not."""
+    if names:
+        ids = list(names)
+    else:
+        filters = None if everything else MANAGED_SERVERS
+        ids = [c["Id"] for c in client.containers(all=True, filters=filters)]
+    mountpoint = identity_mountpoint(client)
+    reports = []
+    for container_id in ids:
+        try:
+            inspect = client.inspect_container(container_id)
+        except docker.errors.NotFound:
+            if names:
+                raise CannotCheck(f"There is no container {container_id}.") from None
+            continue  # removed since the listing: nothing left to check
+        reports.append(report_container(inspect, allowed_cap_add, mountpoint))
+    return sorted(reports, key=lambda r: (r.name, r.id))
+
+
+def run_check(
+    client,
+    allowed_cap_add: frozenset[str],
+    *,
+    as_json: bool = False,
+    everything: bool = False,
+    names: tuple[str, ...] = (),
+    out: TextIO | None = None,
+) -> int:
+    """Audit, print the table or JSON (to ``out``, default stdout), return the exit status."""
+    out = out or sys.stdout
+    reports = audit_containers(client, allowed_cap_add, everything=everything, names=names)
+    out.write(check_as_json(reports) + "\n" if as_json else check_as_table(reports, everything=everything))
+    return check_exit_status(reports)
+
+
+def audit_at_hub_start(spawner, log: logging.Logger) -> None:
+    """Check the managed server containers already there when the hub starts and log what
+    is found. Runs in a thread while the hub starts; never raises."""
+    try:
+        client = engine_client(spawner)
+        reports = audit_containers(client, frozenset(spawner.cap_add))
+    except CannotCheck as e:
+        log.warning("Could not check the existing server containers at hub start: %s", e)
+        return
+    except _ENGINE_ERRORS as e:
+        log.warning(
+            "Could not check the existing server containers at hub start: %s",
+            cannot_reach_message(spawner, e),
+        )
+        return
+    except Exception:
+        log.exception("Checking the existing server containers at hub start failed")
+        return
+    for level, message in hub_start_log_lines(reports):
+        log.log(level, message)
+
+
+# --- plain functions: gpus -------------------------------------------------
+
+
+def running_servers(client) -> list[dict]:
+    """Running managed server containers, in ``docker ps`` shape (their labels)."""
+    return client.containers(filters=MANAGED_SERVERS)
+
+
+def run_gpus(
+    client, allocator: GpuAllocator, *, as_json: bool = False, out: TextIO | None = None
+) -> int:
+    out = out or sys.stdout
+    report = gpu_report(allocator, running_servers(client))
+    out.write(gpus_as_json(report) + "\n" if as_json else gpus_as_table(report))
+    return EXIT_OK
+
+
+# --- the thin Application shell ---------------------------------------------
+
+
+class AdminCommand(Application):
+    """What every subcommand shares: the hub's config file and --json."""
+
+    version = __version__
+
+    config_file = Unicode(
+        help=f"""The hub's config file, for the HardenedSpawner settings (cap_add allowlist,
+        gpu_* settings, DockerSpawner.client_kwargs). Default: {DEFAULT_CONFIG_FILE} in the
+        current directory if there is one, else the spawner's defaults.""",
+    ).tag(config=True)
+
+    json_output = Bool(False, help="Print JSON for machines instead of a table.").tag(config=True)
+
+    aliases = {
+        "config": "AdminCommand.config_file",
+        "log-level": "Application.log_level",
+    }
+    flags = {
+        "json": ({"AdminCommand": {"json_output": True}}, json_output.help),
+        "debug": ({"Application": {"log_level": logging.DEBUG}}, "Log debug messages."),
+    }
+
+    def initialize(self, argv=None):
+        # no @catch_config_error: a usage error must exit 2, not 1 (1 means violations)
+        self.parse_command_line(argv)
+
+    def spawner(self):
+        path = self.config_file or default_config_file()
+        if not path:
+            self.log.warning(
+                "No %s here and no --config: using HardenedSpawner's defaults.",
+                DEFAULT_CONFIG_FILE,
+            )
+        return build_spawner(load_hub_config(path), self.log)
+
+    def run(self) -> int:
+        raise NotImplementedError
+
+    def start(self) -> int:
+        try:
+            return self.run()
+        except CannotCheck as e:
+            print(f"hardened-spawner {self.name}: {e}", file=sys.stderr)
+            return EXIT_CANNOT_CHECK
+
+
+class CheckCommand(AdminCommand):
+    name = "check"
+    description = """Audit the containers this spawner manages against the security policy,
+    with the same guard the spawner runs before it creates one. Name containers to check only
+    those. Exit status: 0 no violations, 1 violations, 2 the check could not run."""
+
+    everything = Bool(
+        False, help="Check every container on the engine, also ones started by hand."
+    ).tag(config=True)
+
+    flags = {
+        **AdminCommand.flags,
+        "all": ({"CheckCommand": {"everything": True}}, everything.help),
+    }
+
+    def run(self) -> int:
+        spawner = self.spawner()
+        client = engine_client(spawner)
+        try:
+            return run_check(
+                client,
+                frozenset(spawner.cap_add),
+                as_json=self.json_output,
+                everything=self.everything,
+                names=tuple(self.extra_args),
+            )
+        except _ENGINE_ERRORS as e:
+            raise CannotCheck(cannot_reach_message(spawner, e)) from None
+
+
+class GpusCommand(AdminCommand):
+    name = "gpus"
+    description = """Each GPU of the configured inventory, who holds it (owner and server)
+    and since when, read from the running servers' labels; then the pool's totals."""
+
+    def run(self) -> int:
+        if self.extra_args:
+            raise CannotCheck(f"unexpected arguments: {' '.join(self.extra_args)}")
+        spawner = self.spawner()
+        try:
+            allocator = spawner.gpu_allocator()
+        except (GpuConfigError, ValueError) as e:
+            raise CannotCheck(str(e)) from None
+        client = engine_client(spawner)
+        try:
+            return run_gpus(client, allocator, as_json=self.json_output)
+        except _ENGINE_ERRORS as e:
+            raise CannotCheck(cannot_reach_message(spawner, e)) from None
+
+
+class HardenedSpawnerApp(Application):
+    name = "hardened-spawner"
+    version = __version__
+    description = "Admin commands for JupyterHub's HardenedSpawner."
+    examples = """
+    hardened-spawner check                      # audit the managed servers
+    hardened-spawner check --all --json         # every container, as JSON
+    hardened-spawner gpus --config /etc/jupyterhub/jupyterhub_config.py
+    """
+    # factories, not classes: traitlets would keep a class's singleton instance
+    # between two calls of main() in one process
+    subcommands = {
+        "check": (
+            lambda parent: CheckCommand(parent=parent),
+            "Audit the server containers against the security policy (exit 1 on violations).",
+        ),
+        "gpus": (
+            lambda parent: GpusCommand(parent=parent),
+            "Show each GPU, who holds it and since when, and the pool's totals.",
+        ),
+    }
+
+    def initialize(self, argv=None):
+        self.parse_command_line(argv)
+
+    def start(self) -> int:
+        if self.subapp is None:
+            self.print_subcommands()
+            unknown = f"Unknown command {self.extra_args[0]!r}. " if self.extra_args else ""
+            print(f"{unknown}Usage: hardened-spawner {{check,gpus}} [options]", file=sys.stderr)
+            return EXIT_CANNOT_CHECK
+        return self.subapp.start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``hardened-spawner`` entry point; returns the exit status."""
+    from traitlets import TraitError
+
+    app = HardenedSpawnerApp()
+    try:
+        app.initialize(argv)
+        return app.start()
+    except (ArgumentError, TraitError) as e:
+        print(f"hardened-spawner: {e}", file=sys.stderr)
+        return EXIT_CANNOT_CHECK
+    finally:
+        HardenedSpawnerApp.clear_instance()

@@ -1,0 +1,784 @@
+"""The admin commands without an engine: reports from literal `docker inspect` and `docker ps`
+dicts, the table and JSON outputs, exit statuses, argument parsing, and the hub-start audit."""
+
+import asyncio
+import copy
+import io
+import json
+import logging
+import subprocess
+import sys
+import threading
+
+import docker.errors
+import pytest
+
+from hardened_spawner import cli, inspection, spawner
+from hardened_spawner.gpus import GpuAllocator, GpuDevice, GpuPolicy, GpuSummary
+from hardened_spawner.inspection import (
+    CIS_ITEMS,
+    ContainerReport,
+    Finding,
+    GpuHolder,
+    GpuReport,
+    GpuRow,
+)
+from hardened_spawner.spawner import HardenedSpawner
+
+MOUNTPOINT = "/var/lib/docker/volumes/hardened-spawner-identity/_data"
+P = "org.jupyter.hardened-spawner."
+CIS_LINE = (
+    "The checks cover CIS Docker Benchmark v1.6.0 items 4.1, 5.2, 5.3, 5.4, 5.5, 5.6, 5.10, "
+    "5.11, 5.13, 5.16, 5.17, 5.18, 5.21, 5.22, 5.26, 5.27, 5.29, 5.31, 5.32."
+)
+
+
+def server_labels(owner, uid, server_name="", gpus="", since=""):
+    return {
+        P + "managed": "true",
+        P + "role": "server",
+        P + "owner": owner,
+        P + "server-name": server_name,
+        P + "uid": str(uid),
+        P + "gid": str(uid),
+        P + "gpus": gpus,
+        P + "gpus-since": since,
+    }
+
+
+#: What `docker inspect` shows for a server HardenedSpawner started (trimmed to what matters).
+GOOD = {
+    "Id": "a" * 64,
+    "Name": "/jupyter-alice",
+    "State": {"Status": "running"},
+    "Config": {
+        "User": "200001:200001",
+        "Cmd": ["jupyterhub-singleuser"],
+        "Entrypoint": None,
+        "Image": "hardened-spawner-singleuser:latest",
+        "Labels": server_labels("alice", 200001),
+        "Healthcheck": {"Test": ["CMD", "python3", "-c", "print()"], "Interval": 30_000_000_000},
+    },
+    "HostConfig": {
+        "Binds": [
+            f"{MOUNTPOINT}/200001/passwd:/etc/passwd:ro",
+            f"{MOUNTPOINT}/200001/group:/etc/group:ro",
+        ],
+        "Mounts": [
+            {
+                "Type": "volume",
+                "Source": "jupyterhub-workspace-alice",
+                "Target": "/home/alice",
+                "VolumeOptions": {"NoCopy": True},
+            }
+        ],
+        "NetworkMode": "hardened-spawner-users",
+        "PidMode": "",
+        "IpcMode": "private",
+        "UTSMode": "",
+        "UsernsMode": "",
+        "Privileged": False,
+        "CapDrop": ["ALL"],
+        "CapAdd": None,
+        "ReadonlyRootfs": True,
+        "SecurityOpt": ["no-new-privileges:true"],
+        "Memory": 2147483648,
+        "NanoCpus": 2000000000,
+        "CpuQuota": 0,
+        "PidsLimit": 1024,
+        "Devices": None,
+        "DeviceRequests": [],
+        "GroupAdd": None,
+        "VolumesFrom": None,
+        "OomKillDisable": False,
+    },
+}
+
+
+def inspect_of(name, owner="bob", uid=200002, config=None, host_config=None, labels=None):
+    """GOOD for another user, with some settings changed."""
+    found = copy.deepcopy(GOOD)
+    found["Id"] = name.ljust(64, "0")
+    found["Name"] = "/" + name
+    found["Config"]["User"] = f"{uid}:{uid}"
+    found["Config"]["Labels"] = server_labels(owner, uid) if labels is None else labels
+    found["HostConfig"]["Binds"] = [
+        f"{MOUNTPOINT}/{uid}/passwd:/etc/passwd:ro",
+        f"{MOUNTPOINT}/{uid}/group:/etc/group:ro",
+    ]
+    found["Config"].update(config or {})
+    found["HostConfig"].update(host_config or {})
+    return found
+
+
+#: `docker run --privileged -v /var/run/docker.sock:/var/run/docker.sock --cap-add SYS_ADMIN`
+#: labelled as a managed server: the naive recipe, as the engine reports it.
+NAIVE = {
+    "Id": "b" * 64,
+    "Name": "/jupyter-mallory",
+    "State": {"Status": "running"},
+    "Config": {
+        "User": "",
+        "Cmd": ["sleep", "infinity"],
+        "Entrypoint": None,
+        "Image": "hardened-spawner-base:bookworm",
+        "Labels": server_labels("mallory", 200003),
+        "Healthcheck": None,
+    },
+    "HostConfig": {
+        "Binds": ["/var/run/docker.sock:/var/run/docker.sock"],
+        "NetworkMode": "default",
+        "Privileged": True,
+        "CapAdd": ["CAP_SYS_ADMIN"],
+        "CapDrop": None,
+        "ReadonlyRootfs": False,
+        "SecurityOpt": ["label=disable"],
+        "Memory": 0,
+        "NanoCpus": 0,
+        "PidsLimit": None,
+    },
+}
+
+NAIVE_CHECKS = [
+    "privileged",
+    "docker-socket",
+    "cap-drop",
+    "cap-add",
+    "user",
+    "read-only-root",
+    "no-new-privileges",
+    "label-unconfined",
+    "memory",
+    "cpu",
+    "pids",
+    "healthcheck",
+]
+
+
+def report(inspect, cap_add=frozenset(), mountpoint=MOUNTPOINT):
+    return inspection.report_container(inspect, cap_add, mountpoint)
+
+
+# --- reports from inspect dicts ---------------------------------------------
+
+
+def test_a_container_the_spawner_started_has_no_violations():
+    assert report(GOOD) == ContainerReport(
+        id="a" * 64,
+        name="jupyter-alice",
+        state="running",
+        managed=True,
+        owner="alice",
+        server_name="",
+        user="200001:200001",
+        image="hardened-spawner-singleuser:latest",
+        findings=(),
+    )
+    assert report(GOOD).ok
+    assert report(GOOD).cis_failed == []
+    assert report(GOOD).cis_passed == list(CIS_ITEMS)
+
+
+def test_the_naive_recipe_breaks_the_policy_in_every_way_the_guard_knows():
+    found = report(NAIVE)
+    assert [f.check for f in found.findings] == NAIVE_CHECKS
+    assert found.findings[0] == Finding(
+        check="privileged",
+        key="HostConfig.Privileged",
+        setting="extra_host_config['privileged']",
+        problem="The container would run privileged, with every capability and every host device",
+        fix="remove 'privileged'; it is never allowed",
+        cis=("5.5",),
+    )
+    assert found.findings[1].problem == (
+        "The engine socket /var/run/docker.sock would be mounted; whoever holds it is root on the host"
+    )
+    assert found.cis_failed == ["4.1", "5.3", "5.4", "5.5", "5.11", "5.13", "5.26", "5.27", "5.29", "5.32"]
+    assert "5.5" not in found.cis_passed and "5.10" in found.cis_passed
+
+
+def test_only_the_containers_own_uid_may_bind_its_account_files():
+    # bob's container mounting alice's generated account files
+    stolen = inspect_of("jupyter-bob")
+    stolen["HostConfig"]["Binds"] = GOOD["HostConfig"]["Binds"]
+    assert [(f.check, f.problem) for f in report(stolen).findings] == [
+        ("sensitive-mount", f"The host path {MOUNTPOINT}/200001/passwd would be mounted into a user's container"),
+        ("sensitive-mount", f"The host path {MOUNTPOINT}/200001/group would be mounted into a user's container"),
+    ]
+    # and before any spawn there is no identity volume, so no bind is expected
+    assert [f.check for f in report(GOOD, mountpoint=None).findings] == ["sensitive-mount"] * 2
+
+
+def test_the_uid_label_stands_in_when_the_user_is_not_numeric():
+    assert inspection.guard_policy_for(
+        inspect_of("x", config={"User": "jovyan"}), frozenset(), MOUNTPOINT
+    ).allowed_bind_sources == {f"{MOUNTPOINT}/200002/passwd", f"{MOUNTPOINT}/200002/group"}
+    unlabelled = inspect_of("x", config={"User": ""}, labels={})
+    assert inspection.guard_policy_for(unlabelled, frozenset(), MOUNTPOINT).allowed_bind_sources == set()
+
+
+def test_the_capability_allowlist_comes_from_the_config():
+    nice = inspect_of("jupyter-bob", host_config={"CapAdd": ["CAP_SYS_NICE"]})
+    assert [f.check for f in report(nice).findings] == ["cap-add"]
+    assert report(nice, cap_add=frozenset({"SYS_NICE"})).ok
+
+
+@pytest.mark.parametrize(
+    "key, mode, cis",
+    [
+        ("NetworkMode", "host", ("5.10",)),
+        ("PidMode", "host", ("5.16",)),
+        ("IpcMode", "host", ("5.17",)),
+        ("UTSMode", "host", ("5.21",)),
+        ("UsernsMode", "host", ("5.31",)),
+        # another container's namespace breaks our policy but is no CIS item
+        ("NetworkMode", "container:abc", ()),
+        ("PidMode", "container:abc", ()),
+    ],
+)
+def test_each_shared_namespace_names_its_own_cis_item(key, mode, cis):
+    found = report(inspect_of("x", host_config={key: mode})).findings
+    assert [(f.check, f.key, f.cis) for f in found] == [("host-namespace", f"HostConfig.{key}", cis)]
+
+
+@pytest.mark.parametrize(
+    "host_config, check, cis",
+    [
+        ({"SecurityOpt": ["no-new-privileges:true", "seccomp=unconfined"]}, "seccomp-unconfined", ("5.22",)),
+        ({"SecurityOpt": ["no-new-privileges:true", "apparmor=unconfined"]}, "apparmor-unconfined", ("5.2",)),
+        ({"Devices": [{"PathOnHost": "/dev/fuse"}]}, "devices", ("5.18",)),
+        ({"Binds": ["/etc:/host-etc:ro"]}, "sensitive-mount", ("5.6",)),
+        ({"VolumesFrom": ["jupyter-alice"]}, "volumes-from", ()),
+        ({"GroupAdd": ["docker"]}, "group-add", ()),
+        ({"OomKillDisable": True}, "oom-kill-disable", ()),
+    ],
+)
+def test_cis_items_of_other_checks(host_config, check, cis):
+    found = report(inspect_of("x", host_config=host_config)).findings
+    assert [(f.check, f.cis) for f in found] == [(check, cis)]
+
+
+def test_exit_status():
+    assert inspection.check_exit_status([]) == 0
+    assert inspection.check_exit_status([report(GOOD)]) == 0
+    assert inspection.check_exit_status([report(GOOD), report(NAIVE)]) == 1
+
+
+# --- outputs --------------------------------------------------------------
+
+
+def test_table_for_people():
+    priv = inspect_of("hscli-priv", owner="eve", uid=200004, host_config={"Privileged": True})
+    named = inspect_of("jupyter-bob--gpu", labels=server_labels("bob", 200002, server_name="gpu"))
+    by_hand = inspect_of("by-hand", labels={}, host_config={"ReadonlyRootfs": False, "Binds": None})
+    by_hand["Config"]["User"] = ""
+    by_hand["State"]["Status"] = "exited"
+    reports = [report(r) for r in (GOOD, priv, named, by_hand)]
+    assert inspection.check_as_table(reports, everything=True) == f"""\
+OK            jupyter-alice     owner=alice          user=200001:200001    running
+1 violation   hscli-priv        owner=eve            user=200004:200004    running
+    privileged (HostConfig.Privileged; CIS 5.5): The container would run privileged, with every capability and every host device
+      fix: remove 'privileged'; it is never allowed
+OK            jupyter-bob--gpu  owner=bob/gpu        user=200002:200002    running
+2 violations  by-hand           owner=(not managed)  user=(image default)  exited
+    user (Config.User; CIS 4.1): The server would run as 'the image default user', not as a dedicated UID:GID >= 1000
+      fix: do not override 'user'; the spawner sets the user's own UID:GID
+    read-only-root (HostConfig.ReadonlyRootfs; CIS 5.13): The root filesystem would be writable
+      fix: keep read_only=True; writable places are the workspace and the tmpfs mounts
+
+4 containers checked: 2 OK, 2 breaking the policy (3 violations).
+{CIS_LINE}
+"""
+
+
+def test_table_when_all_is_well_or_nothing_is_there():
+    assert inspection.check_as_table([report(GOOD)]) == f"""\
+OK  jupyter-alice  owner=alice  user=200001:200001  running
+
+1 container checked: 1 OK, 0 breaking the policy.
+{CIS_LINE}
+"""
+    assert inspection.check_as_table([]) == "No managed server containers found.\n"
+    assert inspection.check_as_table([], everything=True) == "No containers found.\n"
+
+
+def test_json_for_machines_has_stable_keys():
+    priv = inspect_of("hscli-priv", owner="eve", uid=200004, host_config={"Privileged": True})
+    assert json.loads(inspection.check_as_json([report(GOOD), report(priv)])) == [
+        {
+            "id": "a" * 64,
+            "name": "jupyter-alice",
+            "state": "running",
+            "managed": True,
+            "owner": "alice",
+            "server_name": "",
+            "user": "200001:200001",
+            "image": "hardened-spawner-singleuser:latest",
+            "ok": True,
+            "violations": [],
+            "cis_passed": list(CIS_ITEMS),
+            "cis_failed": [],
+        },
+        {
+            "id": "hscli-priv".ljust(64, "0"),
+            "name": "hscli-priv",
+            "state": "running",
+            "managed": True,
+            "owner": "eve",
+            "server_name": "",
+            "user": "200004:200004",
+            "image": "hardened-spawner-singleuser:latest",
+            "ok": False,
+            "violations": [
+                {
+                    "check": "privileged",
+                    "key": "HostConfig.Privileged",
+                    "setting": "extra_host_config['privileged']",
+                    "problem": "The container would run privileged, with every capability and every host device",
+                    "fix": "remove 'privileged'; it is never allowed",
+                    "cis": ["5.5"],
+                }
+            ],
+            "cis_passed": [i for i in CIS_ITEMS if i != "5.5"],
+            "cis_failed": ["5.5"],
+        },
+    ]
+    assert inspection.check_as_json([]) == "[]"
+
+
+def test_hub_start_log_lines():
+    assert inspection.hub_start_log_lines([report(GOOD), report(NAIVE)]) == [
+        (
+            logging.WARNING,
+            "Container jupyter-mallory (owner mallory) breaks the security policy: "
+            + ", ".join(NAIVE_CHECKS)
+            + ". Run `hardened-spawner check` for the details and fixes.",
+        ),
+        (logging.INFO, "Checked 2 managed server containers at hub start: 1 OK, 1 breaking the security policy."),
+    ]
+    assert inspection.hub_start_log_lines([]) == [
+        (logging.INFO, "Checked 0 managed server containers at hub start: 0 OK, 0 breaking the security policy.")
+    ]
+
+
+# --- gpus -----------------------------------------------------------------
+
+SINCE = "2026-11-29T09:15:00+00:00"
+LATER = "2026-11-29T10:00:00+00:00"
+INVENTORY = (
+    GpuDevice("GPU-0", "0", "NVIDIA H200"),
+    GpuDevice("GPU-1", "1", "NVIDIA H200"),
+    GpuDevice("GPU-2", "2", "NVIDIA H200"),
+    GpuDevice("MIG-2a", "2:0", "NVIDIA H200 MIG 1g.18gb", parent_uuid="GPU-2"),
+    GpuDevice("GPU-3", "3", "NVIDIA H200"),
+)
+
+
+def ps(owner, gpus, since, server_name=""):
+    """A running server as `docker ps` lists it."""
+    return {"Id": owner, "Created": 0, "Labels": server_labels(owner, 1, server_name, gpus, since)}
+
+
+def test_gpu_report_shows_holders_and_totals():
+    allocator = GpuAllocator(INVENTORY, GpuPolicy(pool=("GPU-0", "GPU-1", "GPU-2", "MIG-2a")))
+    containers = [
+        ps("alice", "GPU-0", SINCE),
+        ps("bob", "MIG-2a", LATER, server_name="big"),
+        ps("carol", "", ""),  # no GPUs
+        ps("dave", "GPU-gone", SINCE),  # a device the config no longer lists
+    ]
+    found = inspection.gpu_report(allocator, containers)
+    assert found == GpuReport(
+        rows=(
+            GpuRow("0", "GPU-0", "NVIDIA H200", "assigned", (GpuHolder("alice", "", SINCE),)),
+            GpuRow("1", "GPU-1", "NVIDIA H200", "free", ()),
+            GpuRow("2", "GPU-2", "NVIDIA H200", "blocked", ()),
+            GpuRow("2:0", "MIG-2a", "NVIDIA H200 MIG 1g.18gb", "assigned", (GpuHolder("bob", "big", LATER),)),
+            GpuRow("3", "GPU-3", "NVIDIA H200", "outside pool", ()),
+            GpuRow("?", "GPU-gone", "", "not in inventory", (GpuHolder("dave", "", SINCE),)),
+        ),
+        summary=GpuSummary(total=4, assigned=2, free=1),
+        warnings=("GPU-gone is held by dave but is not in the GPU inventory; it stays held until that server stops.",),
+    )
+    assert inspection.gpus_as_table(found) == f"""\
+INDEX  UUID      NAME                     STATE             HELD BY  SINCE
+0      GPU-0     NVIDIA H200              assigned          alice    {SINCE}
+1      GPU-1     NVIDIA H200              free
+2      GPU-2     NVIDIA H200              blocked
+2:0    MIG-2a    NVIDIA H200 MIG 1g.18gb  assigned          bob/big  {LATER}
+3      GPU-3     NVIDIA H200              outside pool
+?      GPU-gone                           not in inventory  dave     {SINCE}
+
+4 GPUs in the pool: 2 assigned, 1 free.
+warning: GPU-gone is held by dave but is not in the GPU inventory; it stays held until that server stops.
+"""
+
+
+def test_shared_gpus_list_every_holder():
+    allocator = GpuAllocator(INVENTORY[:1], GpuPolicy(max_users_per_gpu=2))
+    found = inspection.gpu_report(allocator, [ps("bob", "GPU-0", LATER), ps("alice", "GPU-0", SINCE)])
+    assert json.loads(inspection.gpus_as_json(found)) == {
+        "devices": [
+            {
+                "index": "0",
+                "uuid": "GPU-0",
+                "name": "NVIDIA H200",
+                "state": "assigned",
+                "holders": [
+                    {"owner": "alice", "server_name": "", "since": SINCE},
+                    {"owner": "bob", "server_name": "", "since": LATER},
+                ],
+            }
+        ],
+        "total": 1,
+        "assigned": 1,
+        "free": 0,
+        "warnings": [],
+    }
+    assert inspection.gpus_as_table(found) == f"""\
+INDEX  UUID   NAME         STATE     HELD BY  SINCE
+0      GPU-0  NVIDIA H200  assigned  alice    {SINCE}
+                                     bob      {LATER}
+
+1 GPU in the pool: 1 assigned, 0 free.
+"""
+
+
+def test_no_inventory():
+    found = inspection.gpu_report(GpuAllocator((), GpuPolicy()), [])
+    assert inspection.gpus_as_table(found) == (
+        "No GPUs in the inventory (HardenedSpawner.gpu_inventory).\n\n0 GPUs in the pool: 0 assigned, 0 free.\n"
+    )
+
+
+# --- the plain functions over a stand-in engine ------------------------------
+
+
+class FakeEngine:
+    """The docker-py APIClient methods the commands use, answering from literal dicts."""
+
+    def __init__(self, containers, identity_volume=True):
+        self.inspects = {c["Id"]: c for c in containers}
+        self.by_name = {c["Name"].lstrip("/"): c for c in containers}
+        self.identity_volume = identity_volume
+        self.calls = []
+
+    def containers(self, all=False, filters=None):
+        self.calls.append(("containers", all, filters))
+        found = list(self.inspects.values())
+        if filters:
+            wanted = dict(f.split("=", 1) for f in filters["label"])
+            found = [
+                c for c in found
+                if all_items(wanted, c["Config"]["Labels"])
+                and (all or c["State"]["Status"] == "running")
+            ]
+        return [{"Id": c["Id"], "Created": 0, "Labels": c["Config"]["Labels"]} for c in found]
+
+    def inspect_container(self, container):
+        found = self.inspects.get(container) or self.by_name.get(container)
+        if found is None:
+            raise docker.errors.NotFound(f"No such container: {container}")
+        return found
+
+    def inspect_volume(self, name):
+        assert name == "hardened-spawner-identity"
+        if not self.identity_volume:
+            raise docker.errors.NotFound(f"get {name}: no such volume")
+        return {"Name": name, "Mountpoint": MOUNTPOINT}
+
+
+def all_items(wanted, labels):
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+BY_HAND = copy.deepcopy(NAIVE)
+BY_HAND.update(Id="c" * 64, Name="/by-hand")
+BY_HAND["Config"]["Labels"] = {}
+HELPER = inspect_of("helper", labels={P + "managed": "true", P + "role": "helper"})
+
+
+def test_audit_finds_the_managed_servers_or_everything():
+    engine = FakeEngine([NAIVE, GOOD, BY_HAND, HELPER])
+    managed = cli.audit_containers(engine, frozenset())
+    assert [r.name for r in managed] == ["jupyter-alice", "jupyter-mallory"]
+    assert engine.calls == [("containers", True, cli.MANAGED_SERVERS)]
+    assert cli.MANAGED_SERVERS == {
+        "label": ["org.jupyter.hardened-spawner.managed=true", "org.jupyter.hardened-spawner.role=server"]
+    }
+    every = cli.audit_containers(engine, frozenset(), everything=True)
+    assert [r.name for r in every] == ["by-hand", "helper", "jupyter-alice", "jupyter-mallory"]
+    assert engine.calls[-1] == ("containers", True, None)
+
+
+def test_audit_of_named_containers():
+    engine = FakeEngine([NAIVE, GOOD])
+    assert [r.name for r in cli.audit_containers(engine, frozenset(), names=("jupyter-alice",))] == [
+        "jupyter-alice"
+    ]
+    assert engine.calls == []
+    with pytest.raises(cli.CannotCheck, match="^There is no container nobody.$"):
+        cli.audit_containers(engine, frozenset(), names=("nobody",))
+
+
+def test_a_container_removed_while_auditing_is_skipped():
+    engine = FakeEngine([GOOD, NAIVE])
+    listed = engine.containers(all=True, filters=cli.MANAGED_SERVERS)
+    engine.containers = lambda **kwargs: listed
+    del engine.inspects[NAIVE["Id"]]
+    assert [r.name for r in cli.audit_containers(engine, frozenset())] == ["jupyter-alice"]
+
+
+def test_before_any_spawn_there_is_no_identity_volume():
+    assert cli.identity_mountpoint(FakeEngine([], identity_volume=False)) is None
+    assert cli.identity_mountpoint(FakeEngine([])) == MOUNTPOINT
+
+
+def test_run_check_prints_and_returns_the_exit_status():
+    out = io.StringIO()
+    assert cli.run_check(FakeEngine([GOOD]), frozenset(), out=out) == 0
+    assert out.getvalue().startswith("OK  jupyter-alice  owner=alice")
+    out = io.StringIO()
+    assert cli.run_check(FakeEngine([GOOD, NAIVE]), frozenset(), as_json=True, out=out) == 1
+    assert [(r["name"], len(r["violations"])) for r in json.loads(out.getvalue())] == [
+        ("jupyter-alice", 0),
+        ("jupyter-mallory", len(NAIVE_CHECKS)),
+    ]
+
+
+def test_run_gpus_reads_the_running_servers():
+    engine = FakeEngine([inspect_of("jupyter-bob", labels=server_labels("bob", 200002, gpus="GPU-1", since=SINCE))])
+    out = io.StringIO()
+    allocator = GpuAllocator(INVENTORY[:2], GpuPolicy())
+    assert cli.run_gpus(engine, allocator, as_json=True, out=out) == 0
+    assert engine.calls == [("containers", False, cli.MANAGED_SERVERS)]
+    found = json.loads(out.getvalue())
+    assert [(d["uuid"], d["state"], d["holders"]) for d in found["devices"]] == [
+        ("GPU-0", "free", []),
+        ("GPU-1", "assigned", [{"owner": "bob", "server_name": "", "since": SINCE}]),
+    ]
+    assert (found["total"], found["assigned"], found["free"]) == (2, 1, 1)
+
+
+# --- the command line --------------------------------------------------------
+
+
+@pytest.fixture
+def engine(monkeypatch):
+    """main() talks to this stand-in instead of the spawner's docker client."""
+    fake = FakeEngine([GOOD, NAIVE, BY_HAND])
+    monkeypatch.setattr(cli, "engine_client", lambda spawner: fake)
+    return fake
+
+
+@pytest.fixture
+def config_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_check_table_and_exit_1(engine, config_dir, capsys):
+    assert cli.main(["check"]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "OK             jupyter-alice    owner=alice    user=200001:200001    running"
+    assert out.splitlines()[1] == "12 violations  jupyter-mallory  owner=mallory  user=(image default)  running"
+    assert "by-hand" not in out
+
+
+def test_check_json_all(engine, config_dir, capsys):
+    assert cli.main(["check", "--json", "--all"]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["managed"], r["ok"]) for r in found] == [
+        ("by-hand", False, False),
+        ("jupyter-alice", True, True),
+        ("jupyter-mallory", True, False),
+    ]
+
+
+def test_check_named_container_exit_0(engine, config_dir, capsys):
+    assert cli.main(["check", "jupyter-alice"]) == 0
+    assert capsys.readouterr().out.startswith("OK  jupyter-alice")
+
+
+def test_config_file_supplies_the_capability_allowlist(engine, config_dir, capsys):
+    nice = inspect_of("jupyter-nice", host_config={"CapAdd": ["CAP_SYS_NICE"]})
+    engine.inspects[nice["Id"]] = nice
+    engine.by_name["jupyter-nice"] = nice
+    assert cli.main(["check", "jupyter-nice"]) == 1
+    assert "No jupyterhub_config.py here and no --config" in capsys.readouterr().err
+    # --config PATH
+    elsewhere = config_dir / "hub" / "hub_config.py"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text('c = get_config()  # noqa\nc.HardenedSpawner.cap_add = ["sys_nice"]\n')
+    assert cli.main(["check", "--config", str(elsewhere), "jupyter-nice"]) == 0
+    # jupyterhub_config.py in the current directory by default
+    (config_dir / "jupyterhub_config.py").write_text('c.HardenedSpawner.cap_add = ["SYS_NICE"]\n')
+    capsys.readouterr()
+    assert cli.main(["check", "jupyter-nice"]) == 0
+    assert "no --config" not in capsys.readouterr().err
+
+
+def test_a_missing_or_bad_config_exits_2(engine, config_dir, capsys):
+    assert cli.main(["check", "--config", "nowhere.py"]) == 2
+    assert capsys.readouterr().err == "hardened-spawner check: The config file nowhere.py does not exist.\n"
+    (config_dir / "bad.py").write_text('c.HardenedSpawner.cap_add = ["SYS_ADMIN"]\n')
+    assert cli.main(["check", "--config", "bad.py"]) == 2
+    assert capsys.readouterr().err == (
+        "hardened-spawner check: Invalid HardenedSpawner configuration: HardenedSpawner.cap_add: "
+        "SYS_ADMIN may not be added; it would weaken isolation between users. Capabilities that may "
+        "be added: CHOWN, FOWNER, KILL, NET_BIND_SERVICE, SETGID, SETUID, SYS_NICE.\n"
+    )
+    (config_dir / "broken.py").write_text("c.HardenedSpawner.cap_add = [\n")
+    assert cli.main(["check", "--config", "broken.py"]) == 2
+    assert capsys.readouterr().err.startswith("hardened-spawner check: Loading the config file broken.py failed: ")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["check", "--jsn"], "argument --jsn: expected one argument"),
+        (["check", "--config"], "expected one argument"),
+        (["gpus", "extra"], "hardened-spawner gpus: unexpected arguments: extra"),
+        (["bogus"], "Unknown command 'bogus'. Usage: hardened-spawner {check,gpus} [options]"),
+        ([], "Usage: hardened-spawner {check,gpus} [options]"),
+    ],
+)
+def test_usage_errors_exit_2_never_1(engine, config_dir, capsys, argv, message):
+    try:
+        status = cli.main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        status = e.code
+    assert status == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["check", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--json" in out and "--all" in out and "--config=<Unicode>" in out
+
+
+def test_engine_unreachable_exits_2(config_dir, capsys, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{config_dir}/no-engine.sock")
+    monkeypatch.setattr(HardenedSpawner, "_client", None)  # DockerSpawner caches its client
+    (config_dir / "jupyterhub_config.py").write_text("c = get_config()  # noqa\n")
+    for command in ("check", "gpus"):
+        assert cli.main([command]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"hardened-spawner {command}: Cannot reach the Docker engine at unix://{config_dir}/no-engine.sock: "
+        )
+        assert err.endswith(
+            "Is the engine running, and may this account use it (the docker group, DOCKER_HOST, "
+            "DockerSpawner.client_kwargs)?\n"
+        )
+
+
+def test_python_dash_m_runs_the_same_command(config_dir):
+    done = subprocess.run(
+        [sys.executable, "-m", "hardened_spawner", "check"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={"DOCKER_HOST": f"unix://{config_dir}/no-engine.sock", "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Cannot reach the Docker engine" in done.stderr
+
+
+def test_gpus_with_a_static_inventory_from_the_config(engine, config_dir, capsys):
+    engine.inspects[GOOD["Id"]]["Config"]["Labels"] = server_labels("alice", 200001, gpus="GPU-b", since=SINCE)
+    (config_dir / "jupyterhub_config.py").write_text(
+        'c.HardenedSpawner.gpu_inventory = [{"uuid": "GPU-a", "name": "Stub"}, "GPU-b"]\n'
+    )
+    assert cli.main(["gpus"]) == 0
+    assert capsys.readouterr().out == f"""\
+INDEX  UUID   NAME  STATE     HELD BY  SINCE
+0      GPU-a  Stub  free
+1      GPU-b        assigned  alice    {SINCE}
+
+2 GPUs in the pool: 1 assigned, 1 free.
+"""
+    assert cli.main(["gpus", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["assigned"] == 1
+
+
+def test_gpus_with_a_bad_inventory_exits_2(engine, config_dir, capsys):
+    (config_dir / "jupyterhub_config.py").write_text('c.HardenedSpawner.gpu_inventory = ["GPU-a", "GPU-a"]\n')
+    assert cli.main(["gpus"]) == 2
+    assert capsys.readouterr().err == (
+        "hardened-spawner gpus: HardenedSpawner.gpu_inventory: GPU-a is listed 2 times. List each device once.\n"
+    )
+
+
+# --- the audit at hub start --------------------------------------------------
+
+
+class Log:
+    def __init__(self):
+        self.lines = []
+
+    def log(self, level, message, *args):
+        self.lines.append((level, message % args if args else message))
+
+    def warning(self, message, *args):
+        self.log(logging.WARNING, message, *args)
+
+    def exception(self, message, *args):
+        self.log(logging.ERROR, message, *args)
+
+
+def test_audit_at_hub_start_logs_a_warning_per_bad_container_and_a_summary(engine):
+    log = Log()
+    cli.audit_at_hub_start(HardenedSpawner(), log)
+    assert [level for level, _ in log.lines] == [logging.WARNING, logging.INFO]
+    assert log.lines[0][1].startswith("Container jupyter-mallory (owner mallory) breaks the security policy: privileged,")
+    assert log.lines[1][1] == "Checked 2 managed server containers at hub start: 1 OK, 1 breaking the security policy."
+
+
+def test_audit_at_hub_start_never_raises(monkeypatch):
+    log = Log()
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/no-engine.sock")
+    monkeypatch.setattr(HardenedSpawner, "_client", None)
+    cli.audit_at_hub_start(HardenedSpawner(), log)
+    assert len(log.lines) == 1
+    assert log.lines[0][1].startswith(
+        "Could not check the existing server containers at hub start: Cannot reach the Docker engine"
+    )
+
+    def broken(spawner):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(cli, "engine_client", broken)
+    log = Log()
+    cli.audit_at_hub_start(HardenedSpawner(), log)
+    assert log.lines == [(logging.ERROR, "Checking the existing server containers at hub start failed")]
+
+
+async def test_the_hub_start_hook_audits_in_the_background(monkeypatch):
+    started, release = asyncio.Event(), threading.Event()
+    loop = asyncio.get_running_loop()
+    seen = []
+
+    def slow_audit(spawner, log):
+        loop.call_soon_threadsafe(started.set)
+        release.wait(10)
+        seen.append(spawner)
+        raise RuntimeError("the engine exploded")
+
+    monkeypatch.setattr(cli, "audit_at_hub_start", slow_audit)
+    log = Log()
+    probe = HardenedSpawner()
+    spawner._audit_in_background(probe, log)  # returns at once: the hub's start does not wait
+    await asyncio.wait_for(started.wait(), 10)
+    assert seen == [] and len(spawner._background_audits) == 1
+    release.set()
+    future = next(iter(spawner._background_audits))
+    await asyncio.wait_for(asyncio.shield(future), 10)
+    assert seen == [probe]
+    assert log.lines == [(logging.ERROR, "Checking the existing server containers at hub start failed")]
+    await asyncio.sleep(0)
+    assert spawner._background_audits == set()
