@@ -22,6 +22,8 @@
 #   NODE_VERSION          Node.js for the proxy                22.23.5
 #   CHP_VERSION           configurable-http-proxy              5.3.0
 #   JUPYTERHUB_VERSION    as for the single-user image         6.1.1
+#   HUB_EXTRA_PACKAGES    more pip requirements for the hub, space-separated, e.g. an
+#                         authenticator: "oauthenticator==17.*"            (none)
 #   HARDENED_SPAWNER_CACHE  download cache                     $HOME/.cache/hardened-spawner
 # and what scripts/setup.sh reads (SINGLEUSER_IMAGE, BASE_IMAGE, ...).
 set -euo pipefail
@@ -48,6 +50,7 @@ NODE_VERSION="${NODE_VERSION:-22.23.5}"
 CHP_VERSION="${CHP_VERSION:-5.3.0}"
 JUPYTERHUB_VERSION="${JUPYTERHUB_VERSION:-6.1.1}"
 HUB_PYTHON_VERSION="${HUB_PYTHON_VERSION:-3.11.2}"
+HUB_EXTRA_PACKAGES="${HUB_EXTRA_PACKAGES:-}"
 CACHE="${HARDENED_SPAWNER_CACHE:-$HOME/.cache/hardened-spawner}"
 VENV="$REPO/.venv"
 CONTEXT="$REPO/images/hub"
@@ -84,7 +87,7 @@ prepare_wheels() {
     rm -rf "$src"
 
     # Third-party wheels for the hub's Python (Debian 12: 3.11.2), cached by what they depend on.
-    key="$( { echo "$JUPYTERHUB_VERSION $HUB_PYTHON_VERSION $WHEEL_ARCH"; sed -n '/^dependencies/,/^]/p' "$REPO/pyproject.toml"; } | sha256sum | cut -c1-16)"
+    key="$( { echo "$JUPYTERHUB_VERSION $HUB_PYTHON_VERSION $WHEEL_ARCH $HUB_EXTRA_PACKAGES"; sed -n '/^dependencies/,/^]/p' "$REPO/pyproject.toml"; } | sha256sum | cut -c1-16)"
     if [ "$(cat "$wheels/.key" 2>/dev/null)" = "$key" ]; then
         step "hub wheels present in $wheels"
     else
@@ -95,13 +98,15 @@ prepare_wheels() {
             --platform "manylinux_2_17_$WHEEL_ARCH" --platform "manylinux2014_$WHEEL_ARCH" \
             --platform any -d "$wheels" \
             "jupyterhub==$JUPYTERHUB_VERSION" "dockerspawner==14.0.0" jupyterhub-idle-culler \
-            nvidia-ml-py "$pkg_dir"/*.whl \
+            nvidia-ml-py $HUB_EXTRA_PACKAGES "$pkg_dir"/*.whl \
             || die "pip download into $wheels failed"
         rm -f "$wheels"/jupyterhub_hardened_spawner-*.whl
         echo "$key" >"$wheels/.key"
     fi
     rm -rf "$VENDOR/wheels"; mkdir -p "$VENDOR/wheels"
     cp -l "$wheels"/*.whl "$VENDOR/wheels/" 2>/dev/null || cp "$wheels"/*.whl "$VENDOR/wheels/"
+    # What the Dockerfile installs besides the hub's own packages (may be empty).
+    printf '%s\n' $HUB_EXTRA_PACKAGES >"$VENDOR/wheels/extra-requirements.txt"
 }
 
 # ------------------------------------------------------------------ vendor: node and the proxy
@@ -140,7 +145,7 @@ hub_build_hash() {
         cat "$CONTEXT/Dockerfile" "$CONTEXT/.dockerignore"
         echo "$HUB_BASE_IMAGE $(docker image inspect -f '{{.Id}}' "$HUB_BASE_IMAGE")"
         echo "jupyterhub=$JUPYTERHUB_VERSION"
-        (cd "$VENDOR" && sha256sum node.tgz chp.tgz wheels/*.whl)
+        (cd "$VENDOR" && sha256sum node.tgz chp.tgz wheels/*)
         "$VENV/bin/python" - "$VENDOR"/pkg/*.whl <<'PY'
 import hashlib, sys, zipfile
 for path in sys.argv[1:]:
