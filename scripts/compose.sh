@@ -38,6 +38,8 @@ if [ -f "$REPO/.env" ]; then
     while IFS= read -r line || [ -n "$line" ]; do
         [[ "$line" =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
         name="${BASH_REMATCH[1]}" value="${BASH_REMATCH[2]}"
+        # surrounding quotes go, as docker-compose (python-dotenv) drops them
+        [[ "$value" =~ ^\"(.*)\"$ || "$value" =~ ^\'(.*)\'$ ]] && value="${BASH_REMATCH[1]}"
         [ -n "${!name+x}" ] || export "$name=$value"
     done <"$REPO/.env"
 fi
