@@ -1,0 +1,1 @@
+"""Benchmarks of hardened_spawner against plain DockerSpawner (see README.md)."""
