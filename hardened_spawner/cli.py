@@ -315,6 +315,23 @@ class GpusCommand(AdminCommand):
             raise CannotCheck(cannot_reach_message(spawner, e)) from None
 
 
+class FirewallCommand(Application):
+    """``hardened-spawner firewall apply|status|remove``: the rules that isolate users'
+    servers. It parses its own options (see `firewall.main`, ``--help``)."""
+
+    name = "firewall"
+    description = """Install, check or remove the iptables rules isolating users' servers
+    (as root on the Docker host)."""
+
+    def initialize(self, argv=None):
+        self.firewall_argv = list(argv or [])
+
+    def start(self) -> int:
+        from .firewall import main as firewall_main
+
+        return firewall_main(self.firewall_argv)
+
+
 class HardenedSpawnerApp(Application):
     name = "hardened-spawner"
     version = __version__
@@ -334,6 +351,10 @@ class HardenedSpawnerApp(Application):
         "gpus": (
             lambda parent: GpusCommand(parent=parent),
             "Show each GPU, who holds it and since when, and the pool's totals.",
+        ),
+        "firewall": (
+            lambda parent: FirewallCommand(parent=parent),
+            "apply|status|remove the iptables rules isolating users' servers (root, on the Docker host).",
         ),
     }
 

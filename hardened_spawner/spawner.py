@@ -35,7 +35,7 @@ from traitlets import (
     validate,
 )
 
-from . import labels
+from . import firewall, labels
 from ._version import __version__
 from .audit import AuditLogError, get_audit_trail
 from .container import ServerInputs, WorkspaceMount, build_server_spec
@@ -60,6 +60,20 @@ from .identity import (
     derived_uid,
     make_identity,
     resolve_uid,
+)
+from .network import (
+    EGRESS_MODES,
+    IsolationPolicy,
+    NetworkConfigError,
+    apply_command,
+    bridge_name,
+    check_bridge_name,
+    hub_endpoint,
+    is_ip,
+    network_create_spec,
+    network_facts,
+    parse_addresses,
+    parse_cidrs,
 )
 from .options import OptionsError, gpu_options_form, gpu_request, parse_gpu_options
 from .profile import (
@@ -88,6 +102,8 @@ class _HubWide:
     broker: GpuBroker | None = None
     engine_facts: dict | None = None
     engine_lock: asyncio.Lock | None = None
+    isolation_lock: asyncio.Lock | None = None
+    isolation_checked: tuple[float, str, tuple[str, ...]] | None = None  # (when, how, problems)
 
 
 class HardenedSpawner(DockerSpawner):
@@ -242,6 +258,79 @@ class HardenedSpawner(DockerSpawner):
         so one slow call delays every user's spawn.""",
     ).tag(config=True)
 
+    # --- network isolation (see hardened_spawner.network) -------------------
+
+    network_isolation = Bool(
+        True,
+        help="""Keep users' servers apart. The users' network (`network_name`) is created with
+        Docker's `enable_icc=false` and a fixed bridge name, and the hub checks at start and
+        before spawns (every `firewall_check_interval` seconds) that the rules of
+        `hardened-spawner firewall apply` are in place: no traffic between servers, the hub
+        API reachable, link-local and private ranges and the host blocked, egress per
+        `egress`. False: a plain network and no checks (every user reaches every server).""",
+    ).tag(config=True)
+
+    egress = Unicode(
+        "internet",
+        help="""Where servers may connect besides the hub: `internet` (public addresses; the
+        default) or `none` (only the hub API, and `egress_allow_cidrs`). Link-local
+        (169.254.0.0/16, fe80::/10, cloud metadata), private ranges (RFC 1918, 100.64.0.0/10,
+        fc00::/7) and the Docker host itself are blocked in both modes.""",
+    ).tag(config=True)
+
+    egress_allow_cidrs = List(
+        Unicode(),
+        help="""Ranges servers may reach although they are private, opened on purpose (a
+        dataset server, a package mirror: `["10.20.30.0/24"]`). Also open in egress `none`.
+        Link-local ranges and `0.0.0.0/0` are refused.""",
+    ).tag(config=True)
+
+    egress_allow_dns = List(
+        Unicode(),
+        help="""DNS resolvers in a blocked range that servers' name lookups go to (Docker's
+        resolver forwards from the container's network; see the host's /etc/resolv.conf),
+        opened on port 53 only. Without them, egress `internet` reaches addresses but not names.""",
+    ).tag(config=True)
+
+    network_bridge_name = Unicode(
+        "",
+        help="""The bridge interface of the users' network when the spawner creates it (rules
+        match `-i <bridge>`). Empty: `hs-<network_name>` shortened to 15 characters
+        (`hs-users` for the default network).""",
+    ).tag(config=True)
+
+    network_hub_address = Unicode(
+        "",
+        help="""The IP address servers reach the hub API at, for the firewall rules. Empty: the
+        host of the hub's API URL (`c.JupyterHub.hub_connect_ip`), resolved by the hub.""",
+    ).tag(config=True)
+
+    network_trusted_addresses = List(
+        Unicode(),
+        help="""Addresses on the users' network, besides the hub, that may open connections to
+        servers: a proxy running in its own container. Give them fixed addresses.""",
+    ).tag(config=True)
+
+    firewall_required = Bool(
+        False,
+        help="""Refuse spawns while the isolation rules are missing or differ from these
+        settings. False (default): spawn anyway and log a loud warning naming the problem
+        and the command that fixes it.""",
+    ).tag(config=True)
+
+    firewall_check_method = Unicode(
+        "auto",
+        help="""How the hub checks the rules: `iptables` (compare with `iptables -S`: a hub on the
+        host, as root), `probe` (the marker `firewall apply` leaves on the engine, and a
+        throwaway container on the users' network that must reach the hub API and be
+        rejected elsewhere: needs no privileges) or `auto` (iptables when readable).""",
+    ).tag(config=True)
+
+    firewall_check_interval = Integer(
+        60,
+        help="Seconds a check of the rules is reused for before a spawn checks again.",
+    ).tag(config=True)
+
     # --- DockerSpawner defaults that hardening changes ------------------
 
     remove = Bool(
@@ -374,9 +463,65 @@ class HardenedSpawner(DockerSpawner):
             )
         return proposal.value
 
+    @validate("network_name")
+    def _validate_network_name(self, proposal):
+        if proposal.value in ("bridge", "host", "none", "default", ""):
+            raise TraitError(
+                f"HardenedSpawner.network_name {proposal.value!r} is not allowed: servers run on a "
+                "network the spawner manages (default 'hardened-spawner-users'), never on Docker's "
+                "own networks, where nothing keeps them apart."
+            )
+        return proposal.value
+
+    @validate("egress")
+    def _validate_egress(self, proposal):
+        if proposal.value not in EGRESS_MODES:
+            raise TraitError(
+                f"HardenedSpawner.egress must be one of {', '.join(EGRESS_MODES)}, not {proposal.value!r}."
+            )
+        return proposal.value
+
+    @validate("egress_allow_cidrs")
+    def _validate_allow_cidrs(self, proposal):
+        return list(_network_setting(parse_cidrs, proposal))
+
+    @validate("egress_allow_dns", "network_trusted_addresses")
+    def _validate_addresses(self, proposal):
+        return list(_network_setting(parse_addresses, proposal))
+
+    @validate("network_hub_address")
+    def _validate_hub_address(self, proposal):
+        if proposal.value:
+            _network_setting(parse_addresses, proposal, [proposal.value])
+        return proposal.value
+
+    @validate("network_bridge_name")
+    def _validate_bridge_name(self, proposal):
+        if proposal.value:
+            _network_setting(check_bridge_name, proposal, proposal.value)
+        return proposal.value
+
+    @validate("firewall_check_method")
+    def _validate_check_method(self, proposal):
+        if proposal.value not in ("auto", "iptables", "probe"):
+            raise TraitError(
+                "HardenedSpawner.firewall_check_method must be 'auto', 'iptables' or 'probe', "
+                f"not {proposal.value!r}."
+            )
+        return proposal.value
+
+    @validate("firewall_check_interval")
+    def _validate_check_interval(self, proposal):
+        if proposal.value < 0:
+            raise TraitError("HardenedSpawner.firewall_check_interval must be >= 0 seconds.")
+        return proposal.value
+
     def check_config(self) -> None:
         """Checks across settings, run once at hub start (see `_check_at_hub_start`)."""
         _as_trait_error(check_uid_range, self.uid_min, self.uid_max)
+        # DockerSpawner's own default is "bridge": setting that value from config
+        # changes nothing traitlets notices, so @validate never sees it
+        self._validate_network_name(SimpleNamespace(value=self.network_name))
         if isinstance(self.uid_map, dict):
             _as_trait_error(check_static_uids, self.uid_map, self.uid_min, self.uid_max)
         try:
@@ -461,16 +606,90 @@ class HardenedSpawner(DockerSpawner):
             return await self.docker("inspect_volume", name)
 
     async def _ensure_network(self) -> None:
-        if self.network_name in ("bridge", "host", "none"):
-            return
+        """The users' network, created if missing: a labelled bridge with a fixed
+        interface name and, with `network_isolation`, no traffic between containers."""
         found = await self.docker("networks", names=[self.network_name])
         if not [n for n in found if n["Name"] == self.network_name]:
-            self.log.info("Creating the users' network %s", self.network_name)
-            await self.docker(
-                "create_network",
+            spec = network_create_spec(
                 self.network_name,
-                driver="bridge",
-                labels={labels.MANAGED: "true"},
+                self.network_bridge_name or bridge_name(self.network_name),
+                self.network_isolation,
+                __version__,
+            )
+            self.log.info("Creating the users' network %s (bridge %s)", self.network_name,
+                          spec["options"]["com.docker.network.bridge.name"])
+            try:
+                await self.docker("create_network", spec.pop("name"), **spec)
+            except docker.errors.APIError as e:
+                if e.status_code != 409:  # another hub, or `firewall apply`, made it first
+                    raise
+
+    async def _hub_policy(self) -> IsolationPolicy:
+        """What the rules must allow for this hub, from its settings and its API URL."""
+        host, port = hub_endpoint(self.hub.api_url)
+        host = self.network_hub_address or host
+        if not is_ip(host):  # e.g. the hub's name on the users' network, in compose
+            host = await asyncio.get_running_loop().run_in_executor(self.executor, firewall.resolve, host)
+        return IsolationPolicy(
+            hub_ip=host,
+            hub_port=port,
+            egress=self.egress,
+            allow_cidrs=tuple(self.egress_allow_cidrs),
+            allow_dns=tuple(self.egress_allow_dns),
+            trusted=tuple(self.network_trusted_addresses),
+        )
+
+    async def _isolation_problems(self, force: bool = False) -> tuple[str, tuple[str, ...]]:
+        """(how it was checked, what is missing), reused for `firewall_check_interval` seconds."""
+        if _HubWide.isolation_lock is None:
+            _HubWide.isolation_lock = asyncio.Lock()
+        async with _HubWide.isolation_lock:
+            now = asyncio.get_running_loop().time()
+            cached = _HubWide.isolation_checked
+            if cached and not force and now - cached[0] < self.firewall_check_interval:
+                return cached[1], cached[2]
+            try:
+                facts = network_facts(await self.docker("inspect_network", self.network_name))
+                policy = await self._hub_policy()
+            except (docker.errors.DockerException, NetworkConfigError, OSError) as e:
+                method, problems = "none", [f"the isolation could not be checked: {e}"]
+            else:
+                method, problems = await asyncio.get_running_loop().run_in_executor(
+                    self.executor,
+                    lambda: firewall.verify(
+                        self.client, facts, policy, method=self.firewall_check_method, image=self.image
+                    ),
+                )
+                if problems:
+                    problems.append(
+                        "Fix: as root on the Docker host, run: "
+                        + apply_command(self.network_name, policy)
+                    )
+            _HubWide.isolation_checked = (now, method, tuple(problems))
+            if problems:
+                self.log.warning(
+                    "NETWORK ISOLATION IS NOT IN PLACE for the users' network %s (checked by %s): "
+                    "users' servers may reach each other, the cloud metadata service, private "
+                    "networks or the host.\n  - %s",
+                    self.network_name, method, "\n  - ".join(problems),
+                )
+            elif not cached or cached[2]:
+                self.log.info("Network isolation of %s is in place (checked by %s)",
+                              self.network_name, method)
+            return method, tuple(problems)
+
+    async def _require_isolation(self) -> None:
+        if not self.network_isolation:
+            return
+        _, problems = await self._isolation_problems()
+        if problems and self.firewall_required:
+            raise SpawnRefused(
+                "Your server was not started: the network isolation this hub requires is not in "
+                "place. The hub admin can find the details in the hub log.",
+                reason="network",
+                status_code=424,
+                log_message=f"Refused {self._log_name}: network isolation missing: "
+                + "; ".join(problems),
             )
 
     # --- state: the UID and the prepared workspace outlive each server ---
@@ -688,6 +907,7 @@ class HardenedSpawner(DockerSpawner):
     async def _start(self):
         self._report(5, "Checking your identity")
         facts = await self._engine_facts()
+        await self._require_isolation()
         image = self.image
         if self.user_options.get("image"):
             image = self.image = await self.check_allowed(self.user_options["image"])
@@ -848,6 +1068,15 @@ def _as_trait_error(check, *args) -> None:
         raise TraitError(str(e)) from None
 
 
+def _network_setting(check, proposal, value=None):
+    """Run a `network` check on a setting; its error names the setting."""
+    try:
+        return check(proposal.value if value is None else value,
+                      f"HardenedSpawner.{proposal.trait.name}")
+    except NetworkConfigError as e:
+        raise TraitError(str(e)) from None
+
+
 def _install_hub_start_check() -> None:
     """Make a bad configuration stop the hub at start, not fail a user's spawn.
 
@@ -880,6 +1109,7 @@ def _install_hub_start_check() -> None:
                 app.exit(1)
             app.log.info("HardenedSpawner configuration checked")
             _audit_in_background(spawner, app.log)
+            _check_isolation_in_background(spawner, app)
         return original(app)
 
     init_tornado_settings._hardened_spawner_check = True
@@ -911,6 +1141,37 @@ def _audit_in_background(spawner: HardenedSpawner, log) -> None:
         return
     _background_audits.add(future)
     future.add_done_callback(_background_audits.discard)
+
+
+#: keeps the hub-start isolation check's task referenced until it is done
+_background_checks: set = set()
+
+
+def _check_isolation_in_background(spawner: HardenedSpawner, app) -> None:
+    """Check the users' network isolation once at hub start, without delaying it: a
+    missing rule shows up in the log before anyone spawns."""
+    if not spawner.network_isolation:
+        app.log.warning(
+            "HardenedSpawner.network_isolation is False: users' servers can reach each other, "
+            "the cloud metadata service and private networks."
+        )
+        return
+
+    async def check():
+        try:
+            spawner.hub = app.hub
+            await spawner._engine_facts()  # creates the users' network if it is missing
+            await spawner._isolation_problems(force=True)
+        except Exception:
+            app.log.exception("Checking the users' network isolation at hub start failed")
+
+    try:
+        task = asyncio.get_running_loop().create_task(check())
+    except RuntimeError as e:
+        app.log.warning("Not checking the network isolation at hub start: %s", e)
+        return
+    _background_checks.add(task)
+    task.add_done_callback(_background_checks.discard)
 
 
 _install_hub_start_check()

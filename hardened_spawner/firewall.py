@@ -1,0 +1,438 @@
+"""Put the users' network rules on the host, check them, take them away.
+
+The imperative half of `network`: it runs ``iptables``/``ip6tables`` and talks to the
+engine, and decides nothing itself. Admins use it through the command
+
+    hardened-spawner firewall apply|status|remove [-f jupyterhub_config.py] [options]
+
+run once as root on the Docker host (rules do not survive a reboot: run ``apply``
+from a boot unit, after the engine starts). The hub uses `verify` at start and
+before spawns (cached): it compares the rules with ``iptables -S`` where it can read
+them (a hub on the host, as root), and otherwise asks the marker ``apply`` leaves on
+the engine and a throwaway probe container on the users' network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+
+from ._version import __version__
+from .network import (
+    EGRESS_MODES,
+    FamilyPlan,
+    IsolationPolicy,
+    NetworkConfigError,
+    NetworkFacts,
+    Tables,
+    apply_script,
+    bridge_name,
+    check_bridge_name,
+    marker_labels,
+    marker_name,
+    marker_problems,
+    network_create_spec,
+    network_facts,
+    network_problems,
+    parse_addresses,
+    parse_cidrs,
+    parse_egress,
+    parse_tables,
+    plan_problems,
+    probe_problems,
+    probe_spec,
+    remove_script,
+    rule_plan,
+    settings_from_config,
+    unreachable_resolvers,
+)
+
+_COMMAND = {4: "iptables", 6: "ip6tables"}
+
+
+class FirewallError(RuntimeError):
+    """The rules could not be read or written; the message says why and what to do."""
+
+
+# --- iptables ----------------------------------------------------------------------
+
+
+def _run(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=30, check=False)
+
+
+def read_tables(family: int, run: Callable = _run) -> tuple[Tables | None, str]:
+    """The filter table, or None and why it cannot be read (not installed, not root)."""
+    try:
+        result = run([_COMMAND[family], "-w", "5", "-S"])
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"{_COMMAND[family]} cannot run ({e})"
+    if result.returncode != 0:
+        return None, f"{_COMMAND[family]} -S failed: {result.stderr.strip()[:200]}"
+    return parse_tables(result.stdout), ""
+
+
+def restore(family: int, script: str, run: Callable = _run) -> None:
+    if not script:
+        return
+    result = run([f"{_COMMAND[family]}-restore", "--noflush", "-w", "10"], script)
+    if result.returncode != 0:
+        raise FirewallError(
+            f"{_COMMAND[family]}-restore refused the rules: {result.stderr.strip()[:500]}"
+        )
+
+
+def ipv6_parent(tables6: Tables | None) -> str:
+    """Where forwarded IPv6 is filtered: the engine's DOCKER-USER when it manages
+    ip6tables (``"ip6tables": true`` in daemon.json), plain FORWARD otherwise."""
+    return "DOCKER-USER" if tables6 is not None and "DOCKER-USER" in tables6.chains else "FORWARD"
+
+
+def resolve(host: str) -> str:
+    """An address for a host name, IPv4 first (the hub's name on the users' network)."""
+    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return min(infos, key=lambda info: info[0] != socket.AF_INET)[4][0]
+
+
+def read_boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+# --- the engine: the network and the marker ---------------------------------------
+
+
+def load_network(client, name: str) -> NetworkFacts | None:
+    import docker.errors
+
+    try:
+        return network_facts(client.inspect_network(name))
+    except docker.errors.NotFound:
+        return None
+
+
+def ensure_network(client, name: str, bridge: str = "", isolation: bool = True) -> NetworkFacts:
+    """The users' network, created as the spawner would create it when missing."""
+    facts = load_network(client, name)
+    if facts is None:
+        spec = network_create_spec(name, bridge or bridge_name(name), isolation, __version__)
+        client.create_network(spec.pop("name"), **spec)
+        facts = load_network(client, name)
+    return facts
+
+
+def read_marker(client, network_name: str) -> dict | None:
+    import docker.errors
+
+    try:
+        return client.inspect_volume(marker_name(network_name)).get("Labels") or {}
+    except docker.errors.NotFound:
+        return None
+
+
+def write_marker(client, facts: NetworkFacts, policy: IsolationPolicy) -> None:
+    delete_marker(client, facts.name)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    client.create_volume(
+        name=marker_name(facts.name),
+        labels=marker_labels(facts, policy, read_boot_id(), now, __version__),
+    )
+
+
+def delete_marker(client, network_name: str) -> None:
+    import docker.errors
+
+    try:
+        client.remove_volume(marker_name(network_name), force=True)
+    except docker.errors.NotFound:
+        pass
+
+
+def run_probe(client, image: str, network_name: str, policy: IsolationPolicy) -> list[str]:
+    """Start a throwaway container on the users' network and see what it reaches."""
+    import docker.errors
+
+    create, host = probe_spec(image, network_name, policy, __version__)
+    try:
+        container = client.create_container(host_config=client.create_host_config(**host), **create)
+    except docker.errors.DockerException as e:
+        return [f"the network probe could not be created ({e})"]
+    try:
+        client.start(container["Id"])
+        result = client.wait(container["Id"], timeout=60)
+        output = client.logs(container["Id"]).decode(errors="replace")
+    except (docker.errors.DockerException, OSError, ValueError) as e:
+        # includes the wait's read timeout: the probe's failure is a finding, not a crash
+        return [f"the network probe failed ({e})"]
+    finally:
+        try:
+            client.remove_container(container["Id"], force=True)
+        except docker.errors.DockerException:
+            pass
+    return probe_problems(output, result.get("StatusCode", -1), policy)
+
+
+# --- what the admin command and the hub do ------------------------------------------
+
+
+def plans(facts: NetworkFacts, policy: IsolationPolicy, run: Callable = _run) -> tuple[
+    tuple[FamilyPlan, ...], dict[int, Tables]
+]:
+    """The plan for this host, and the tables it was made against. Root only."""
+    tables = {}
+    for family in (4, 6) if facts.ipv6 else (4,):
+        found, why = read_tables(family, run)
+        if found is None:
+            raise FirewallError(f"cannot read the host's rules: {why}. Run this as root on the Docker host.")
+        tables[family] = found
+    if "DOCKER-USER" not in tables[4].chains:
+        raise FirewallError(
+            "iptables has no DOCKER-USER chain: run this on the Docker host itself, with the "
+            "engine running and managing iptables."
+        )
+    return rule_plan(facts, policy, ipv6_parent(tables.get(6))), tables
+
+
+def apply(facts: NetworkFacts, policy: IsolationPolicy, run: Callable = _run) -> list[str]:
+    """Install the rules (idempotent), then read them back; returns what is still wrong."""
+    planned, tables = plans(facts, policy, run)
+    for plan in planned:
+        restore(plan.family, apply_script(plan, facts.bridge, tables[plan.family]), run)
+    if not facts.ipv6:  # rules of ours left from when the network had IPv6
+        found, _ = read_tables(6, run)
+        if found is not None:
+            restore(6, remove_script(facts.bridge, found), run)
+    return status(facts, policy, run)
+
+
+def status(facts: NetworkFacts, policy: IsolationPolicy, run: Callable = _run) -> list[str]:
+    planned, tables = plans(facts, policy, run)
+    problems = network_problems(facts)
+    for plan in planned:
+        problems += plan_problems(plan, tables[plan.family])
+    return problems
+
+
+def remove(bridge: str, run: Callable = _run) -> int:
+    """Remove every rule and chain of ours for this bridge; returns how many families changed."""
+    changed = 0
+    for family in (4, 6):
+        found, why = read_tables(family, run)
+        if found is None:
+            if family == 4:
+                raise FirewallError(f"cannot read the host's rules: {why}. Run this as root.")
+            continue
+        script = remove_script(bridge, found)
+        if script:
+            restore(family, script, run)
+            changed += 1
+    return changed
+
+
+def verify(client, facts: NetworkFacts, policy: IsolationPolicy, *, method: str = "auto",
+           image: str = "", run: Callable = _run) -> tuple[str, list[str]]:
+    """What the hub asks: are the rules it expects in force? Returns (how it checked, problems).
+
+    ``iptables``: compare with ``iptables -S`` (a hub on the host, as root). ``probe``: the
+    marker `apply` left must match this network, these settings and this boot, and a
+    throwaway container on the users' network must reach the hub API and be rejected on
+    another port of the hub's address (needs no privileges beyond the engine's API).
+    ``auto``: iptables when it can read the host's rules, the probe otherwise.
+    """
+    problems = network_problems(facts)
+    if method in ("auto", "iptables"):
+        tables4, why = read_tables(4, run)
+        if tables4 is not None and "DOCKER-USER" in tables4.chains:
+            tables6 = read_tables(6, run)[0] if facts.ipv6 else None
+            for plan in rule_plan(facts, policy, ipv6_parent(tables6)):
+                tables = tables4 if plan.family == 4 else tables6
+                if tables is None:
+                    problems.append("ip6tables cannot be read, so the IPv6 rules are unchecked")
+                    continue
+                problems += plan_problems(plan, tables)
+            return "iptables", problems
+        if method == "iptables":
+            return "iptables", problems + [
+                f"cannot read the host's iptables ({why or 'no DOCKER-USER chain: not the host'})"
+            ]
+    problems += marker_problems(read_marker(client, facts.name), facts, policy, read_boot_id())
+    problems += run_probe(client, image, facts.name, policy)
+    return "probe", problems
+
+
+# --- the command ----------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hardened-spawner firewall",
+        description="Install, check or remove the iptables rules that isolate users' servers "
+        "(run as root on the Docker host). Settings come from -f jupyterhub_config.py; "
+        "options override them.",
+    )
+    p.add_argument("action", choices=("apply", "status", "remove"))
+    p.add_argument("-f", "--config", help="the hub's jupyterhub_config.py, to read its settings")
+    p.add_argument("--network", help="the users' network (default hardened-spawner-users)")
+    p.add_argument("--bridge", help="its bridge interface (default: read from the network)")
+    p.add_argument("--hub-ip", help="the address servers reach the hub API at")
+    p.add_argument("--hub-port", type=int, help="the hub API's port (default 8081)")
+    p.add_argument("--egress", choices=EGRESS_MODES, help="internet (default) or none")
+    p.add_argument("--allow", action="append", metavar="CIDR", help="a range to open (repeatable)")
+    p.add_argument("--allow-dns", action="append", metavar="IP",
+                   help="a DNS resolver in a blocked range, opened on port 53 only (repeatable)")
+    p.add_argument("--trusted", action="append", metavar="IP",
+                   help="a container on the users' network (a proxy) that may open connections to servers")
+    p.add_argument("--dry-run", action="store_true", help="apply: print the rules, change nothing")
+    p.add_argument("--json", action="store_true", help="status: print a JSON report")
+    return p
+
+
+def _settings(args) -> dict:
+    settings = {
+        "network": "hardened-spawner-users", "bridge": "", "isolation": True, "hub_ip": "",
+        "hub_port": 8081, "egress": "internet", "allow": [], "allow_dns": [], "trusted": [],
+    }
+    if args.config:
+        import os
+
+        from traitlets.config.loader import PyFileConfigLoader
+
+        loader = PyFileConfigLoader(os.path.basename(args.config), os.path.dirname(os.path.abspath(args.config)))
+        settings.update(settings_from_config(loader.load_config()))
+    for key, value in (
+        ("network", args.network), ("bridge", args.bridge), ("hub_ip", args.hub_ip),
+        ("hub_port", args.hub_port), ("egress", args.egress), ("allow", args.allow),
+        ("allow_dns", args.allow_dns), ("trusted", args.trusted),
+    ):
+        if value is not None:
+            settings[key] = value
+    return settings
+
+
+def _policy(settings: dict) -> IsolationPolicy:
+    host = settings["hub_ip"]
+    if not host or host in ("0.0.0.0", "::"):
+        raise NetworkConfigError(
+            "the hub's address is unknown: pass --hub-ip (the address servers reach the hub "
+            "API at, as in c.JupyterHub.hub_connect_ip) or -f jupyterhub_config.py"
+        )
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            host = resolve(host)
+        except OSError:
+            raise NetworkConfigError(
+                f"cannot resolve the hub's address {host!r} here; pass --hub-ip with its IP on "
+                "the users' network"
+            ) from None
+    return IsolationPolicy(
+        hub_ip=host,
+        hub_port=int(settings["hub_port"]),
+        egress=parse_egress(settings["egress"], "--egress"),
+        allow_cidrs=parse_cidrs(settings["allow"], "--allow"),
+        allow_dns=parse_addresses(settings["allow_dns"], "--allow-dns"),
+        trusted=parse_addresses(settings["trusted"], "--trusted"),
+    )
+
+
+def _dns_note(policy: IsolationPolicy, path: str = "/etc/resolv.conf") -> str:
+    try:
+        with open(path) as f:
+            resolvers = unreachable_resolvers(f.read(), policy)
+    except OSError:
+        return ""
+    if not resolvers:
+        return ""
+    flags = " ".join(f"--allow-dns {ip}" for ip in resolvers)
+    return (f"note: servers cannot reach this host's DNS resolver(s) {', '.join(resolvers)} "
+            f"(a blocked range, or egress none), so their name lookups fail. To open port 53 "
+            f"only: {flags}, and the same in HardenedSpawner.egress_allow_dns.")
+
+
+def main(argv: Sequence[str] | None = None, out=None) -> int:
+    """``hardened-spawner firewall ...``; returns the exit status (0 ok, 1 rules missing
+    or different, 2 usage or environment error)."""
+    out = out or sys.stdout
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error argparse has already printed
+        return 0 if e.code in (0, None) else 2
+    try:
+        settings = _settings(args)
+        if settings["bridge"]:
+            check_bridge_name(settings["bridge"], "--bridge")
+        if args.action == "remove" and settings["bridge"]:
+            changed = remove(settings["bridge"])
+            print(f"removed the rules for bridge {settings['bridge']} ({changed} table(s) changed)", file=out)
+            return 0
+        import docker
+
+        client = docker.APIClient(**docker.utils.kwargs_from_env())
+        if args.action == "remove":
+            facts = load_network(client, settings["network"])
+            if facts is None:
+                raise NetworkConfigError(f"no network {settings['network']}; pass --bridge")
+            changed = remove(facts.bridge)
+            delete_marker(client, facts.name)
+            print(f"removed the rules for {facts.name} (bridge {facts.bridge}; "
+                  f"{changed} table(s) changed) and its marker", file=out)
+            return 0
+        policy = _policy(settings)
+        if args.action == "apply":
+            if args.dry_run:
+                facts = load_network(client, settings["network"]) or NetworkFacts(
+                    settings["network"], settings["bridge"] or bridge_name(settings["network"]),
+                    (), False, False)
+                for plan in plans(facts, policy)[0]:
+                    print(f"# {_COMMAND[plan.family]}", file=out)
+                    print("\n".join(plan.lines()), file=out)
+                return 0
+            facts = ensure_network(client, settings["network"], settings["bridge"], settings["isolation"])
+            problems = apply(facts, policy)
+            write_marker(client, facts, policy)
+            if problems:
+                print("applied, but:\n" + "\n".join(f"- {p}" for p in problems), file=out)
+                return 1
+            print(f"applied the rules for {facts.name} (bridge {facts.bridge}; {policy.summary()})", file=out)
+            note = _dns_note(policy)
+            if note:
+                print(note, file=out)
+            return 0
+        facts = load_network(client, settings["network"])
+        if facts is None:
+            problems = [f"the users' network {settings['network']} does not exist yet"]
+            marker = None
+        else:
+            problems = status(facts, policy)
+            marker = read_marker(client, facts.name)
+            problems += marker_problems(marker, facts, policy, read_boot_id())
+        if args.json:
+            print(json.dumps({"ok": not problems, "network": settings["network"],
+                              "bridge": facts.bridge if facts else None,
+                              "policy": policy.summary(), "problems": problems,
+                              "marker": marker}, indent=2), file=out)
+        elif problems:
+            print("NOT in place:\n" + "\n".join(f"- {p}" for p in problems), file=out)
+        else:
+            print(f"in place for {facts.name} (bridge {facts.bridge}; {policy.summary()})", file=out)
+            note = _dns_note(policy)
+            if note:
+                print(note, file=out)
+        return 1 if problems else 0
+    except (NetworkConfigError, FirewallError) as e:
+        print(f"hardened-spawner firewall: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
