@@ -262,11 +262,22 @@ class Kernel:
         r = requests.post(f"{self.base}/api/kernels", headers=self.headers, json={}, timeout=60)
         r.raise_for_status()
         self.id = r.json()["id"]
+        self.ws = None
+        self._connect()
+
+    def _connect(self) -> None:
+        """(Re)open the channels websocket; the server drops sockets left unread for long."""
         ws_url = f"ws{self.base[4:]}/api/kernels/{self.id}/channels"
         self.ws = websocket.create_connection(ws_url, header=[f"Authorization: token {self.token}"], timeout=120)
 
     def execute(self, code: str, timeout: float = 120) -> "Execution":
         msg_id = uuid.uuid4().hex
+        if not self.ws.connected:
+            self._connect()
+        try:
+            self.ws.ping()
+        except websocket.WebSocketException:
+            self._connect()
         self.ws.send(
             json.dumps(
                 {
@@ -286,11 +297,20 @@ class Kernel:
                 }
             )
         )
-        out, error, status = [], None, None
+        out, error, status, idle = [], None, None, False
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.ws.settimeout(max(1, deadline - time.monotonic()))
-            msg = json.loads(self.ws.recv())
+        # the shell reply and the iopub "idle" status come on different channels,
+        # in either order: done when both have arrived
+        while status is None or not idle:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no reply within {timeout}s; output so far: {''.join(out)}")
+            # short reads: the server's pings would otherwise keep one recv() alive forever
+            self.ws.settimeout(min(remaining, 5))
+            try:
+                msg = json.loads(self.ws.recv())
+            except websocket.WebSocketTimeoutException:
+                continue
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             kind = msg["msg_type"]
@@ -302,10 +322,8 @@ class Kernel:
                 error = f"{msg['content']['ename']}: {msg['content']['evalue']}"
             elif kind == "execute_reply":
                 status = msg["content"]["status"]
-            elif kind == "status" and msg["content"]["execution_state"] == "idle" and status:
-                break
-        else:
-            raise TimeoutError(f"no reply within {timeout}s; output so far: {''.join(out)}")
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
         return Execution("".join(out), error, status)
 
     def run(self, code: str, timeout: float = 120) -> str:
