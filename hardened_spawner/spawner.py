@@ -593,7 +593,14 @@ class HardenedSpawner(DockerSpawner):
                 _HubWide.engine_facts = {
                     "apparmor": apparmor,
                     "identity_mountpoint": identity["Mountpoint"],
+                    "cpus": info.get("NCPU") or 0,
                 }
+                if _HubWide.engine_facts["cpus"] and self.cpu_limit > _HubWide.engine_facts["cpus"]:
+                    self.log.warning(
+                        "HardenedSpawner.cpu_limit is %s but the engine has %s CPUs; "
+                        "servers get %s (the engine refuses more).",
+                        self.cpu_limit, info["NCPU"], info["NCPU"],
+                    )
                 if not apparmor and self.apparmor_profile:
                     self.log.info("The engine has no AppArmor; servers run without an AppArmor profile.")
             return _HubWide.engine_facts
@@ -852,7 +859,7 @@ class HardenedSpawner(DockerSpawner):
                 seccomp = json.dumps(json.load(f), separators=(",", ":"))
         return SecurityProfile(
             mem_limit=self.mem_limit,
-            cpu_limit=self.cpu_limit,
+            cpu_limit=min(self.cpu_limit, facts["cpus"] or self.cpu_limit),
             pids_limit=self.pids_limit,
             shm_size=self.shm_size,
             tmpfs={"/tmp": self.tmp_size, **self.extra_tmpfs},
@@ -893,6 +900,14 @@ class HardenedSpawner(DockerSpawner):
                 "or load it (HardenedSpawner.image).",
                 reason="image",
                 status_code=404,
+            )
+        if isinstance(e, docker.errors.APIError) and e.status_code == 400:
+            self.log.error("The engine refused %s's server: %s", self._log_name, e.explanation)
+            return SpawnRefused(
+                f"The Docker engine refused your server's settings ({e.explanation}). "
+                "Your hub admin needs to fix the HardenedSpawner configuration.",
+                reason="engine",
+                status_code=500,
             )
         if isinstance(e, GpuAllocationError):
             return SpawnRefused(e.user_message, reason="gpu", status_code=409)
