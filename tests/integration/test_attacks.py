@@ -28,6 +28,21 @@ c.HardenedSpawner.shm_size = "256M"
 
 VERDICT = "\nprint(__import__('json').dumps({'blocked': bool(blocked), 'detail': str(detail)}))"
 
+#: Write 512 MiB into a scratch filesystem whose limit is 256 MiB in the hardened server.
+FILL = """
+    import os
+    written, detail = 0, "no limit hit"
+    chunk = b"\\0" * (16 * 1024 * 1024)
+    try:
+        with open("{path}", "wb") as f:
+            while written < 512 * 1024 * 1024:
+                f.write(chunk); f.flush(); written += len(chunk)
+    except OSError as e:
+        detail = e.strerror
+    os.remove("{path}")
+    blocked, detail = written < 512 * 1024 * 1024, f"{{detail}} after {{written >> 20}} MiB"
+"""
+
 ATTACKS = {
     "chmod-777-root": """
         import os
@@ -113,32 +128,8 @@ ATTACKS = {
                 answers.append(str(e))
         blocked, detail = not found, dict(zip(found, answers))
     """,
-    "fill-tmp": """
-        import os
-        written, detail = 0, "no limit hit"
-        chunk = b"\\0" * (16 * 1024 * 1024)
-        try:
-            with open("/tmp/fill", "wb") as f:
-                while written < 512 * 1024 * 1024:
-                    f.write(chunk); f.flush(); written += len(chunk)
-        except OSError as e:
-            detail = e.strerror
-        os.remove("/tmp/fill")
-        blocked, detail = written < 512 * 1024 * 1024, f"{detail} after {written >> 20} MiB"
-    """,
-    "fill-dev-shm": """
-        import os
-        written, detail = 0, "no limit hit"
-        chunk = b"\\0" * (16 * 1024 * 1024)
-        try:
-            with open("/dev/shm/fill", "wb") as f:
-                while written < 512 * 1024 * 1024:
-                    f.write(chunk); f.flush(); written += len(chunk)
-        except OSError as e:
-            detail = e.strerror
-        os.remove("/dev/shm/fill")
-        blocked, detail = written < 512 * 1024 * 1024, f"{detail} after {written >> 20} MiB"
-    """,
+    "fill-tmp": FILL.format(path="/tmp/fill"),
+    "fill-dev-shm": FILL.format(path="/dev/shm/fill"),
     "fork-bomb": """
         import os, signal, subprocess, sys, time
         bomb = subprocess.Popen([sys.executable, "-c",
