@@ -2,7 +2,7 @@
 
 Every attack is a snippet that runs unchanged in two places and prints a verdict:
 
-- in alice's kernel, in a server HardenedSpawner started: it must be blocked;
+- in eve's kernel, in a server HardenedSpawner started: it must be blocked;
 - in a container from the same image started with plain ``docker run`` and
   exactly one protection taken away (``WEAKENED``): it must get through.
 
@@ -168,7 +168,7 @@ def snippet(name: str) -> str:
 @pytest.fixture(scope="module")
 def attack_hub(hub_factory):
     hub = hub_factory(ATTACK_HUB)
-    for user in ("alice", "bob"):
+    for user in ("eve", "victor"):
         hub.create_user(user)
         result = hub.spawn(user)
         assert result.ready, result.message
@@ -176,30 +176,30 @@ def attack_hub(hub_factory):
 
 
 @pytest.fixture(scope="module")
-def alice(attack_hub):
-    kernel = Kernel(attack_hub, "alice")
+def eve(attack_hub):
+    kernel = Kernel(attack_hub, "eve")
     yield kernel
     kernel.close()
 
 
 @pytest.fixture(scope="module")
-def bob(attack_hub):
-    kernel = Kernel(attack_hub, "bob")
+def victor(attack_hub):
+    kernel = Kernel(attack_hub, "victor")
     kernel.run("open('diary.txt', 'w').write('dear diary')")
     yield kernel
     kernel.close()
 
 
-def assert_everyone_else_lives(hub, bob):
+def assert_everyone_else_lives(hub, victor):
     assert hub.api("GET", "/").ok, "the hub stopped answering"
-    assert bob.run("print(1 + 1)").strip() == "2", "bob's server stopped answering"
+    assert victor.run("print(1 + 1)").strip() == "2", "victor's server stopped answering"
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_attack_is_blocked_in_the_hardened_server(attack_hub, alice, bob, name):
-    verdict = json.loads(alice.run(snippet(name), timeout=180).strip().splitlines()[-1])
+def test_attack_is_blocked_in_the_hardened_server(attack_hub, eve, victor, name):
+    verdict = json.loads(eve.run(snippet(name), timeout=180).strip().splitlines()[-1])
     assert verdict["blocked"], verdict
-    assert_everyone_else_lives(attack_hub, bob)
+    assert_everyone_else_lives(attack_hub, victor)
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
@@ -235,37 +235,37 @@ def test_attack_gets_through_when_its_protection_is_removed(engine, name):
     assert not verdict["blocked"], verdict
 
 
-def test_another_users_workspace_is_out_of_reach(attack_hub, alice, bob):
-    """bob's files are neither mounted in alice's container nor reachable by path.
+def test_another_users_workspace_is_out_of_reach(attack_hub, eve, victor):
+    """victor's files are neither mounted in eve's container nor reachable by path.
 
-    Weakened, a shared volume (`volumes` with bob's workspace in alice's spec)
-    would make /home/bob appear; the guard lets admins mount data, so the
+    Weakened, a shared volume (`volumes` with victor's workspace in eve's spec)
+    would make /home/victor appear; the guard lets admins mount data, so the
     isolation comes from each server mounting its own workspace only.
     """
-    seen = json.loads(alice.run(textwrap.dedent("""
+    seen = json.loads(eve.run(textwrap.dedent("""
         import os, json
         diaries = [os.path.join(root, "diary.txt")
                    for top in ("/home", "/tmp", "/mnt", "/srv", "/media", "/opt", "/var", "/run")
                    for root, _, files in os.walk(top) if "diary.txt" in files]
         print(json.dumps({"home": sorted(os.listdir("/home")), "diaries": diaries}))
     """)))
-    assert seen == {"home": ["alice"], "diaries": []}
-    assert_everyone_else_lives(attack_hub, bob)
+    assert seen == {"home": ["eve"], "diaries": []}
+    assert_everyone_else_lives(attack_hub, victor)
 
 
-def test_another_users_server_refuses_direct_requests(attack_hub, alice, bob, engine):
-    """alice talks to bob's container directly, bypassing the proxy, with and without a token.
+def test_another_users_server_refuses_direct_requests(attack_hub, eve, victor, engine):
+    """eve talks to victor's container directly, bypassing the proxy, with and without a token.
 
-    With network isolation on, the connection itself fails; without it, bob's
-    server answers 403/302 because alice's token grants no access to bob's
-    server. Weakened, with bob's own token, the same request reads his files
+    With network isolation on, the connection itself fails; without it, victor's
+    server answers 403/302 because eve's token grants no access to victor's
+    server. Weakened, with victor's own token, the same request reads his files
     (checked at the end), so the probe does detect success.
     """
-    bob_ip = next(iter(engine.containers.get(f"{TEST_PREFIX}-bob--").attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    victor_ip = next(iter(engine.containers.get(f"{TEST_PREFIX}-victor--").attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
     probe = textwrap.dedent(f"""
         import json, os, urllib.request, urllib.error
         def get(token):
-            req = urllib.request.Request("http://{bob_ip}:8888/user/bob/api/contents/diary.txt")
+            req = urllib.request.Request("http://{victor_ip}:8888/user/victor/api/contents/diary.txt")
             if token:
                 req.add_header("Authorization", "token " + token)
             try:
@@ -277,33 +277,33 @@ def test_another_users_server_refuses_direct_requests(attack_hub, alice, bob, en
                 return str(e), False
         print(json.dumps([get(None), get(os.environ["JUPYTERHUB_API_TOKEN"])]))
     """)
-    results = json.loads(alice.run(probe))
+    results = json.loads(eve.run(probe))
     for status, read_diary in results:
         assert not read_diary and status != 200, results
-    assert_everyone_else_lives(attack_hub, bob)
-    # the same request with bob's credentials reaches the diary (from the host)
+    assert_everyone_else_lives(attack_hub, victor)
+    # the same request with victor's credentials reaches the diary (from the host)
     r = requests.get(
-        f"http://{bob_ip}:8888/user/bob/api/contents/diary.txt",
-        headers={"Authorization": f"token {attack_hub.user_token('bob')}"}, timeout=10,
+        f"http://{victor_ip}:8888/user/victor/api/contents/diary.txt",
+        headers={"Authorization": f"token {attack_hub.user_token('victor')}"}, timeout=10,
     )
     assert r.status_code == 200 and "dear diary" in r.text
 
 
-def test_memory_bomb_kills_the_kernel_not_the_server(attack_hub, bob, engine):
+def test_memory_bomb_kills_the_kernel_not_the_server(attack_hub, victor, engine):
     """1.5 GiB in a 1 GiB server. Weakened (mem_limit 4G) the same allocation succeeds:
     see test_memory_bomb_needs_the_limit."""
-    victim = Kernel(attack_hub, "alice")
+    victim = Kernel(attack_hub, "eve")
     try:
         with pytest.raises(Exception):
             victim.run("x = b'x' * (1536 * 1024 ** 2)\nprint('survived')", timeout=30)
     finally:
         victim.close()
-    server = engine.containers.get(f"{TEST_PREFIX}-alice--")
+    server = engine.containers.get(f"{TEST_PREFIX}-eve--")
     assert server.attrs["State"]["Running"]
-    fresh = Kernel(attack_hub, "alice")
+    fresh = Kernel(attack_hub, "eve")
     assert fresh.run("print('still here')").strip() == "still here"
     fresh.close()
-    assert_everyone_else_lives(attack_hub, bob)
+    assert_everyone_else_lives(attack_hub, victor)
 
 
 def test_memory_bomb_needs_the_limit(engine):
