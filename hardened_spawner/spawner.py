@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from types import SimpleNamespace
@@ -52,6 +51,7 @@ from .gpus import (
     parse_static_inventory,
 )
 from .guard import GuardPolicy, check_container, describe
+from .hubstart import install_hub_start_checks
 from .identity import (
     IdentityError,
     check_policy_uid,
@@ -1092,101 +1092,5 @@ def _network_setting(check, proposal, value=None):
         raise TraitError(str(e)) from None
 
 
-def _install_hub_start_check() -> None:
-    """Make a bad configuration stop the hub at start, not fail a user's spawn.
-
-    JupyterHub creates spawners lazily, so a bad setting would otherwise only
-    surface at someone's first spawn, on their spawn page. JupyterHub imports
-    every spawner entry point while it constructs its app, before it reads the
-    config; so this wraps its ``init_tornado_settings`` (called once the
-    config is complete, before anything is served) to build one spawner from
-    the config first, which runs every validator and `check_config`, and then
-    audits the server containers already running, in the background. When the
-    hub uses another spawner class, the wrapper does nothing.
-    """
-    app_module = sys.modules.get("jupyterhub.app")
-    if app_module is None:
-        return
-    hub_class = app_module.JupyterHub
-    original = hub_class.init_tornado_settings
-    if getattr(original, "_hardened_spawner_check", False):
-        return
-
-    def init_tornado_settings(app):
-        if isinstance(app.spawner_class, type) and issubclass(app.spawner_class, HardenedSpawner):
-            try:
-                # a stand-in user: DockerSpawner's observers render name templates
-                probe_user = SimpleNamespace(name="config-check", id=0, admin=False, groups=[])
-                spawner = app.spawner_class(config=app.config, log=app.log, user=probe_user)
-                spawner.check_config()
-            except TraitError as e:
-                app.log.critical("Invalid HardenedSpawner configuration: %s", e)
-                app.exit(1)
-            app.log.info("HardenedSpawner configuration checked")
-            _audit_in_background(spawner, app.log)
-            _check_isolation_in_background(spawner, app)
-        return original(app)
-
-    init_tornado_settings._hardened_spawner_check = True
-    hub_class.init_tornado_settings = init_tornado_settings
-
-
-#: keeps the hub-start audit's future referenced until it is done
-_background_audits: set = set()
-
-
-def _audit_in_background(spawner: HardenedSpawner, log) -> None:
-    """Check the managed server containers already on the engine and log what is found
-    (`cli.audit_at_hub_start`), in a thread: the hub's start never waits for it, and
-    nothing it raises reaches the hub."""
-
-    def audit():
-        try:
-            # the engine calls live with the admin commands, not in the spawner
-            from .cli import audit_at_hub_start
-
-            audit_at_hub_start(spawner, log)
-        except Exception:
-            log.exception("Checking the existing server containers at hub start failed")
-
-    try:
-        future = asyncio.get_running_loop().run_in_executor(None, audit)
-    except RuntimeError as e:  # no running event loop to schedule it on
-        log.warning("Not checking the existing server containers at hub start: %s", e)
-        return
-    _background_audits.add(future)
-    future.add_done_callback(_background_audits.discard)
-
-
-#: keeps the hub-start isolation check's task referenced until it is done
-_background_checks: set = set()
-
-
-def _check_isolation_in_background(spawner: HardenedSpawner, app) -> None:
-    """Check the users' network isolation once at hub start, without delaying it: a
-    missing rule shows up in the log before anyone spawns."""
-    if not spawner.network_isolation:
-        app.log.warning(
-            "HardenedSpawner.network_isolation is False: users' servers can reach each other, "
-            "the cloud metadata service and private networks."
-        )
-        return
-
-    async def check():
-        try:
-            spawner.hub = app.hub
-            await spawner._engine_facts()  # creates the users' network if it is missing
-            await spawner._isolation_problems(force=True)
-        except Exception:
-            app.log.exception("Checking the users' network isolation at hub start failed")
-
-    try:
-        task = asyncio.get_running_loop().create_task(check())
-    except RuntimeError as e:
-        app.log.warning("Not checking the network isolation at hub start: %s", e)
-        return
-    _background_checks.add(task)
-    task.add_done_callback(_background_checks.discard)
-
-
-_install_hub_start_check()
+# JupyterHub imports this module while it builds its app: check the config at its start
+install_hub_start_checks(HardenedSpawner)

@@ -13,7 +13,7 @@ import threading
 import docker.errors
 import pytest
 
-from hardened_spawner import cli, inspection, spawner
+from hardened_spawner import cli, hubstart, inspection
 from hardened_spawner.gpus import GpuAllocator, GpuDevice, GpuPolicy, GpuSummary
 from hardened_spawner.inspection import (
     CIS_ITEMS,
@@ -772,13 +772,13 @@ async def test_the_hub_start_hook_audits_in_the_background(monkeypatch):
     monkeypatch.setattr(cli, "audit_at_hub_start", slow_audit)
     log = Log()
     probe = HardenedSpawner()
-    spawner._audit_in_background(probe, log)  # returns at once: the hub's start does not wait
+    hubstart._audit_in_background(probe, log)  # returns at once: the hub's start does not wait
     await asyncio.wait_for(started.wait(), 10)
-    assert seen == [] and len(spawner._background_audits) == 1
+    assert seen == [] and len(hubstart._background_audits) == 1
     release.set()
-    future = next(iter(spawner._background_audits))
+    future = next(iter(hubstart._background_audits))
     await asyncio.wait_for(asyncio.shield(future), 10)
     assert seen == [probe]
     assert log.lines == [(logging.ERROR, "Checking the existing server containers at hub start failed")]
     await asyncio.sleep(0)
-    assert spawner._background_audits == set()
+    assert hubstart._background_audits == set()
