@@ -13,6 +13,10 @@ is refused. While the hardened servers run, `docker inspect` of each container
 checks that no device was handed out twice: the ``...gpus`` label and the
 container's ``DeviceRequests`` must agree, and no UUID may appear twice.
 
+Where the CPU went during each burst is recorded too: the hub process, the
+engine's daemons and shims, the whole machine, and the servers' own containers
+(start-up plus the healthchecks that ran, counted from ``State.Health.Log``).
+
 Standalone: ``python benchmarks/burst.py [--quick]``.
 """
 
@@ -28,9 +32,11 @@ import time
 
 from benchmarks.common import (
     Bench,
+    CpuMeter,
     anatomy,
     anatomy_summary,
     concurrent,
+    container_cpu_seconds,
     log,
     stop_all,
     summary,
@@ -60,9 +66,17 @@ def run(bench: Bench) -> dict:
 def _burst(bench: Bench, hub, users: list[str], options: list, what: str) -> dict:
     for user in users:
         hub.create_user(user)
+    meter = CpuMeter(hub.proc.pid).start()
     start = time.monotonic()
     spawns = concurrent(lambda u, o: timed_spawn(hub, u, o), list(zip(users, options)))
     all_done = time.monotonic() - start
+    cpu = meter.stop()
+    ids = _server_ids(hub, users)
+    cpu["servers"] = container_cpu_seconds(bench.client, ids)
+    cpu["healthcheck_runs"] = sum(
+        len((bench.client.api.inspect_container(i)["State"].get("Health") or {}).get("Log") or [])
+        for i in ids
+    )
     ok = [s for s in spawns if not isinstance(s, Exception) and s.ready]
     failed = [
         {"user": getattr(s, "user", "?"), "message": getattr(s, "message", repr(s))}
@@ -76,12 +90,24 @@ def _burst(bench: Bench, hub, users: list[str], options: list, what: str) -> dic
         "per_user": summary([s.seconds for s in ok]),
         "anatomy_median": anatomy_summary([anatomy(bench.client, hub, s) for s in ok]),
         "failures": failed,
+        "cpu_seconds": cpu,
     }
     log(
         f"burst {what}: {len(ok)}/{len(users)} ready, all ready after "
         f"{out['time_to_all_ready'] or float('nan'):.2f}s, p50 {out['per_user']['median']:.2f}s"
     )
     return out
+
+
+def _server_ids(hub, users: list[str]) -> list[str]:
+    """The running servers' container ids, from the hub's state of each user."""
+    ids = []
+    for user in users:
+        try:
+            ids.append(hub.api("GET", f"/users/{user}").json()["servers"][""]["state"]["object_id"])
+        except (KeyError, ValueError):
+            continue
+    return ids
 
 
 def check_gpus(bench: Bench, users: list[str], options: list) -> dict:

@@ -360,6 +360,75 @@ def anatomy_summary(parts: list[dict | None]) -> dict:
     return out
 
 
+# --------------------------------------------------------------------- CPU accounting
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of one process so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pids_of(name: str) -> list[int]:
+    out = subprocess.run(["pidof", name], capture_output=True, text=True, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine spent not idle (all cores), from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used between `start` and `stop` by the hub process, the engine
+    (dockerd, containerd and its shims) and the whole machine."""
+
+    def __init__(self, hub_pid: int):
+        self.hub_pid = hub_pid
+
+    def _read(self) -> dict:
+        engine = [*_pids_of("dockerd"), *_pids_of("containerd"), *_pids_of("containerd-shim-runc-v2"),
+                  *_pids_of("containerd-shim")]
+        return {
+            "hub": _process_cpu(self.hub_pid),
+            "engine_daemons": sum(_process_cpu(p) for p in _pids_of("dockerd") + _pids_of("containerd")),
+            "engine_all": sum(_process_cpu(p) for p in engine),
+            "machine": _machine_busy(),
+        }
+
+    def start(self) -> CpuMeter:
+        self._before = self._read()
+        return self
+
+    def stop(self) -> dict:
+        after = self._read()
+        return {k: round(after[k] - self._before[k], 2) for k in after}
+
+
+def container_cpu_seconds(client: docker.DockerClient, container_ids: list[str]) -> float | None:
+    """CPU seconds the containers used since they started (their cgroups; v1 or v2)."""
+    total, found = 0.0, False
+    for cid in container_ids:
+        for path in (f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage",
+                     f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"):
+            try:
+                text = Path(path).read_text()
+            except OSError:
+                continue
+            if path.endswith("cpuacct.usage"):
+                total += int(text) / 1e9
+            else:
+                total += int(dict(line.split() for line in text.splitlines())["usage_usec"]) / 1e6
+            found = True
+            break
+    return round(total, 2) if found else None
+
+
 def concurrent(fn, args_list: list[tuple]) -> list:
     """Run ``fn(*args)`` for every entry at once, each in its own thread, released together."""
     results: list = [None] * len(args_list)

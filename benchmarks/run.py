@@ -57,6 +57,7 @@ def parse_args(argv=None, default_phases=tuple(PHASES)) -> argparse.Namespace:
     p.add_argument("--burst-users", type=int, help="users in each burst (default 20, --quick 3)")
     p.add_argument("--latency-rounds", type=int, help="spawns per latency series (default 10, --quick 1)")
     p.add_argument("--restart-containers", type=int, help="managed containers for the restart (default 200)")
+    p.add_argument("--restart-reps", type=int, help="hub restarts per condition (default 3, --quick 1)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the hubs' logs and databases")
     return p.parse_args(argv)
 
@@ -69,6 +70,7 @@ def main(argv=None, default_phases=tuple(PHASES)) -> int:
         burst_users=args.burst_users,
         latency_rounds=args.latency_rounds,
         restart_containers=args.restart_containers,
+        restart_reps=args.restart_reps,
     )
     bench = Bench(settings)
     results: dict = {
@@ -243,6 +245,12 @@ def render(r: dict) -> str:
                          f"{_s(a['to_container_start'])}, {_s(a['server_start'])}, {_s(a['to_ready'])}")
             for f in x["failures"][:5]:
                 lines.append(f"      FAILED {f['user']}: {f['message'][:150]}")
+        lines.append("   CPU-s during each burst: hub process, engine (dockerd+containerd+shims), servers' "
+                     "containers, whole machine; healthcheck runs")
+        for key in ("plain", "hardened_first", "hardened_later"):
+            c = b[key].get("cpu_seconds") or {}
+            lines.append(f"   {key:<38}{_s(c.get('hub')):>7} {_s(c.get('engine_all')):>7} "
+                         f"{_s(c.get('servers')):>7} {_s(c.get('machine')):>7}   {c.get('healthcheck_runs')}")
         for week in ("first", "later"):
             g = b[f"hardened_{week}"]["gpus"]
             lines.append(f"   GPUs ({week}): {b['gpu_users']} asked for 1 each; assigned "

@@ -35,6 +35,8 @@ from benchmarks.common import IMAGE, Bench, log, timed_spawn
 from hardened_spawner import labels
 
 SCRIPT = (Path(__file__).parent / "train_loop.py").read_text()
+#: seconds a run may take beyond its measuring time (torch import, warm-up) before it counts as hung
+HANG_AFTER = 90
 
 
 def run(bench: Bench) -> dict:
@@ -112,10 +114,16 @@ def _sleeper(bench: Bench, name: str, **kwargs):
 
 
 def train(container, seconds: float, batch_size: int = 32) -> dict:
-    """Run the loop in ``container`` with ``docker exec``; its JSON line, or why it died."""
+    """Run the loop in ``container`` with ``docker exec``; its JSON line, or why it died.
+
+    A loader starved of /dev/shm may crash, or hang with its workers blocked: the run
+    is killed after ``HANG_AFTER`` seconds more than it should take."""
+    limit = int(seconds + HANG_AFTER)
+    started = time.monotonic()
     try:
         code, output = container.exec_run(
-            ["python3", "-c", SCRIPT, str(seconds), str(batch_size)], demux=False
+            ["timeout", "--signal=KILL", str(limit), "python3", "-c", SCRIPT, str(seconds), str(batch_size)],
+            demux=False,
         )
     except docker.errors.APIError as e:
         return {"ok": False, "error": f"exec failed: {e}"}
@@ -128,7 +136,11 @@ def train(container, seconds: float, batch_size: int = 32) -> dict:
             except ValueError:
                 continue
     else:
-        result = {"ok": False, "error": f"exit code {code}, no result: {text[-400:]}"}
+        if code == 137 and time.monotonic() - started >= limit - 1:
+            result = {"ok": False, "hung": True,
+                      "error": f"hung: no progress, killed after {limit} s (/dev/shm: {_shm_use(container)})"}
+        else:
+            result = {"ok": False, "error": f"exit code {code}, no result: {text[-400:]}"}
     result["exit_code"] = code
     return result
 
@@ -171,6 +183,11 @@ def _cgroup_cpu_ns(container_id: str) -> int | None:
             return int(text)
         return int(dict(line.split() for line in text.splitlines())["usage_usec"]) * 1000
     return None
+
+
+def _shm_use(container) -> str:
+    code, out = container.exec_run(["df", "-h", "--output=used,size", "/dev/shm"])
+    return " of ".join(out.decode().split()[-2:]) + " used" if code == 0 else "?"
 
 
 def _rate(result: dict) -> str:

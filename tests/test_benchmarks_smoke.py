@@ -4,8 +4,8 @@ Every measurement runs once with the smallest counts (a round of spawns, a burst
 of two, a restart with a few labelled containers, a second of training) against
 the real engine, two real hubs and the real proxy. Numbers from such a run mean
 nothing, so only their presence and sanity are checked here, never the targets.
-Its own name prefix and UIDs keep it apart from a benchmark or test run on the
-same engine.
+A name prefix and a block of UIDs of its own, per process, keep it apart from a
+benchmark, a test run or another smoke run (a CI job, say) on the same engine.
 """
 
 import json
@@ -21,7 +21,9 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
-PREFIX = "hsbenchsmoke"
+PREFIX = f"hsbenchsmoke{os.getpid()}"
+#: a run uses UIDs from here up to about 60,000 above it
+UID_BASE = 1_000_000 + (os.getpid() % 9000) * 100_000
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def smoke(tmp_path_factory):
     if not shutil.which("configurable-http-proxy"):
         pytest.fail("configurable-http-proxy is missing. Run scripts/setup.sh --gpu-stub first.")
     out = tmp_path_factory.mktemp("bench") / "smoke.json"
-    env = {**os.environ, "HSTEST_PREFIX": PREFIX, "HSTEST_UID_BASE": "860000"}
+    env = {**os.environ, "HSTEST_PREFIX": PREFIX, "HSTEST_UID_BASE": str(UID_BASE)}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
          "--burst-users", "2", "--restart-containers", "5", "--out", str(out)],
