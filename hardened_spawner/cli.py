@@ -140,14 +140,16 @@ def audit_containers(
     *,
     everything: bool = False,
     names: tuple[str, ...] = (),
+    running_only: bool = False,
 ) -> list[ContainerReport]:
     """Reports for the managed server containers, or every container
-    (``everything``), or just the ones named (names or ids), running or not."""
+    (``everything``), or just the ones named (names or ids); stopped ones too
+    unless ``running_only``."""
     if names:
         ids = list(names)
     else:
         filters = None if everything else MANAGED_SERVERS
-        ids = [c["Id"] for c in client.containers(all=True, filters=filters)]
+        ids = [c["Id"] for c in client.containers(all=not running_only, filters=filters)]
     mountpoint = identity_mountpoint(client)
     reports = []
     for container_id in ids:
@@ -182,7 +184,9 @@ def audit_at_hub_start(spawner, log: logging.Logger) -> None:
     is found. Runs in a thread while the hub starts; never raises."""
     try:
         client = engine_client(spawner)
-        reports = audit_containers(client, frozenset(spawner.cap_add))
+        # running servers only: stopped ones are removed at their next start anyway,
+        # and inspecting hundreds of them would slow the hub's start
+        reports = audit_containers(client, frozenset(spawner.cap_add), running_only=True)
     except CannotCheck as e:
         log.warning("Could not check the existing server containers at hub start: %s", e)
         return

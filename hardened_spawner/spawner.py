@@ -997,15 +997,17 @@ class HardenedSpawner(DockerSpawner):
     async def _wait_until_up(self, ip: str, port: int) -> None:
         """Return once the server answers; raise with its own last words if it dies first.
 
-        The hub would otherwise wait out http_timeout and show a bare 500.
+        The hub would otherwise wait out http_timeout and show a bare 500. The
+        server is asked often (backing off from 0.1 s to 1 s); the engine is
+        asked whether the container still runs only every 2 s, since dozens of
+        servers may be starting at once.
         """
         url = url_path_join(f"http://{ip}:{port}", self.server.base_url, "api")
         client = AsyncHTTPClient()
-        deadline = asyncio.get_running_loop().time() + self.http_timeout
-        while asyncio.get_running_loop().time() < deadline:
-            state = (await self.docker("inspect_container", self.container_id))["State"]
-            if not state["Running"]:
-                raise await self._died_during_start(state)
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + self.http_timeout
+        delay, next_state_check = 0.1, clock()
+        while clock() < deadline:
             try:
                 response = await client.fetch(
                     HTTPRequest(url, request_timeout=2, follow_redirects=False), raise_error=False
@@ -1014,7 +1016,20 @@ class HardenedSpawner(DockerSpawner):
                     return
             except OSError:  # not listening yet
                 pass
-            await asyncio.sleep(0.5)
+            if clock() >= next_state_check:
+                state = (await self.docker("inspect_container", self.container_id))["State"]
+                if not state["Running"]:
+                    raise await self._died_during_start(state)
+                next_state_check = clock() + 2
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        raise SpawnRefused(
+            f"Your server started but did not answer within {self.http_timeout} seconds. "
+            "Try again; if it keeps happening, ask your hub admin to look at the server's log.",
+            reason="timeout",
+            status_code=500,
+            log_message=f"{self._log_name} did not answer at {url} within {self.http_timeout}s",
+        )
 
     async def _died_during_start(self, state: dict) -> SpawnRefused:
         logs = (await self.docker("logs", self.container_id, tail=15)).decode(errors="replace")

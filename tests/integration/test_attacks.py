@@ -13,7 +13,6 @@ passes against the weakened container would be testing nothing.
 import json
 import textwrap
 
-import docker
 import pytest
 import requests
 

@@ -21,13 +21,16 @@ from hardened_spawner.profile import (
 GIB, MIB = 1024**3, 1024**2
 SECCOMP = '{"defaultAction":"SCMP_ACT_ERRNO"}'
 PROBE = (
-    "import os,urllib.parse as p,urllib.request as r;"
-    "u=p.urlsplit(os.environ['JUPYTERHUB_SERVICE_URL']);"
-    "r.urlopen('http://127.0.0.1:%d%sapi' % (u.port or 8888, u.path), timeout=5)"
+    "import os,socket;"
+    "u=os.environ['JUPYTERHUB_SERVICE_URL'].split('/',3);"
+    "p=u[2].rpartition(':')[2] or '8888';"
+    "s=socket.create_connection(('127.0.0.1',int(p)),5);"
+    "s.sendall(('GET /%sapi HTTP/1.0\\r\\n\\r\\n'%(u[3] if len(u)>3 else '')).encode());"
+    "raise SystemExit(0 if s.recv(12)[9:10] in b'23' else 1)"
 )
 HEALTHCHECK = {
-    "test": ["CMD", "python3", "-c", PROBE],
-    "interval": 30_000_000_000,
+    "test": ["CMD", "python3", "-I", "-S", "-c", PROBE],
+    "interval": 60_000_000_000,
     "timeout": 10_000_000_000,
     "retries": 3,
     "start_period": 60_000_000_000,
@@ -220,6 +223,34 @@ def test_fingerprint_without_healthcheck_differs():
 def test_server_healthcheck():
     assert server_healthcheck() == HEALTHCHECK
     compile(PROBE, "<probe>", "exec")  # valid Python for the image's python3 -c
+
+
+def test_the_probe_asks_the_servers_api_and_fails_on_errors(tmp_path):
+    """Run the probe for real against a tiny HTTP server standing in for jupyter-server."""
+    import http.server
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/user/ada/api" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        for user, status in (("ada", 0), ("bob", 1)):
+            env = {**os.environ, "JUPYTERHUB_SERVICE_URL": f"http://0.0.0.0:{port}/user/{user}/"}
+            done = subprocess.run([sys.executable, "-I", "-S", "-c", PROBE], env=env, timeout=30)
+            assert done.returncode == status, user
+    finally:
+        server.shutdown()
 
 
 def test_server_healthcheck_interval():
