@@ -20,7 +20,7 @@ import docker.errors
 from dockerspawner import DockerSpawner
 from jupyterhub.traitlets import ByteSpecification
 from jupyterhub.utils import maybe_future, url_path_join
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import (
     Bool,
     Callable,
@@ -1008,19 +1008,20 @@ class HardenedSpawner(DockerSpawner):
         deadline = clock() + self.http_timeout
         delay, next_state_check = 0.1, clock()
         while clock() < deadline:
-            try:
-                response = await client.fetch(
-                    HTTPRequest(url, request_timeout=2, follow_redirects=False), raise_error=False
-                )
-                if response.code < 500:
-                    return
-            except OSError:  # not listening yet
-                pass
             if clock() >= next_state_check:
                 state = (await self.docker("inspect_container", self.container_id))["State"]
                 if not state["Running"]:
                     raise await self._died_during_start(state)
                 next_state_check = clock() + 2
+            try:
+                response = await client.fetch(
+                    HTTPRequest(url, connect_timeout=1, request_timeout=2, follow_redirects=False),
+                    raise_error=False,
+                )
+                if response.code < 500:
+                    return
+            except (OSError, HTTPClientError):  # not listening yet, or gone
+                pass
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
         raise SpawnRefused(
