@@ -77,29 +77,11 @@ class Settings:
 # --------------------------------------------------------------------- hubs
 
 
+@dataclass
 class BenchHub(hubtools.Hub):
     """A hubtools Hub that starts without ``--debug`` (as in production) and times its start."""
 
-    started_at: float = 0.0
-
-    def start(self, wait: bool = True) -> BenchHub:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "jupyterhub_config.py"
-        config.write_text(self.config_text())
-        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            self.started_at = time.monotonic()
-            self.started_wall = time.time()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jupyterhub", "-f", str(config)],
-                cwd=self.workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        if wait:
-            self.wait_ready()
-        return self
+    debug: bool = False
 
     def wait_api(self, timeout: float = 60) -> float:
         """Seconds from process start until ``GET /hub/api/`` answers (polled every 20 ms)."""

@@ -62,7 +62,12 @@ class Hub:
     hub_port: int = field(default_factory=free_port)
     proxy_api_port: int = field(default_factory=free_port)
     token: str = field(default_factory=lambda: secrets.token_hex(16))
+    debug: bool = True  # benchmarks start hubs as in production, without --debug
     proc: subprocess.Popen | None = None
+    #: when the current process was started, and where its part of the log begins
+    started_at: float = 0.0
+    started_wall: float = 0.0
+    log_offset: int = 0
 
     @property
     def url(self) -> str:
@@ -121,14 +126,16 @@ class Hub:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "jupyterhub_config.py"
         config.write_text(self.config_text())
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(config), "--debug"],
-            cwd=self.workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            self.started_at, self.started_wall = time.monotonic(), time.time()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jupyterhub", "-f", str(config)] + (["--debug"] if self.debug else []),
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         if wait:
             self.wait_ready()
         return self
