@@ -10,7 +10,6 @@ run's prefix (``hsbench`` unless told otherwise) and is removed at the end.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -274,22 +273,13 @@ def timed_spawn(hub: hubtools.Hub, user: str, options: dict | None = None, timeo
         r = hub.api("POST", f"/users/{user}/server", json=options or {})
         if r.status_code >= 400:
             return Spawn(user, False, time.monotonic() - start, f"HTTP {r.status_code}: {r.text[:300]}")
-        with requests.get(
-            f"{hub.url}/hub/api/users/{user}/server/progress",
-            headers={"Authorization": f"token {hub.token}"},
-            stream=True,
-            timeout=timeout,
-        ) as stream:
-            for line in stream.iter_lines(decode_unicode=True):
-                if not line or not line.startswith("data:"):
-                    continue
-                event = json.loads(line[5:])
-                steps.append((round(time.monotonic() - start, 3), event.get("message", "")))
-                if event.get("ready") or event.get("failed"):
-                    seconds = time.monotonic() - start
-                    return Spawn(user, bool(event.get("ready")), seconds,
-                                 "" if event.get("ready") else event.get("message", ""), steps,
-                                 posted_at)
+        for event in hub.progress_events(user, timeout):
+            steps.append((round(time.monotonic() - start, 3), event.get("message", "")))
+            if event.get("ready") or event.get("failed"):
+                seconds = time.monotonic() - start
+                return Spawn(user, bool(event.get("ready")), seconds,
+                             "" if event.get("ready") else event.get("message", ""), steps,
+                             posted_at)
         return Spawn(user, False, time.monotonic() - start, "progress stream ended early", steps)
     except Exception as e:  # noqa: BLE001 - a dropped stream is a failed spawn, not a crash
         return Spawn(user, False, time.monotonic() - start, f"{type(e).__name__}: {e}", steps)

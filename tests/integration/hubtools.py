@@ -211,8 +211,8 @@ class Hub:
         last = events[-1] if events else {}
         return SpawnResult(bool(last.get("ready")), r.status_code, last.get("message", ""), events)
 
-    def progress(self, name: str, timeout: float = 180) -> list[dict]:
-        events = []
+    def progress_events(self, name: str, timeout: float = 180):
+        """The spawn's progress events as they arrive, up to ``ready`` or ``failed``."""
         with requests.get(
             f"{self.url}/hub/api/users/{name}/server/progress",
             headers={"Authorization": f"token {self.token}"},
@@ -222,10 +222,12 @@ class Hub:
             for line in r.iter_lines(decode_unicode=True):
                 if line and line.startswith("data:"):
                     event = json.loads(line[5:])
-                    events.append(event)
+                    yield event
                     if event.get("ready") or event.get("failed"):
-                        break
-        return events
+                        return
+
+    def progress(self, name: str, timeout: float = 180) -> list[dict]:
+        return list(self.progress_events(name, timeout))
 
     def stop_server(self, name: str, timeout: float = 60) -> None:
         r = self.api("DELETE", f"/users/{name}/server")
