@@ -18,13 +18,20 @@ import argparse
 import datetime
 import ipaddress
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
+
+import docker.errors
+import requests.exceptions
 
 from ._version import __version__
 from .network import (
+    BRIDGE_OPTION,
     EGRESS_MODES,
     FamilyPlan,
     IsolationPolicy,
@@ -63,8 +70,45 @@ class FirewallError(RuntimeError):
 # --- iptables ----------------------------------------------------------------------
 
 
-def _run(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+def _run_as_given(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=30, check=False)
+
+
+#: iptables has two backends (nf_tables and legacy) whose rules the kernel keeps apart;
+#: ours must go where the engine's are. The system's default ``iptables`` first, then each.
+BACKENDS = ("", "-nft", "-legacy")
+
+
+def detect_backend(run: Callable = _run_as_given) -> str:
+    """The suffix of the iptables front end whose tables hold the engine's DOCKER-USER
+    chain ("" for the default one, or when none shows it): a container built on
+    another distribution than the host's may default to the other backend."""
+    for suffix in BACKENDS:
+        try:
+            result = run([f"iptables{suffix}", "-w", "5", "-S"])
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if result.returncode == 0 and "-N DOCKER-USER" in result.stdout.splitlines():
+            return suffix
+    return ""
+
+
+def with_backend(argv: Sequence[str], suffix: str) -> list[str]:
+    """``iptables-restore`` becomes ``iptables-legacy-restore`` for suffix ``-legacy``."""
+    command, *rest = argv
+    for base in ("ip6tables", "iptables"):
+        if command.startswith(base):
+            return [base + suffix + command[len(base):], *rest]
+    return list(argv)
+
+
+_backend: list[str] = []  # detected once per process: the host's backend does not change
+
+
+def _run(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    if not _backend:
+        _backend.append(detect_backend())
+    return _run_as_given(with_backend(argv, _backend[0]), stdin)
 
 
 def read_tables(family: int, run: Callable = _run) -> tuple[Tables | None, str]:
@@ -112,27 +156,41 @@ def read_boot_id() -> str:
 
 
 def load_network(client, name: str) -> NetworkFacts | None:
-    import docker.errors
-
     try:
         return network_facts(client.inspect_network(name))
     except docker.errors.NotFound:
         return None
 
 
-def ensure_network(client, name: str, bridge: str = "", isolation: bool = True) -> NetworkFacts:
-    """The users' network, created as the spawner would create it when missing."""
+def ensure_network(client, name: str, bridge: str = "", isolation: bool = True,
+                   subnet: str = "", reserve_hub: bool = False) -> NetworkFacts:
+    """The users' network, created as the spawner would create it when missing. With
+    ``reserve_hub`` (the hub in a container), its subnet's lower half is kept for fixed
+    addresses and the hub's is recorded on the network; without a ``subnet``, the
+    engine picks a free one (from a first, throwaway creation) and it is made fixed."""
     facts = load_network(client, name)
-    if facts is None:
-        spec = network_create_spec(name, bridge or bridge_name(name), isolation, __version__)
-        client.create_network(spec.pop("name"), **spec)
-        facts = load_network(client, name)
-    return facts
+    if facts is not None:
+        if reserve_hub and not facts.hub_address:
+            raise NetworkConfigError(
+                f"the users' network {name} exists but has no address reserved for the hub "
+                "(it was made by the hub, or by an older version). Stop the servers on it "
+                f"and remove it (docker network rm {name}); this command makes it again."
+            )
+        return facts
+    bridge = bridge or bridge_name(name)
+    if reserve_hub and not subnet:
+        picked = network_facts(client.inspect_network(
+            client.create_network(name, driver="bridge", options={BRIDGE_OPTION: bridge})["Id"]))
+        client.remove_network(name)
+        subnet = next((s for s in picked.subnets if ipaddress.ip_network(s).version == 4), "")
+        if not subnet:
+            raise NetworkConfigError(f"the engine gave the users' network {name} no IPv4 subnet; pass --subnet")
+    spec = network_create_spec(name, bridge, isolation, __version__, subnet if reserve_hub else "")
+    client.create_network(spec.pop("name"), **spec)
+    return load_network(client, name)
 
 
 def read_marker(client, network_name: str) -> dict | None:
-    import docker.errors
-
     try:
         return client.inspect_volume(marker_name(network_name)).get("Labels") or {}
     except docker.errors.NotFound:
@@ -149,8 +207,6 @@ def write_marker(client, facts: NetworkFacts, policy: IsolationPolicy) -> None:
 
 
 def delete_marker(client, network_name: str) -> None:
-    import docker.errors
-
     try:
         client.remove_volume(marker_name(network_name), force=True)
     except docker.errors.NotFound:
@@ -159,8 +215,6 @@ def delete_marker(client, network_name: str) -> None:
 
 def run_probe(client, image: str, network_name: str, policy: IsolationPolicy) -> list[str]:
     """Start a throwaway container on the users' network and see what it reaches."""
-    import docker.errors
-
     create, host = probe_spec(image, network_name, policy, __version__)
     try:
         container = client.create_container(host_config=client.create_host_config(**host), **create)
@@ -277,12 +331,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="hardened-spawner firewall",
         description="Install, check or remove the iptables rules that isolate users' servers "
         "(run as root on the Docker host). Settings come from -f jupyterhub_config.py; "
-        "options override them.",
+        "options override them. `network` makes the users' network with an address kept "
+        "for a hub in a container; `resolvers` lists the host's DNS resolvers the rules block.",
     )
-    p.add_argument("action", choices=("apply", "status", "remove"))
+    p.add_argument("action", choices=("apply", "status", "remove", "network", "resolvers"))
     p.add_argument("-f", "--config", help="the hub's jupyterhub_config.py, to read its settings")
     p.add_argument("--network", help="the users' network (default hardened-spawner-users)")
     p.add_argument("--bridge", help="its bridge interface (default: read from the network)")
+    p.add_argument("--subnet", help="network: its IPv4 subnet (default: a free one the engine picks)")
     p.add_argument("--hub-ip", help="the address servers reach the hub API at")
     p.add_argument("--hub-port", type=int, help="the hub API's port (default 8081)")
     p.add_argument("--egress", choices=EGRESS_MODES, help="internet (default) or none")
@@ -292,7 +348,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trusted", action="append", metavar="IP",
                    help="a container on the users' network (a proxy) that may open connections to servers")
     p.add_argument("--dry-run", action="store_true", help="apply: print the rules, change nothing")
-    p.add_argument("--json", action="store_true", help="status: print a JSON report")
+    p.add_argument("--watch", type=float, metavar="SECONDS",
+                   help="apply: keep running, and put the rules back within SECONDS whenever "
+                   "they go missing or differ (after a reboot, an engine restart, a flush)")
+    p.add_argument("--status-file", metavar="PATH",
+                   help="with --watch: a file that exists exactly while the rules are in place")
+    p.add_argument("--json", action="store_true", help="status, network: print JSON")
     return p
 
 
@@ -318,7 +379,8 @@ def _settings(args) -> dict:
     return settings
 
 
-def _policy(settings: dict) -> IsolationPolicy:
+def policy_from_settings(settings: dict) -> IsolationPolicy:
+    """The rules' inputs from the command's settings; the hub's name is resolved here."""
     host = settings["hub_ip"]
     if not host or host in ("0.0.0.0", "::"):
         raise NetworkConfigError(
@@ -345,18 +407,115 @@ def _policy(settings: dict) -> IsolationPolicy:
     )
 
 
-def _dns_note(policy: IsolationPolicy, path: str = "/etc/resolv.conf") -> str:
+def _host_resolv_conf(path: str = "/etc/resolv.conf") -> str | None:
     try:
         with open(path) as f:
-            resolvers = unreachable_resolvers(f.read(), policy)
+            return f.read()
     except OSError:
-        return ""
+        return None
+
+
+def _dns_note(policy: IsolationPolicy, path: str = "/etc/resolv.conf") -> str:
+    resolv_conf = _host_resolv_conf(path)
+    resolvers = unreachable_resolvers(resolv_conf, policy) if resolv_conf is not None else []
     if not resolvers:
         return ""
     flags = " ".join(f"--allow-dns {ip}" for ip in resolvers)
     return (f"note: servers cannot reach this host's DNS resolver(s) {', '.join(resolvers)} "
             f"(a blocked range, or egress none), so their name lookups fail. To open port 53 "
             f"only: {flags}, and the same in HardenedSpawner.egress_allow_dns.")
+
+
+def blocked_host_resolvers(path: str = "/etc/resolv.conf") -> list[str]:
+    """The host's resolvers (which Docker's embedded DNS forwards servers' lookups to)
+    inside a range the rules block, whatever the allowlists say: what a deployment
+    opens with ``egress_allow_dns`` so that names resolve in users' servers."""
+    resolv_conf = _host_resolv_conf(path)
+    return unreachable_resolvers(resolv_conf, IsolationPolicy("127.0.0.1", 1)) if resolv_conf else []
+
+
+def _client():
+    import docker
+
+    return docker.APIClient(**docker.utils.kwargs_from_env())
+
+
+def apply_and_mark(client, settings: dict, policy: IsolationPolicy) -> tuple[NetworkFacts, list[str]]:
+    """Install the rules for the users' network (made if missing) and leave the marker
+    the hub's probe check reads; returns what is still wrong."""
+    facts = ensure_network(client, settings["network"], settings["bridge"], settings["isolation"])
+    problems = apply(facts, policy)
+    write_marker(client, facts, policy)
+    return facts, problems
+
+
+def current_problems(client, settings: dict, policy: IsolationPolicy) -> tuple[NetworkFacts | None, list[str]]:
+    """What `status` reports: rules, network and marker against these settings."""
+    facts = load_network(client, settings["network"])
+    if facts is None:
+        return None, [f"the users' network {settings['network']} does not exist yet"]
+    problems = status(facts, policy)
+    problems += marker_problems(read_marker(client, facts.name), facts, policy, read_boot_id())
+    return facts, problems
+
+
+def keep_applied(client, settings: dict, policy: IsolationPolicy, interval: float,
+                 out, stop: threading.Event, status_file: str = "") -> None:
+    """Check every ``interval`` seconds and put the rules back when they differ: what a
+    boot unit would do once, done for as long as the engine runs this (the compose
+    deployment's ``firewall`` service, restarted by the engine after a reboot).
+    ``status_file`` exists exactly while the last round found or left them in place:
+    a health check that costs nothing."""
+    while True:
+        problems = ["not checked yet"]
+        try:
+            facts, problems = current_problems(client, settings, policy)
+            if problems:
+                print(f"{_now()} the rules are not in place ({'; '.join(problems)}): applying", file=out, flush=True)
+                facts, problems = apply_and_mark(client, settings, policy)
+                print(f"{_now()} " + ("applied, but: " + "; ".join(problems) if problems else
+                      f"applied the rules for {facts.name} (bridge {facts.bridge}; {policy.summary()})"),
+                      file=out, flush=True)
+        except (FirewallError, NetworkConfigError, OSError) as e:
+            print(f"{_now()} could not apply the rules: {e}", file=out, flush=True)
+        except Exception as e:  # noqa: BLE001 - the engine's errors: keep trying, say why
+            print(f"{_now()} could not apply the rules: {e!r}", file=out, flush=True)
+        if status_file:
+            _mark_status(status_file, not problems)
+        if stop.wait(interval):
+            return
+
+
+def _mark_status(path: str, in_place: bool) -> None:
+    try:
+        if in_place:
+            with open(path, "w") as f:
+                f.write(_now() + "\n")
+        elif os.path.exists(path):
+            os.remove(path)
+    except OSError:
+        pass  # the health check then reports unhealthy, which is what it should say
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _network_action(args, settings: dict, out) -> int:
+    client = _client()
+    facts = ensure_network(client, settings["network"], settings["bridge"], settings["isolation"],
+                           args.subnet or "", reserve_hub=True)
+    report = {"network": facts.name, "bridge": facts.bridge, "subnets": list(facts.subnets),
+              "hub_address": facts.hub_address, "isolated": not facts.icc}
+    problems = network_problems(facts)
+    if args.json:
+        print(json.dumps({**report, "problems": problems}, indent=2), file=out)
+    else:
+        print(f"users' network {facts.name}: bridge {facts.bridge}, subnet "
+              f"{', '.join(facts.subnets)}, hub address {facts.hub_address}", file=out)
+        for problem in problems:
+            print(f"- {problem}", file=out)
+    return 1 if problems else 0
 
 
 def main(argv: Sequence[str] | None = None, out=None) -> int:
@@ -371,13 +530,16 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
         settings = _settings(args)
         if settings["bridge"]:
             check_bridge_name(settings["bridge"], "--bridge")
+        if args.action == "resolvers":
+            print(",".join(blocked_host_resolvers()), file=out)
+            return 0
+        if args.action == "network":
+            return _network_action(args, settings, out)
         if args.action == "remove" and settings["bridge"]:
             changed = remove(settings["bridge"])
             print(f"removed the rules for bridge {settings['bridge']} ({changed} table(s) changed)", file=out)
             return 0
-        import docker
-
-        client = docker.APIClient(**docker.utils.kwargs_from_env())
+        client = _client()
         if args.action == "remove":
             facts = load_network(client, settings["network"])
             if facts is None:
@@ -387,19 +549,26 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
             print(f"removed the rules for {facts.name} (bridge {facts.bridge}; "
                   f"{changed} table(s) changed) and its marker", file=out)
             return 0
-        policy = _policy(settings)
+        policy = policy_from_settings(settings)
+        if args.action == "apply" and args.dry_run:
+            facts = load_network(client, settings["network"]) or NetworkFacts(
+                settings["network"], settings["bridge"] or bridge_name(settings["network"]),
+                (), False, False)
+            for plan in plans(facts, policy)[0]:
+                print(f"# {_COMMAND[plan.family]}", file=out)
+                print("\n".join(plan.lines()), file=out)
+            return 0
+        if args.action == "apply" and args.watch is not None:
+            if args.watch <= 0:
+                raise NetworkConfigError("--watch needs a positive number of seconds")
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            print(f"{_now()} keeping the rules for {settings['network']} in place "
+                  f"({policy.summary()}; checked every {args.watch:g} s)", file=out, flush=True)
+            keep_applied(client, settings, policy, args.watch, out, stop, args.status_file or "")
+            return 0
         if args.action == "apply":
-            if args.dry_run:
-                facts = load_network(client, settings["network"]) or NetworkFacts(
-                    settings["network"], settings["bridge"] or bridge_name(settings["network"]),
-                    (), False, False)
-                for plan in plans(facts, policy)[0]:
-                    print(f"# {_COMMAND[plan.family]}", file=out)
-                    print("\n".join(plan.lines()), file=out)
-                return 0
-            facts = ensure_network(client, settings["network"], settings["bridge"], settings["isolation"])
-            problems = apply(facts, policy)
-            write_marker(client, facts, policy)
+            facts, problems = apply_and_mark(client, settings, policy)
             if problems:
                 print("applied, but:\n" + "\n".join(f"- {p}" for p in problems), file=out)
                 return 1
@@ -408,19 +577,13 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
             if note:
                 print(note, file=out)
             return 0
-        facts = load_network(client, settings["network"])
-        if facts is None:
-            problems = [f"the users' network {settings['network']} does not exist yet"]
-            marker = None
-        else:
-            problems = status(facts, policy)
-            marker = read_marker(client, facts.name)
-            problems += marker_problems(marker, facts, policy, read_boot_id())
+        facts, problems = current_problems(client, settings, policy)
         if args.json:
             print(json.dumps({"ok": not problems, "network": settings["network"],
                               "bridge": facts.bridge if facts else None,
                               "policy": policy.summary(), "problems": problems,
-                              "marker": marker}, indent=2), file=out)
+                              "marker": read_marker(client, facts.name) if facts else None},
+                             indent=2), file=out)
         elif problems:
             print("NOT in place:\n" + "\n".join(f"- {p}" for p in problems), file=out)
         else:
@@ -431,6 +594,10 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
         return 1 if problems else 0
     except (NetworkConfigError, FirewallError) as e:
         print(f"hardened-spawner firewall: {e}", file=sys.stderr)
+        return 2
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+        print(f"hardened-spawner firewall: the Docker engine refused or did not answer: {e}",
+              file=sys.stderr)
         return 2
 
 

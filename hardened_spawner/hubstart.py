@@ -80,6 +80,27 @@ def _audit_in_background(spawner, log) -> None:
     future.add_done_callback(_background_audits.discard)
 
 
+#: seconds the hub-start isolation check waits for the hub's own API to listen
+API_WAIT = 30
+
+
+async def _listening(host: str, port: int, timeout: float = API_WAIT) -> bool:
+    """Wait until something accepts connections at host:port (the hub API, which
+    starts listening after this check is scheduled)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+        except (OSError, asyncio.TimeoutError):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.25)
+        else:
+            writer.close()
+            return True
+
+
 #: keeps the hub-start isolation check's task referenced until it is done
 _background_checks: set = set()
 
@@ -98,6 +119,11 @@ def _check_isolation_in_background(spawner, app) -> None:
         try:
             spawner.hub = app.hub
             await spawner._engine_facts()  # creates the users' network if it is missing
+            # the probe container must find the hub API listening, which it is not yet
+            policy = await spawner._hub_policy()
+            if not await _listening(policy.hub_ip, policy.hub_port):
+                app.log.warning("The hub API at %s:%s is not answering after %s s; checking the "
+                                "network isolation anyway", policy.hub_ip, policy.hub_port, API_WAIT)
             await spawner._isolation_problems(force=True)
         except Exception:
             app.log.exception("Checking the users' network isolation at hub start failed")

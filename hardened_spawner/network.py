@@ -45,6 +45,8 @@ FIREWALL_DIGEST = f"{labels.PREFIX}.firewall.digest"
 FIREWALL_BOOT_ID = f"{labels.PREFIX}.firewall.boot-id"
 FIREWALL_APPLIED_AT = f"{labels.PREFIX}.firewall.applied-at"
 FIREWALL_SUMMARY = f"{labels.PREFIX}.firewall.summary"
+#: On a users' network made with a reserved hub address (the compose deployment).
+HUB_ADDRESS = f"{labels.PREFIX}.hub-address"
 
 EGRESS_MODES = ("internet", "none")
 
@@ -152,12 +154,35 @@ def bridge_name(network_name: str) -> str:
 # --- the network ----------------------------------------------------------------
 
 
-def network_create_spec(network_name: str, bridge: str, isolation: bool, version: str) -> dict:
-    """Keyword arguments for docker-py's ``create_network``."""
+def reserved_layout(subnet: str) -> dict[str, str]:
+    """Addresses of a users' subnet with room for fixed ones: the engine hands out
+    addresses from the upper half only (``ip_range``), so the lower half stays free
+    for containers that need a fixed address, such as the hub in compose, whose
+    address the rules name. The hub gets the first address after the gateway."""
+    try:
+        net = ipaddress.ip_network(subnet, strict=True)
+    except ValueError as e:
+        raise NetworkConfigError(f"the users' subnet {subnet!r} is not a CIDR like '172.30.0.0/24' ({e}).") from None
+    if net.version != 4 or not 8 <= net.prefixlen <= 28:
+        raise NetworkConfigError(
+            f"the users' subnet {subnet} must be IPv4, from /8 to /28 (half of it is for servers)."
+        )
+    return {
+        "subnet": str(net),
+        "gateway": str(net.network_address + 1),
+        "ip_range": str(list(net.subnets(prefixlen_diff=1))[1]),
+        "hub_address": str(net.network_address + 2),
+    }
+
+
+def network_create_spec(network_name: str, bridge: str, isolation: bool, version: str,
+                        subnet: str = "") -> dict:
+    """Keyword arguments for docker-py's ``create_network``; with a ``subnet``, its
+    lower half is kept for fixed addresses and the hub's is recorded in a label."""
     options = {BRIDGE_OPTION: bridge}
     if isolation:
         options[ICC_OPTION] = "false"  # the engine drops container-to-container traffic
-    return {
+    spec = {
         "name": network_name,
         "driver": "bridge",
         "options": options,
@@ -167,6 +192,17 @@ def network_create_spec(network_name: str, bridge: str, isolation: bool, version
             labels.VERSION: version,
         },
     }
+    if subnet:
+        layout = reserved_layout(subnet)
+        # docker-py's IPAMConfig is this dict; built here so this module needs no docker
+        spec["ipam"] = {
+            "Driver": "default",
+            "Config": [{"Subnet": layout["subnet"], "IPRange": layout["ip_range"],
+                        "Gateway": layout["gateway"]}],
+            "Options": {},
+        }
+        spec["labels"][HUB_ADDRESS] = layout["hub_address"]
+    return spec
 
 
 @dataclass(frozen=True)
@@ -180,6 +216,7 @@ class NetworkFacts:
     icc: bool
     driver: str = "bridge"
     managed: bool = False
+    hub_address: str = ""  # the fixed address reserved for the hub, if the network has one
 
     def subnets_of(self, family: int) -> tuple[str, ...]:
         return tuple(s for s in self.subnets if ipaddress.ip_network(s).version == family)
@@ -201,6 +238,7 @@ def network_facts(inspect: Mapping) -> NetworkFacts:
         icc=str(options.get(ICC_OPTION, "true")).lower() != "false",
         driver=inspect.get("Driver") or "",
         managed=(inspect.get("Labels") or {}).get(labels.MANAGED) == "true",
+        hub_address=(inspect.get("Labels") or {}).get(HUB_ADDRESS, ""),
     )
 
 

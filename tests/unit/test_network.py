@@ -711,10 +711,10 @@ def test_firewall_command_settings_from_a_config_file(tmp_path):
     )
     args = firewall._parser().parse_args(["status", "-f", str(config), "--egress", "none"])
     settings = firewall._settings(args)
-    assert firewall._policy(settings) == IsolationPolicy("172.17.0.1", 8099, "none", ("10.20.0.0/16",))
+    assert firewall.policy_from_settings(settings) == IsolationPolicy("172.17.0.1", 8099, "none", ("10.20.0.0/16",))
     assert settings["network"] == "users"
     with pytest.raises(NetworkConfigError, match="pass --hub-ip"):
-        firewall._policy({**settings, "hub_ip": "0.0.0.0"})
+        firewall.policy_from_settings({**settings, "hub_ip": "0.0.0.0"})
 
 
 # --- the spawner's settings -------------------------------------------------------------------
@@ -790,3 +790,160 @@ def test_dns_note_names_the_flag(tmp_path):
         "10.255.255.53, and the same in HardenedSpawner.egress_allow_dns."
     )
     assert firewall._dns_note(HOST_HUB, str(tmp_path / "missing")) == ""
+
+
+# --- a users' network with room for a hub in a container ------------------------------
+
+
+def test_reserved_layout_keeps_the_lower_half_for_fixed_addresses():
+    from hardened_spawner.network import reserved_layout
+
+    assert reserved_layout("172.30.0.0/24") == {
+        "subnet": "172.30.0.0/24", "gateway": "172.30.0.1",
+        "ip_range": "172.30.0.128/25", "hub_address": "172.30.0.2",
+    }
+    assert reserved_layout("172.19.0.0/16")["ip_range"] == "172.19.128.0/17"
+    for bad, message in (("172.30.0.1/24", "not a CIDR"), ("fd00::/64", "must be IPv4"),
+                         ("10.0.0.0/30", "from /8 to /28")):
+        with pytest.raises(NetworkConfigError, match=message):
+            reserved_layout(bad)
+
+
+def test_network_create_spec_with_a_subnet():
+    spec = network_create_spec("users", "hs-users", True, "1.0", subnet="172.30.0.0/24")
+    assert spec["ipam"] == {
+        "Driver": "default",
+        "Config": [{"Subnet": "172.30.0.0/24", "IPRange": "172.30.0.128/25", "Gateway": "172.30.0.1"}],
+        "Options": {},
+    }
+    assert spec["labels"]["org.jupyter.hardened-spawner.hub-address"] == "172.30.0.2"
+    inspect = {"Name": "users", "Id": "0" * 20, "Driver": "bridge", "Options": spec["options"],
+               "IPAM": {"Config": spec["ipam"]["Config"]}, "Labels": spec["labels"]}
+    assert network_facts(inspect).hub_address == "172.30.0.2"
+
+
+class FakeNetworks:
+    """docker-py's network calls, with an engine that hands out 172.19.0.0/16."""
+
+    def __init__(self, existing=None):
+        self.networks = dict(existing or {})
+        self.calls = []
+
+    def inspect_network(self, name):
+        import docker.errors
+
+        if name not in self.networks:
+            raise docker.errors.NotFound(name)
+        return self.networks[name]
+
+    def create_network(self, name, driver, options, labels=None, ipam=None):
+        self.calls.append(("create", name, ipam))
+        config = ipam["Config"] if ipam else [{"Subnet": "172.19.0.0/16", "Gateway": "172.19.0.1"}]
+        self.networks[name] = {"Name": name, "Id": name.ljust(20, "0"), "Driver": driver,
+                               "Options": options, "Labels": labels or {}, "IPAM": {"Config": config}}
+        return {"Id": name}
+
+    def remove_network(self, name):
+        self.calls.append(("remove", name))
+        del self.networks[name]
+
+
+def test_ensure_network_reserves_the_hub_address_in_a_subnet_the_engine_picked():
+    client = FakeNetworks()
+    facts = firewall.ensure_network(client, "users", reserve_hub=True)
+    assert [c[:2] for c in client.calls] == [("create", "users"), ("remove", "users"), ("create", "users")]
+    assert client.calls[2][2]["Config"][0]["IPRange"] == "172.19.128.0/17"
+    assert (facts.bridge, facts.icc, facts.subnets, facts.hub_address) == (
+        "hs-users", False, ("172.19.0.0/16",), "172.19.0.2")
+    # present: left alone
+    assert firewall.ensure_network(client, "users", reserve_hub=True) == facts and len(client.calls) == 3
+    # an explicit subnet is used as given
+    client = FakeNetworks()
+    assert firewall.ensure_network(client, "u2", subnet="10.99.0.0/24", reserve_hub=True).hub_address == "10.99.0.2"
+    assert len(client.calls) == 1
+
+
+def test_ensure_network_refuses_a_network_without_a_hub_address():
+    client = FakeNetworks()
+    firewall.ensure_network(client, "users")  # as the hub makes it: no reserved address
+    with pytest.raises(NetworkConfigError, match=r"no address reserved for the hub .* \(docker network rm users\)"):
+        firewall.ensure_network(client, "users", reserve_hub=True)
+
+
+def test_keep_applied_puts_the_rules_back_and_survives_errors(monkeypatch):
+    import io
+    import threading
+
+    answers = iter([
+        ["chain HS-FWD-hs-u is missing"],  # a reboot, say
+        [],
+        RuntimeError("engine restarting"),
+        [],
+    ])
+    applied = []
+
+    def current(client, settings, policy):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return FACTS, answer
+
+    def apply_and_mark(client, settings, policy):
+        applied.append(settings["network"])
+        return FACTS, []
+
+    monkeypatch.setattr(firewall, "current_problems", current)
+    monkeypatch.setattr(firewall, "apply_and_mark", apply_and_mark)
+
+    class StopAfter(threading.Event):
+        rounds = 0
+
+        def wait(self, timeout=None):
+            self.rounds += 1
+            return self.rounds >= 4
+
+    out = io.StringIO()
+    states = []
+    monkeypatch.setattr(firewall, "_mark_status", lambda path, in_place: states.append(in_place))
+    firewall.keep_applied(None, {"network": "users"}, HOST_HUB, 5, out, StopAfter(), "/run/ok")
+    assert applied == ["users"]
+    assert states == [True, True, False, True]
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].endswith("the rules are not in place (chain HS-FWD-hs-u is missing): applying")
+    assert lines[1].endswith("applied the rules for users (bridge hs-u; hub 172.17.0.1:8081; egress internet)")
+    assert lines[2].endswith("could not apply the rules: RuntimeError('engine restarting')")
+
+
+def test_blocked_host_resolvers(tmp_path):
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 10.255.255.53\nnameserver 9.9.9.9\nnameserver 127.0.0.53\n")
+    assert firewall.blocked_host_resolvers(str(resolv)) == ["10.255.255.53"]
+    assert firewall.blocked_host_resolvers(str(tmp_path / "missing")) == []
+
+
+def test_rules_go_to_the_backend_that_holds_the_engines_chains():
+    def host(with_docker_user):
+        def run(argv, stdin=None):
+            if argv[0] == "iptables-nft" and "iptables-nft" not in with_docker_user:
+                raise FileNotFoundError(argv[0])  # an older host: no nft front end at all
+            text = "-P FORWARD DROP\n-N DOCKER-USER\n" if argv[0] in with_docker_user else "-P FORWARD ACCEPT\n"
+            return subprocess.CompletedProcess(argv, 0, text, "")
+        return run
+
+    assert firewall.detect_backend(host({"iptables"})) == ""
+    assert firewall.detect_backend(host({"iptables-legacy"})) == "-legacy"  # an nft container, a legacy host
+    assert firewall.detect_backend(host({"iptables-nft"})) == "-nft"
+    assert firewall.detect_backend(host(set())) == ""  # not the host: the default, which reports it
+    assert firewall.with_backend(["iptables-restore", "--noflush"], "-legacy") == ["iptables-legacy-restore", "--noflush"]
+    assert firewall.with_backend(["ip6tables", "-S"], "-nft") == ["ip6tables-nft", "-S"]
+    assert firewall.with_backend(["ip6tables-restore"], "") == ["ip6tables-restore"]
+
+
+def test_status_file_exists_while_the_rules_are_in_place(tmp_path):
+    path = tmp_path / "in-place"
+    firewall._mark_status(str(path), True)
+    assert path.read_text().endswith("\n")
+    firewall._mark_status(str(path), False)
+    assert not path.exists()
+    firewall._mark_status(str(path), False)  # already gone: fine
