@@ -37,6 +37,7 @@ from ._version import __version__
 from .gpus import GpuAllocator, GpuConfigError
 from .inspection import (
     ContainerReport,
+    NetworkReport,
     check_as_json,
     check_as_table,
     check_exit_status,
@@ -44,6 +45,7 @@ from .inspection import (
     gpus_as_json,
     gpus_as_table,
     hub_start_log_lines,
+    network_as_text,
     report_container,
 )
 from .workspace import IDENTITY_VOLUME
@@ -163,6 +165,32 @@ def audit_containers(
     return sorted(reports, key=lambda r: (r.name, r.id))
 
 
+def network_report(client, spawner, config: Config) -> NetworkReport:
+    """The users' network isolation, checked as the hub checks it (`firewall.verify`),
+    with the hub's address from its config."""
+    from . import firewall
+    from .network import NetworkConfigError, apply_command, settings_from_config
+
+    name = spawner.network_name
+    if not spawner.network_isolation:
+        return NetworkReport(name, "none", (
+            "HardenedSpawner.network_isolation is False: users' servers can reach each other, "
+            "the cloud metadata service and private networks.",), "set it to True")
+    try:
+        policy = firewall.policy_from_settings(settings_from_config(config))
+    except NetworkConfigError as e:
+        return NetworkReport(name, "none", (f"cannot tell what the rules must allow: {e}",))
+    fix = "as root on the Docker host: " + apply_command(name, policy)
+    facts = firewall.load_network(client, name)
+    if facts is None:
+        return NetworkReport(name, "none", (
+            f"the users' network {name} does not exist yet (the hub creates it when it starts)",), fix)
+    method, problems = firewall.verify(
+        client, facts, policy, method=spawner.firewall_check_method, image=spawner.image
+    )
+    return NetworkReport(name, method, tuple(problems), fix if problems else "")
+
+
 def run_check(
     client,
     allowed_cap_add: frozenset[str],
@@ -170,13 +198,19 @@ def run_check(
     as_json: bool = False,
     everything: bool = False,
     names: tuple[str, ...] = (),
+    network: NetworkReport | None = None,
     out: TextIO | None = None,
 ) -> int:
     """Audit, print the table or JSON (to ``out``, default stdout), return the exit status."""
     out = out or sys.stdout
     reports = audit_containers(client, allowed_cap_add, everything=everything, names=names)
-    out.write(check_as_json(reports) + "\n" if as_json else check_as_table(reports, everything=everything))
-    return check_exit_status(reports)
+    if as_json:
+        out.write(check_as_json(reports, network) + "\n")
+    else:
+        out.write(check_as_table(reports, everything=everything))
+        if network is not None:
+            out.write(network_as_text(network))
+    return check_exit_status(reports, network)
 
 
 def audit_at_hub_start(spawner, log: logging.Logger) -> None:
@@ -249,14 +283,17 @@ class AdminCommand(Application):
         # no @catch_config_error: a usage error must exit 2, not 1 (1 means violations)
         self.parse_command_line(argv)
 
-    def spawner(self):
+    def hub_config(self) -> Config:
         path = self.config_file or default_config_file()
         if not path:
             self.log.warning(
                 "No %s here and no --config: using HardenedSpawner's defaults.",
                 DEFAULT_CONFIG_FILE,
             )
-        return build_spawner(load_hub_config(path), self.log)
+        return load_hub_config(path)
+
+    def spawner(self, config: Config | None = None):
+        return build_spawner(self.hub_config() if config is None else config, self.log)
 
     def run(self) -> int:
         raise NotImplementedError
@@ -272,8 +309,10 @@ class AdminCommand(Application):
 class CheckCommand(AdminCommand):
     name = "check"
     description = """Audit the containers this spawner manages against the security policy,
-    with the same guard the spawner runs before it creates one. Name containers to check only
-    those. Exit status: 0 no violations, 1 violations, 2 the check could not run."""
+    with the same guard the spawner runs before it creates one, and check that the users'
+    network isolation is in place, as the hub checks it. Name containers to check only those
+    (and not the network). Exit status: 0 no violations, 1 violations, 2 the check could not
+    run."""
 
     everything = Bool(
         False, help="Check every container on the engine, also ones started by hand."
@@ -285,15 +324,18 @@ class CheckCommand(AdminCommand):
     }
 
     def run(self) -> int:
-        spawner = self.spawner()
+        config = self.hub_config()
+        spawner = self.spawner(config)
         client = engine_client(spawner)
+        names = tuple(self.extra_args)
         try:
             return run_check(
                 client,
                 frozenset(spawner.cap_add),
                 as_json=self.json_output,
                 everything=self.everything,
-                names=tuple(self.extra_args),
+                names=names,
+                network=None if names else network_report(client, spawner, config),
             )
         except _ENGINE_ERRORS as e:
             raise CannotCheck(cannot_reach_message(spawner, e)) from None

@@ -210,13 +210,47 @@ def report_container(
     )
 
 
-def check_exit_status(reports: list[ContainerReport]) -> int:
-    """0 when every container keeps the policy, 1 when any breaks it."""
-    return 0 if all(r.ok for r in reports) else 1
+@dataclass(frozen=True)
+class NetworkReport:
+    """Is the users' network isolation in place, as the hub would check it?"""
+
+    network: str
+    checked_by: str  # "iptables", "probe", or "none" when it could not be checked
+    problems: tuple[str, ...]
+    fix: str = ""  # the admin command that puts the rules in place
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        return {"network": self.network, "checked_by": self.checked_by, "ok": self.ok,
+                "problems": list(self.problems), "fix": self.fix}
 
 
-def check_as_json(reports: list[ContainerReport]) -> str:
-    return json.dumps([r.as_dict() for r in reports], indent=2)
+def check_exit_status(reports: list[ContainerReport], network: NetworkReport | None = None) -> int:
+    """0 when every container keeps the policy (and the network isolation is in place), 1 otherwise."""
+    return 0 if all(r.ok for r in reports) and (network is None or network.ok) else 1
+
+
+def check_as_json(reports: list[ContainerReport], network: NetworkReport | None = None) -> str:
+    """``{"containers": [...], "network_isolation": {...}}``; the network is null when only
+    named containers were checked."""
+    return json.dumps(
+        {"containers": [r.as_dict() for r in reports],
+         "network_isolation": network.as_dict() if network else None},
+        indent=2,
+    )
+
+
+def network_as_text(network: NetworkReport) -> str:
+    if network.ok:
+        return f"Network isolation of {network.network}: in place (checked by {network.checked_by}).\n"
+    lines = [f"Network isolation of {network.network}: NOT in place (checked by {network.checked_by}):"]
+    lines += [f"    {problem}" for problem in network.problems]
+    if network.fix:
+        lines.append(f"      fix: {network.fix}")
+    return "\n".join(lines) + "\n"
 
 
 def _plural(n: int, word: str) -> str:

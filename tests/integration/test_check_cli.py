@@ -126,8 +126,8 @@ def workdir(tmp_path):
     return tmp_path
 
 
-def ours(report: list[dict]) -> dict[str, dict]:
-    return {r["name"]: r for r in report if r["name"].startswith(f"{TEST_PREFIX}-")}
+def ours(report: dict) -> dict[str, dict]:
+    return {r["name"]: r for r in report["containers"] if r["name"].startswith(f"{TEST_PREFIX}-")}
 
 
 def test_check_names_each_violation_and_exits_1(bad_containers, workdir):
@@ -181,7 +181,8 @@ def test_a_server_the_spawner_started_has_no_violations(hub, tmp_path):
     config = hub.workdir / "jupyterhub_config.py"
     done = cli("check", "--json", "--config", config, cwd=tmp_path)
     assert done.returncode in (0, 1), done.stderr  # 1 if other containers on the engine break it
-    servers = [r for r in json.loads(done.stdout) if r["owner"] == "clean" and r["name"].startswith(TEST_PREFIX)]
+    servers = [r for r in json.loads(done.stdout)["containers"]
+               if r["owner"] == "clean" and r["name"].startswith(TEST_PREFIX)]
     assert len(servers) == 1, servers
     server = servers[0]
     assert server["violations"] == [] and server["ok"] is True, server["violations"]

@@ -296,8 +296,20 @@ def test_without_rules_the_hub_warns_and_docker_alone_leaves_holes(servers, inte
 # --- with the rules of the default settings ----------------------------------------------
 
 
+def admin_check(config) -> dict:
+    """`hardened-spawner check --json`'s network verdict, as an admin on the host gets it."""
+    done = subprocess.run([sys.executable, "-m", "hardened_spawner", "check", "--json", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)["network_isolation"]
+
+
 def test_apply_installs_each_rule_once(servers, internet_hub, world):
     config = internet_hub.workdir / "jupyterhub_config.py"
+    before = admin_check(config)
+    assert (before["ok"], before["checked_by"]) == (False, "iptables"), before
+    assert f"iptables: chain {forward_chain(BRIDGE)} is missing" in before["problems"]
+    assert before["fix"].startswith(f"as root on the Docker host: hardened-spawner firewall apply --network {NETWORK}")
     first = firewall("apply", config=config)
     assert first.returncode == 0, first.stdout + first.stderr
     assert f"applied the rules for {NETWORK} (bridge {BRIDGE}; hub {docker0_address()}:{internet_hub.hub_port}; egress internet)" in first.stdout
@@ -317,6 +329,8 @@ def test_apply_installs_each_rule_once(servers, internet_hub, world):
     status = firewall("status", "--json", config=config)
     assert status.returncode == 0, status.stdout + status.stderr
     assert json.loads(status.stdout)["problems"] == []
+    assert admin_check(config) == {"network": NETWORK, "checked_by": "iptables", "ok": True,
+                                   "problems": [], "fix": ""}
 
 
 def test_servers_cannot_reach_each_other_on_any_port(servers, engine):

@@ -304,7 +304,7 @@ OK  jupyter-alice  owner=alice  user=200001:200001  running
 
 def test_json_for_machines_has_stable_keys():
     priv = inspect_of("hscli-priv", owner="eve", uid=200004, host_config={"Privileged": True})
-    assert json.loads(inspection.check_as_json([report(GOOD), report(priv)])) == [
+    assert json.loads(inspection.check_as_json([report(GOOD), report(priv)]))["containers"] == [
         {
             "id": "a" * 64,
             "name": "jupyter-alice",
@@ -343,7 +343,38 @@ def test_json_for_machines_has_stable_keys():
             "cis_failed": ["5.5"],
         },
     ]
-    assert inspection.check_as_json([]) == "[]"
+    assert json.loads(inspection.check_as_json([])) == {"containers": [], "network_isolation": None}
+
+
+NETWORK_OK = inspection.NetworkReport("hardened-spawner-users", "iptables", ())
+NETWORK_MISSING = inspection.NetworkReport(
+    "hardened-spawner-users", "probe", ("no firewall marker", "the canary answered"),
+    "as root on the Docker host: hardened-spawner firewall apply --network hardened-spawner-users",
+)
+
+
+def test_network_isolation_in_the_report():
+    assert json.loads(inspection.check_as_json([report(GOOD)], NETWORK_MISSING))["network_isolation"] == {
+        "network": "hardened-spawner-users",
+        "checked_by": "probe",
+        "ok": False,
+        "problems": ["no firewall marker", "the canary answered"],
+        "fix": "as root on the Docker host: hardened-spawner firewall apply --network hardened-spawner-users",
+    }
+    assert inspection.network_as_text(NETWORK_OK) == (
+        "Network isolation of hardened-spawner-users: in place (checked by iptables).\n"
+    )
+    assert inspection.network_as_text(NETWORK_MISSING) == (
+        "Network isolation of hardened-spawner-users: NOT in place (checked by probe):\n"
+        "    no firewall marker\n"
+        "    the canary answered\n"
+        "      fix: as root on the Docker host: hardened-spawner firewall apply --network "
+        "hardened-spawner-users\n"
+    )
+    # missing isolation fails the check even when every container is fine
+    assert inspection.check_exit_status([report(GOOD)], NETWORK_OK) == 0
+    assert inspection.check_exit_status([report(GOOD)], NETWORK_MISSING) == 1
+    assert inspection.check_exit_status([report(GOOD)]) == 0
 
 
 def test_hub_start_log_lines():
@@ -539,8 +570,11 @@ def test_run_check_prints_and_returns_the_exit_status():
     assert cli.run_check(FakeEngine([GOOD]), frozenset(), out=out) == 0
     assert out.getvalue().startswith("OK  jupyter-alice  owner=alice")
     out = io.StringIO()
+    assert cli.run_check(FakeEngine([GOOD]), frozenset(), network=NETWORK_MISSING, out=out) == 1
+    assert out.getvalue().endswith(inspection.network_as_text(NETWORK_MISSING))
+    out = io.StringIO()
     assert cli.run_check(FakeEngine([GOOD, NAIVE]), frozenset(), as_json=True, out=out) == 1
-    assert [(r["name"], len(r["violations"])) for r in json.loads(out.getvalue())] == [
+    assert [(r["name"], len(r["violations"])) for r in json.loads(out.getvalue())["containers"]] == [
         ("jupyter-alice", 0),
         ("jupyter-mallory", len(NAIVE_CHECKS)),
     ]
@@ -568,6 +602,7 @@ def engine(monkeypatch):
     """main() talks to this stand-in instead of the spawner's docker client."""
     fake = FakeEngine([GOOD, NAIVE, BY_HAND])
     monkeypatch.setattr(cli, "engine_client", lambda spawner: fake)
+    monkeypatch.setattr(cli, "network_report", lambda client, spawner, config: NETWORK_OK)
     return fake
 
 
@@ -588,7 +623,8 @@ def test_check_table_and_exit_1(engine, config_dir, capsys):
 def test_check_json_all(engine, config_dir, capsys):
     assert cli.main(["check", "--json", "--all"]) == 1
     found = json.loads(capsys.readouterr().out)
-    assert [(r["name"], r["managed"], r["ok"]) for r in found] == [
+    assert found["network_isolation"]["ok"] is True
+    assert [(r["name"], r["managed"], r["ok"]) for r in found["containers"]] == [
         ("by-hand", False, False),
         ("jupyter-alice", True, True),
         ("jupyter-mallory", True, False),
@@ -782,3 +818,50 @@ async def test_the_hub_start_hook_audits_in_the_background(monkeypatch):
     assert log.lines == [(logging.ERROR, "Checking the existing server containers at hub start failed")]
     await asyncio.sleep(0)
     assert hubstart._background_audits == set()
+
+
+# --- the network isolation part of `check` ---------------------------------------
+
+
+def test_network_report_says_what_the_hub_would_say(monkeypatch):
+    from traitlets.config import Config
+
+    from hardened_spawner import firewall
+    from hardened_spawner.network import NetworkFacts
+
+    facts = NetworkFacts("users", "hs-users", ("172.30.0.0/24",), ipv6=False, icc=False)
+    config = Config()
+    config.JupyterHub.hub_connect_ip = "172.30.0.2"
+    config.HardenedSpawner.network_name = "users"
+    spawner = cli.build_spawner(config)
+    checked = []
+
+    def verify(client, found, policy, method, image):
+        checked.append((found, policy.hub_ip, method, image))
+        return "probe", ["no firewall marker"]
+
+    monkeypatch.setattr(firewall, "load_network", lambda client, name: facts if name == "users" else None)
+    monkeypatch.setattr(firewall, "verify", verify)
+    report = cli.network_report(None, spawner, config)
+    assert report == inspection.NetworkReport(
+        "users", "probe", ("no firewall marker",),
+        "as root on the Docker host: hardened-spawner firewall apply --network users --hub-ip 172.30.0.2 "
+        "--hub-port 8081",
+    )
+    assert checked == [(facts, "172.30.0.2", "auto", spawner.image)]
+
+    monkeypatch.setattr(firewall, "verify", lambda *a, **kw: ("iptables", []))
+    assert cli.network_report(None, spawner, config) == inspection.NetworkReport("users", "iptables", ())
+
+    config.HardenedSpawner.network_name = "not-made-yet"
+    missing = cli.network_report(None, cli.build_spawner(config), config)
+    assert missing.problems == (
+        "the users' network not-made-yet does not exist yet (the hub creates it when it starts)",)
+
+    config.JupyterHub.hub_connect_ip = "0.0.0.0"
+    unknown = cli.network_report(None, cli.build_spawner(config), config)
+    assert unknown.checked_by == "none" and "pass --hub-ip" in unknown.problems[0]
+
+    config.HardenedSpawner.network_isolation = False
+    off = cli.network_report(None, cli.build_spawner(config), config)
+    assert not off.ok and "network_isolation is False" in off.problems[0]
