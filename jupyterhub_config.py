@@ -15,6 +15,10 @@
 #   HARDENED_GPUS         "none", "nvml", "nvidia-smi", or comma-separated GPU UUIDs   none
 #   HARDENED_AUDIT_LOG    audit trail file ("" for none)         $HUB_DATA_DIR/audit.jsonl
 #   HARDENED_NETWORK      the users' Docker network             hardened-spawner-users
+#   HARDENED_EGRESS       what servers reach outside: "internet" (public addresses) or "none"
+#   HARDENED_ALLOW_CIDRS  private ranges servers may reach, comma-separated   (none)
+#   HARDENED_ALLOW_DNS    DNS resolvers in a blocked range, port 53 only      (none)
+#   HARDENED_FIREWALL_REQUIRED  "true": refuse spawns while the rules are missing   false
 #   HARDENED_UID_MIN      first UID of the users' range         200000
 #   HARDENED_WORKSPACE_VOLUME  workspace volume name template   jupyterhub-workspace-{username}
 #   HARDENED_NAME_TEMPLATE     server container name template   (spawner default: jupyter-{username})
@@ -71,6 +75,20 @@ c.HardenedSpawner.image = env("SINGLEUSER_IMAGE", "hardened-spawner-singleuser:l
 # There is no registry on an offline GPU server: use the local image, never pull.
 c.HardenedSpawner.pull_policy = "never"
 c.HardenedSpawner.network_name = env("HARDENED_NETWORK", "hardened-spawner-users")
+
+
+def env_list(name):
+    return [item.strip() for item in env(name, "").split(",") if item.strip()]
+
+
+# Network isolation: servers reach the hub and, by default, public addresses; never each
+# other, the host, link-local (cloud metadata) or private ranges. The rules come from
+# `hardened-spawner firewall apply -f jupyterhub_config.py` (as root on the Docker host;
+# scripts/demo.sh and the compose stack run it), and the hub checks them.
+c.HardenedSpawner.egress = env("HARDENED_EGRESS", "internet")
+c.HardenedSpawner.egress_allow_cidrs = env_list("HARDENED_ALLOW_CIDRS")
+c.HardenedSpawner.egress_allow_dns = env_list("HARDENED_ALLOW_DNS")
+c.HardenedSpawner.firewall_required = env("HARDENED_FIREWALL_REQUIRED", "false").lower() in ("1", "true", "yes")
 
 # Identity: UID = uid_min + the hub's user id, far above host accounts.
 c.HardenedSpawner.uid_min = int(env("HARDENED_UID_MIN", "200000"))

@@ -5,13 +5,22 @@
 #   scripts/compose.sh build         # prepare; rebuild the hub image if its inputs changed
 #   scripts/compose.sh prepare       # prepare only
 #   scripts/compose.sh ps | logs -f hub | restart hub | down | ...   (no preparation)
+#   scripts/compose.sh firewall-remove   # after `down`: take the users' network rules away
 #
 # "Prepare" (run as root, safe to repeat, every step checks first):
 #   1. scripts/setup.sh: the engine, docker-compose, the Debian base, the single-user image
-#   2. the users' network, if missing (external to the stack: users' servers outlive the hub)
+#   2. the users' network, if missing (external to the stack: users' servers outlive the hub):
+#      no traffic between containers, the lower half of its subnet kept for the hub's fixed
+#      address (hardened-spawner firewall network)
 #   3. images/hub/vendor: wheels, this package's wheel, node and configurable-http-proxy,
-#      downloaded on the host (no network is needed inside `docker build`)
-#   4. the hub image, rebuilt only when a content hash of its inputs changed
+#      downloaded on the host (the hub image's build needs no network)
+#   4. the hub and firewall images, rebuilt only when a content hash of their inputs changed
+#      (the firewall image installs iptables from the base's apt sources)
+#
+# Every command also sets, from the host: DOCKER_GID, HUB_USERS_ADDRESS (the network's
+# label) and, unless set, HARDENED_ALLOW_DNS: the host's DNS resolvers in a range the rules
+# block (Docker's resolver forwards users' lookups to them; without this, names do not
+# resolve in servers). Set HARDENED_ALLOW_DNS= (empty) to open none.
 #
 # Settings come from the environment, then from ./.env (as docker-compose reads it):
 #   COMPOSE_PROJECT_NAME  stack name                           hardened-spawner
@@ -19,6 +28,8 @@
 #   HUB_IMAGE             the hub image                        hardened-spawner-hub:latest
 #   HUB_BASE_IMAGE        its base (Python 3.11, Debian-like)  hardened-spawner-base:bookworm
 #   HARDENED_NETWORK      the users' network                   hardened-spawner-users
+#   HARDENED_SUBNET       its IPv4 subnet, when it is made     a free one the engine picks
+#   FIREWALL_IMAGE        the firewall keeper's image          hardened-spawner-firewall:latest
 #   NODE_VERSION          Node.js for the proxy                22.23.5
 #   CHP_VERSION           configurable-http-proxy              5.3.0
 #   JUPYTERHUB_VERSION    as for the single-user image         6.1.1
@@ -31,7 +42,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'compose.sh: error: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -e/{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 # ./.env fills what the environment leaves unset (docker-compose's own precedence).
 if [ -f "$REPO/.env" ]; then
@@ -48,6 +59,9 @@ export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-hardened-spawner}"
 export HUB_IMAGE="${HUB_IMAGE:-hardened-spawner-hub:latest}"
 export HUB_BASE_IMAGE="${HUB_BASE_IMAGE:-hardened-spawner-base:bookworm}"
 export HARDENED_NETWORK="${HARDENED_NETWORK:-hardened-spawner-users}"
+export FIREWALL_IMAGE="${FIREWALL_IMAGE:-hardened-spawner-firewall:latest}"
+HARDENED_SUBNET="${HARDENED_SUBNET:-}"
+HUB_ADDRESS_LABEL=org.jupyter.hardened-spawner.hub-address
 NODE_VERSION="${NODE_VERSION:-22.23.5}"
 CHP_VERSION="${CHP_VERSION:-5.3.0}"
 JUPYTERHUB_VERSION="${JUPYTERHUB_VERSION:-6.1.1}"
@@ -159,48 +173,74 @@ PY
     } | sha256sum | cut -c1-16
 }
 
+# Both images come from images/hub (targets hub and firewall) and carry the same hash.
 build_hub_image() {
-    local hash current old_id t0
+    local hash image stale="" old_ids="" t0
     docker image inspect "$HUB_BASE_IMAGE" >/dev/null 2>&1 \
         || die "hub base image $HUB_BASE_IMAGE is missing (docker pull it, or unset HUB_BASE_IMAGE)"
     hash="$(hub_build_hash)"
-    current="$(docker image inspect -f "{{index .Config.Labels \"$HASH_LABEL\"}}" "$HUB_IMAGE" 2>/dev/null || true)"
-    if [ "$current" = "$hash" ]; then
-        step "hub image $HUB_IMAGE up to date ($hash)"
+    for image in "$HUB_IMAGE" "$FIREWALL_IMAGE"; do
+        if [ "$(docker image inspect -f "{{index .Config.Labels \"$HASH_LABEL\"}}" "$image" 2>/dev/null || true)" != "$hash" ]; then
+            stale=yes
+        fi
+        old_ids="$old_ids $(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
+    done
+    if [ -z "$stale" ]; then
+        step "hub and firewall images up to date ($hash)"
         return 0
     fi
-    step "build hub image $HUB_IMAGE from $HUB_BASE_IMAGE (log: $CACHE/hub-build.log)"
-    old_id="$(docker image inspect -f '{{.Id}}' "$HUB_IMAGE" 2>/dev/null || true)"
+    step "build $HUB_IMAGE and $FIREWALL_IMAGE from $HUB_BASE_IMAGE (log: $CACHE/hub-build.log)"
     t0=$SECONDS
-    HUB_BUILD_HASH="$hash" docker-compose -f "$REPO/docker-compose.yml" build hub \
+    HUB_BUILD_HASH="$hash" docker-compose -f "$REPO/docker-compose.yml" build hub firewall \
         >"$CACHE/hub-build.log" 2>&1 \
-        || { tail -n 30 "$CACHE/hub-build.log" >&2; die "building $HUB_IMAGE failed (log: $CACHE/hub-build.log)"; }
-    step "built $HUB_IMAGE in $((SECONDS - t0)) s"
-    # The image this one replaces, unless a container still uses it.
-    if [ -n "$old_id" ] && [ "$old_id" != "$(docker image inspect -f '{{.Id}}' "$HUB_IMAGE")" ]; then
-        docker rmi "$old_id" >/dev/null 2>&1 || true
-    fi
+        || { tail -n 30 "$CACHE/hub-build.log" >&2; die "building the hub images failed (log: $CACHE/hub-build.log)"; }
+    step "built in $((SECONDS - t0)) s"
+    # The images these replace, unless a container still uses them.
+    for old_id in $old_ids; do
+        case " $(docker image inspect -f '{{.Id}}' "$HUB_IMAGE" "$FIREWALL_IMAGE" | tr '\n' ' ') " in
+            *" $old_id "*) ;;
+            *) docker rmi "$old_id" >/dev/null 2>&1 || true ;;
+        esac
+    done
 }
 
 ensure_users_network() {
-    if docker network inspect "$HARDENED_NETWORK" >/dev/null 2>&1; then
-        step "users' network $HARDENED_NETWORK present"
-    else
-        step "create the users' network $HARDENED_NETWORK"
-        docker network create --driver bridge \
-            --label org.jupyter.hardened-spawner.managed=true "$HARDENED_NETWORK" >/dev/null \
-            || die "docker network create $HARDENED_NETWORK failed"
+    step "users' network $HARDENED_NETWORK"
+    "$VENV/bin/hardened-spawner" firewall network --network "$HARDENED_NETWORK" \
+        ${HARDENED_SUBNET:+--subnet "$HARDENED_SUBNET"} \
+        || die "the users' network $HARDENED_NETWORK is not usable (see above)"
+}
+
+# What every docker-compose command needs from the host (see the top of this file).
+host_settings() {
+    socket_gid
+    if [ -z "${HUB_USERS_ADDRESS:-}" ]; then
+        HUB_USERS_ADDRESS="$(docker network inspect -f "{{index .Labels \"$HUB_ADDRESS_LABEL\"}}" \
+            "$HARDENED_NETWORK" 2>/dev/null || true)"
+        [ "$HUB_USERS_ADDRESS" = "<no value>" ] && HUB_USERS_ADDRESS=""
+        [ -n "$HUB_USERS_ADDRESS" ] && export HUB_USERS_ADDRESS
+    fi
+    if [ -z "${HARDENED_ALLOW_DNS+x}" ] && [ -x "$VENV/bin/hardened-spawner" ]; then
+        HARDENED_ALLOW_DNS="$("$VENV/bin/hardened-spawner" firewall resolvers)"
+        export HARDENED_ALLOW_DNS
     fi
 }
 
 prepare() {
     "$REPO/scripts/setup.sh"
-    socket_gid
     mkdir -p "$CACHE" "$VENDOR"
     ensure_users_network
+    host_settings
+    [ -z "$HARDENED_ALLOW_DNS" ] || step "users' servers may ask the host's DNS resolver(s) $HARDENED_ALLOW_DNS (port 53 only)"
     prepare_wheels
     prepare_proxy
     build_hub_image
+}
+
+# After `down`: the rules stay while servers may still run; this takes them away.
+firewall_remove() {
+    [ -x "$VENV/bin/hardened-spawner" ] || die "run scripts/compose.sh prepare first"
+    "$VENV/bin/hardened-spawner" firewall remove --network "$HARDENED_NETWORK"
 }
 
 cd "$REPO"
@@ -209,6 +249,7 @@ case "${1:-}" in
     prepare) prepare; exit 0 ;;
     build) shift; prepare; [ $# -eq 0 ] || exec docker-compose build "$@"; exit 0 ;;
     up) prepare; exec docker-compose "$@" ;;
+    firewall-remove) firewall_remove; exit 0 ;;
     "") usage >&2; exit 2 ;;
-    *) socket_gid; exec docker-compose "$@" ;;
+    *) host_settings; exec docker-compose "$@" ;;
 esac

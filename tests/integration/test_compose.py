@@ -1,15 +1,19 @@
 """The compose deployment end to end: the hub in its own hardened container.
 
 One scenario, as an admin and a user would live it: build the images from the
-local bases (scripts/compose.sh), `docker-compose up -d`, log in through the
-proxy with a browser-like session, spawn a server, run a cell, restart the hub
-container while the server runs (the server, its kernel and its owner survive),
-audit the hub's own container with `hardened-spawner check`, and `down` the
-stack, which leaves the users' workspaces (and servers) in place.
+local bases and start the stack (`scripts/compose.sh up -d`), log in through the
+proxy with a browser-like session, spawn a server, run a cell; a second user's
+server is out of reach of the first user's kernel while the hub API answers (the
+firewall keeper's rules, with the hub in a container at its fixed address); restart
+the hub container while the server runs (the server, its kernel and its owner
+survive), audit the hub's own container and the network isolation with
+`hardened-spawner check`, flush the rules as a reboot would and watch the keeper put
+them back, and `down` the stack, which leaves the users' workspaces (and servers).
 
 Other test sessions use this engine at the same time: everything here is named
-`hscompose...` (compose project, users' network, server containers, workspace
-volumes), published on port 18000, with UIDs from 700000; nothing else is touched.
+`hscompose...` (compose project, users' network and its rules, server containers,
+workspace volumes), published on port 18000, with UIDs from 700000; nothing else is
+touched.
 """
 
 from __future__ import annotations
@@ -40,8 +44,11 @@ PORT = 18000
 BASE = f"http://127.0.0.1:{PORT}"
 UID_MIN = 700000
 USER = "alice"
+OTHER = "bob"
 SERVER_CONTAINER = f"{PROJECT}-{USER}"
 WORKSPACE = f"{PROJECT}-workspace-{USER}"
+HUB_ADDRESS_LABEL = "org.jupyter.hardened-spawner.hub-address"
+WATCH_INTERVAL = 5  # the keeper's check interval here (30 s by default)
 HUB_DATA = f"{PROJECT}_hub-data"
 LOCAL_BASE = "hardened-spawner-base:bookworm"
 HUB_IMAGE = "hardened-spawner-hub:latest"
@@ -63,6 +70,7 @@ def compose_env() -> dict[str, str]:
         HARDENED_UID_MIN=str(UID_MIN),
         HARDENED_WORKSPACE_VOLUME=f"{PROJECT}-workspace-{{username}}",
         HARDENED_NAME_TEMPLATE=f"{PROJECT}-{{username}}",
+        FIREWALL_WATCH_INTERVAL=str(WATCH_INTERVAL),
     )
     return env
 
@@ -79,7 +87,13 @@ def run(cmd: list[str], timeout: float = 600, check: bool = True) -> subprocess.
 
 
 def compose(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return run(["docker-compose", "-p", PROJECT, "-f", str(REPO / "docker-compose.yml"), *args], **kwargs)
+    """docker-compose through scripts/compose.sh, which sets what it reads from the host."""
+    return run([str(REPO / "scripts" / "compose.sh"), *args], **kwargs)
+
+
+def firewall(*args: str) -> subprocess.CompletedProcess:
+    """`hardened-spawner firewall` on the host, as the admin runs it."""
+    return run([str(REPO / ".venv" / "bin" / "hardened-spawner"), "firewall", *args], check=False)
 
 
 def hub_logs() -> str:
@@ -87,11 +101,17 @@ def hub_logs() -> str:
 
 
 def remove_own_objects(client: docker.DockerClient) -> None:
-    """This test's objects only: its stack, server, workspace and users' network."""
-    compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
-    for container in client.containers.list(all=True, filters={"name": f"^{SERVER_CONTAINER}$"}):
-        container.remove(force=True)
-    for name in (WORKSPACE, HUB_DATA):
+    """This test's objects only: its stack, servers, workspaces, users' network and its rules."""
+    if client.networks.list(names=[NETWORK]):
+        compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+    else:  # no hub address to read: any will do for `down`
+        run(["env", "HUB_USERS_ADDRESS=127.0.0.1", str(REPO / "scripts" / "compose.sh"), "down",
+             "--volumes", "--remove-orphans", "--timeout", "10"], check=False)
+    for user in (USER, OTHER):
+        for container in client.containers.list(all=True, filters={"name": f"^{PROJECT}-{user}$"}):
+            container.remove(force=True)
+    firewall("remove", "--network", NETWORK)
+    for name in (WORKSPACE, f"{PROJECT}-workspace-{OTHER}", HUB_DATA):
         try:
             client.volumes.get(name).remove(force=True)
         except docker.errors.NotFound:
@@ -128,6 +148,10 @@ def wait_for(what: str, check, timeout: float = 60, interval: float = 0.5):
             last = e
         time.sleep(interval)
     pytest.fail(f"{what} within {timeout} s (last error: {last})\nhub log:\n{hub_logs()}")
+
+
+def iptables_rules() -> str:
+    return subprocess.run(["iptables", "-S"], capture_output=True, text=True, check=True).stdout
 
 
 def hub_answers() -> bool:
@@ -188,6 +212,26 @@ class AttachedKernel(Kernel):
         self.ws = websocket.create_connection(ws_url, header=[f"Authorization: token {token}"], timeout=60)
 
 
+def reach(targets: dict[str, tuple[str, int]]) -> str:
+    """A cell that tries a TCP connection to each target: open, refused (nobody listens),
+    rejected (a firewall rule), timeout."""
+    return (
+        "import json, socket\n"
+        "def attempt(host, port):\n"
+        "    try:\n"
+        "        socket.create_connection((host, port), 3).close(); return 'open'\n"
+        "    except socket.timeout: return 'timeout'\n"
+        "    except ConnectionRefusedError: return 'refused'\n"
+        "    except OSError as e: return 'rejected' if e.errno in (113, 13) else 'errno %s' % e.errno\n"
+        f"print(json.dumps({{name: attempt(*target) for name, target in {targets!r}.items()}}))"
+    )
+
+
+def address_on(container, network: str) -> str:
+    container.reload()
+    return container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+
+
 # Who runs the kernel, in which container (Docker's own bind mounts name the container's id).
 CELL = (
     "import os, re; cid = re.search(r'/containers/([0-9a-f]{64})/', open('/proc/self/mountinfo').read())[1]; "
@@ -198,17 +242,31 @@ CELL = (
 def test_compose_stack_keeps_servers_across_hub_restarts(client):
     timings = {}
 
-    # --- build (content-hash reuse: a no-op when nothing changed) and start
+    # --- prepare (content-hash reuse: a no-op when nothing changed) and start
     started = time.monotonic()
-    run([str(REPO / "scripts" / "compose.sh"), "prepare"], timeout=1200)
-    timings["prepare"] = time.monotonic() - started
-    assert client.images.get(HUB_IMAGE).labels.get("org.jupyter.hardened-spawner.build-hash")
-
-    started = time.monotonic()
-    compose("up", "-d")
-    wait_for("the hub answers through the proxy", hub_answers, timeout=90)
-    timings["up"] = time.monotonic() - started
+    compose("up", "-d", timeout=1200)
+    wait_for("the hub answers through the proxy", hub_answers, timeout=120)
+    timings["prepare and up"] = time.monotonic() - started
+    for image in (HUB_IMAGE, "hardened-spawner-firewall:latest"):
+        assert client.images.get(image).labels.get("org.jupyter.hardened-spawner.build-hash")
     hub = client.containers.get(f"{PROJECT}_hub_1")
+    keeper = client.containers.get(f"{PROJECT}_firewall_1")
+
+    # --- the users' network and the firewall keeper
+    users_network = client.networks.get(NETWORK).attrs
+    hub_address = users_network["Labels"][HUB_ADDRESS_LABEL]
+    assert users_network["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+    assert address_on(hub, NETWORK) == hub_address  # the fixed address the rules name
+    keeper_host = keeper.attrs["HostConfig"]
+    assert keeper_host["NetworkMode"] == "host" and keeper.attrs["Config"]["User"] == "0:0"
+    assert keeper_host["CapDrop"] == ["ALL"] and sorted(keeper_host["CapAdd"]) == ["NET_ADMIN", "NET_RAW"]
+    assert keeper_host["ReadonlyRootfs"] is True and "no-new-privileges:true" in keeper_host["SecurityOpt"]
+    assert keeper_host["RestartPolicy"]["Name"] == "unless-stopped"  # back after a reboot
+    bridge = users_network["Options"]["com.docker.network.bridge.name"]
+    assert f"-N HS-FWD-{bridge}" in iptables_rules()
+    # the hub checked the rules itself when it started: no iptables there, so by the probe
+    wait_for("the hub finds the isolation in place", lambda: (
+        f"Network isolation of {NETWORK} is in place (checked by probe)" in hub_logs()), timeout=60)
 
     # --- the hub container itself is hardened
     host = hub.attrs["HostConfig"]
@@ -251,10 +309,34 @@ def test_compose_stack_keeps_servers_across_hub_restarts(client):
     uid = int(server.labels["org.jupyter.hardened-spawner.uid"])
     assert uid >= UID_MIN
 
+    # a second user's server, on the same network
+    other = Browser()
+    assert other.login(OTHER, PASSWORD).status_code == 200
+    r = other.api("POST", f"/users/{OTHER}/server", json={})
+    assert r.status_code in (201, 202), (r.status_code, r.text)
+    events = other.spawn_progress(OTHER)
+    assert events and events[-1].get("ready"), f"spawn failed: {events}\n{hub_logs()}"
+    bob_address = address_on(client.containers.get(f"{PROJECT}-{OTHER}"), NETWORK)
+    gateway = users_network["IPAM"]["Config"][0]["Gateway"]
+
     kernel = Kernel(SimpleNamespace(url=BASE), USER, token)
     try:
         before = kernel.run(CELL + "; x = 6 * 7").split()
         assert before == [str(uid), str(uid), server.id, f"/home/{USER}"], before
+        # From alice's kernel: bob's server on any port, and the host, are refused by a rule;
+        # the hub API answers.
+        seen = json.loads(kernel.run(reach({
+            "bob's server": (bob_address, 8888),
+            "bob, another port": (bob_address, 22),
+            "the host (its published hub port)": (gateway, PORT),
+            "the hub API": (hub_address, 8081),
+        })))
+        assert seen == {
+            "bob's server": "rejected",
+            "bob, another port": "rejected",
+            "the host (its published hub port)": "rejected",
+            "the hub API": "open",
+        }, seen
     finally:
         kernel.ws.close()
 
@@ -292,7 +374,7 @@ def test_compose_stack_keeps_servers_across_hub_restarts(client):
         "exec", "-T", "hub", "hardened-spawner", "check", "--json",
         "--config", "/srv/jupyterhub/jupyterhub_config.py", hub.name, check=False,
     )
-    reports = json.loads(check.stdout)
+    reports = json.loads(check.stdout)["containers"]
     print("hardened-spawner check on the hub container:", json.dumps(reports[0]["violations"], indent=1))
     findings = {v["check"] for v in reports[0]["violations"]}
     # Only the Docker API access the hub exists for: the socket, reached through its group.
@@ -304,6 +386,27 @@ def test_compose_stack_keeps_servers_across_hub_restarts(client):
         "--config", "/srv/jupyterhub/jupyterhub_config.py", SERVER_CONTAINER, check=False,
     )
     assert server_check.returncode == 0, server_check.stdout
+    # the network isolation, checked from the hub container as the hub does
+    network_check = compose(
+        "exec", "-T", "hub", "hardened-spawner", "check", "--json",
+        "--config", "/srv/jupyterhub/jupyterhub_config.py", check=False,
+    )
+    isolation = json.loads(network_check.stdout)["network_isolation"]
+    assert isolation == {"network": NETWORK, "checked_by": "probe", "ok": True, "problems": [],
+                         "fix": ""}, isolation
+
+    # --- the rules go (a reboot, a flush): the keeper puts them back
+    removed = firewall("remove", "--network", NETWORK)
+    assert removed.returncode == 0, removed.stderr
+    assert f"-N HS-FWD-{bridge}" not in iptables_rules()
+    started = time.monotonic()
+    wait_for("the keeper puts the rules back", lambda: f"-N HS-FWD-{bridge}" in iptables_rules(),
+             timeout=WATCH_INTERVAL * 4)
+    timings["rules back"] = time.monotonic() - started
+    wait_for("the keeper reports healthy again",
+             lambda: client.containers.get(keeper.id).attrs["State"]["Health"]["Status"] == "healthy",
+             timeout=30)
+    assert "the rules are not in place" in keeper.logs().decode()
     wait_for(
         "Docker reports the hub healthy",
         lambda: client.containers.get(hub.id).attrs["State"]["Health"]["Status"] == "healthy",
