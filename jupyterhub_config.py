@@ -17,7 +17,8 @@
 #   HARDENED_NETWORK      the users' Docker network             hardened-spawner-users
 #   HARDENED_EGRESS       what servers reach outside: "internet" (public addresses) or "none"
 #   HARDENED_ALLOW_CIDRS  private ranges servers may reach, comma-separated   (none)
-#   HARDENED_ALLOW_DNS    DNS resolvers in a blocked range, port 53 only      (none)
+#   HARDENED_ALLOW_DNS    DNS resolvers in a blocked range, opened on port 53 only
+#                         (unset: this host's resolvers that the rules would block)
 #   HARDENED_FIREWALL_REQUIRED  "true": refuse spawns while the rules are missing   false
 #   HARDENED_UID_MIN      first UID of the users' range         200000
 #   HARDENED_WORKSPACE_VOLUME  workspace volume name template   jupyterhub-workspace-{username}
@@ -87,7 +88,14 @@ def env_list(name):
 # scripts/demo.sh and the compose stack run it), and the hub checks them.
 c.HardenedSpawner.egress = env("HARDENED_EGRESS", "internet")
 c.HardenedSpawner.egress_allow_cidrs = env_list("HARDENED_ALLOW_CIDRS")
-c.HardenedSpawner.egress_allow_dns = env_list("HARDENED_ALLOW_DNS")
+# Docker's DNS forwards servers' lookups to the host's resolvers; where those sit in a
+# private range, names would not resolve in servers unless opened (port 53 only).
+if "HARDENED_ALLOW_DNS" in os.environ:
+    c.HardenedSpawner.egress_allow_dns = env_list("HARDENED_ALLOW_DNS")
+else:
+    from hardened_spawner.firewall import blocked_host_resolvers
+
+    c.HardenedSpawner.egress_allow_dns = blocked_host_resolvers()
 c.HardenedSpawner.firewall_required = env("HARDENED_FIREWALL_REQUIRED", "false").lower() in ("1", "true", "yes")
 
 # Identity: UID = uid_min + the hub's user id, far above host accounts.

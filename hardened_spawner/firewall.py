@@ -31,7 +31,6 @@ import requests.exceptions
 
 from ._version import __version__
 from .network import (
-    BRIDGE_OPTION,
     EGRESS_MODES,
     FamilyPlan,
     IsolationPolicy,
@@ -163,31 +162,44 @@ def load_network(client, name: str) -> NetworkFacts | None:
 
 
 def ensure_network(client, name: str, bridge: str = "", isolation: bool = True,
-                   subnet: str = "", reserve_hub: bool = False) -> NetworkFacts:
-    """The users' network, created as the spawner would create it when missing. With
-    ``reserve_hub`` (the hub in a container), its subnet's lower half is kept for fixed
-    addresses and the hub's is recorded on the network; without a ``subnet``, the
-    engine picks a free one (from a first, throwaway creation) and it is made fixed."""
+                   subnet: str = "", require_hub_address: bool = False) -> NetworkFacts:
+    """The users' network, made when missing as every part of this project makes it (the
+    hub, `firewall apply`, `firewall network`): a labelled bridge with a fixed interface
+    name, no traffic between containers, and a subnet whose lower half the engine never
+    hands out, so a hub in a container can have a fixed address there (recorded on the
+    network). Without a ``subnet``, the engine picks a free one. With
+    ``require_hub_address``, an existing network without that address is an error."""
     facts = load_network(client, name)
-    if facts is not None:
-        if reserve_hub and not facts.hub_address:
-            raise NetworkConfigError(
-                f"the users' network {name} exists but has no address reserved for the hub "
-                "(it was made by the hub, or by an older version). Stop the servers on it "
-                f"and remove it (docker network rm {name}); this command makes it again."
-            )
-        return facts
-    bridge = bridge or bridge_name(name)
-    if reserve_hub and not subnet:
-        picked = network_facts(client.inspect_network(
-            client.create_network(name, driver="bridge", options={BRIDGE_OPTION: bridge})["Id"]))
-        client.remove_network(name)
-        subnet = next((s for s in picked.subnets if ipaddress.ip_network(s).version == 4), "")
-        if not subnet:
-            raise NetworkConfigError(f"the engine gave the users' network {name} no IPv4 subnet; pass --subnet")
-    spec = network_create_spec(name, bridge, isolation, __version__, subnet if reserve_hub else "")
-    client.create_network(spec.pop("name"), **spec)
-    return load_network(client, name)
+    if facts is None:
+        subnet = subnet or _free_subnet(client, name)
+        spec = network_create_spec(name, bridge or bridge_name(name), isolation, __version__, subnet)
+        try:
+            client.create_network(spec.pop("name"), **spec)
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: another hub made it first
+                raise
+        facts = load_network(client, name)
+    if require_hub_address and not facts.hub_address:
+        raise NetworkConfigError(
+            f"the users' network {name} exists but has no address reserved for the hub "
+            "(an older version made it). Stop the servers on it and remove it "
+            f"(docker network rm {name}); this command makes it again."
+        )
+    return facts
+
+
+def _free_subnet(client, name: str) -> str:
+    """An IPv4 subnet the engine considers free (it avoids its other networks and the
+    host's routes), learnt from a throwaway network."""
+    probe = client.create_network(f"{name}-picking-subnet", driver="bridge")
+    try:
+        picked = network_facts(client.inspect_network(probe["Id"]))
+    finally:
+        client.remove_network(probe["Id"])
+    subnet = next((s for s in picked.subnets if ipaddress.ip_network(s).version == 4), "")
+    if not subnet:
+        raise NetworkConfigError(f"the engine gave no IPv4 subnet for the users' network {name}")
+    return subnet
 
 
 def read_marker(client, network_name: str) -> dict | None:
@@ -407,12 +419,27 @@ def policy_from_settings(settings: dict) -> IsolationPolicy:
     )
 
 
-def _host_resolv_conf(path: str = "/etc/resolv.conf") -> str | None:
+#: Where systemd-resolved lists the upstream servers behind its 127.0.0.53 stub.
+SYSTEMD_RESOLV_CONF = "/run/systemd/resolve/resolv.conf"
+
+
+def _host_resolv_conf(path: str = "/etc/resolv.conf", systemd_path: str = SYSTEMD_RESOLV_CONF) -> str | None:
+    """The resolv.conf the engine gives containers' DNS: the host's, or systemd-resolved's
+    upstream list when the host's names only its loopback stub (as dockerd does)."""
     try:
         with open(path) as f:
-            return f.read()
+            text = f.read()
     except OSError:
         return None
+    servers = [line.split()[1] for line in text.splitlines()
+               if line.startswith("nameserver") and len(line.split()) > 1]
+    if servers and all(server == "127.0.0.53" for server in servers):
+        try:
+            with open(systemd_path) as f:
+                return f.read()
+        except OSError:
+            pass
+    return text
 
 
 def _dns_note(policy: IsolationPolicy, path: str = "/etc/resolv.conf") -> str:
@@ -426,11 +453,11 @@ def _dns_note(policy: IsolationPolicy, path: str = "/etc/resolv.conf") -> str:
             f"only: {flags}, and the same in HardenedSpawner.egress_allow_dns.")
 
 
-def blocked_host_resolvers(path: str = "/etc/resolv.conf") -> list[str]:
+def blocked_host_resolvers(path: str = "/etc/resolv.conf", systemd_path: str = SYSTEMD_RESOLV_CONF) -> list[str]:
     """The host's resolvers (which Docker's embedded DNS forwards servers' lookups to)
     inside a range the rules block, whatever the allowlists say: what a deployment
     opens with ``egress_allow_dns`` so that names resolve in users' servers."""
-    resolv_conf = _host_resolv_conf(path)
+    resolv_conf = _host_resolv_conf(path, systemd_path)
     return unreachable_resolvers(resolv_conf, IsolationPolicy("127.0.0.1", 1)) if resolv_conf else []
 
 
@@ -504,7 +531,7 @@ def _now() -> str:
 def _network_action(args, settings: dict, out) -> int:
     client = _client()
     facts = ensure_network(client, settings["network"], settings["bridge"], settings["isolation"],
-                           args.subnet or "", reserve_hub=True)
+                           args.subnet or "", require_hub_address=True)
     report = {"network": facts.name, "bridge": facts.bridge, "subnets": list(facts.subnets),
               "hub_address": facts.hub_address, "isolated": not facts.icc}
     problems = network_problems(facts)

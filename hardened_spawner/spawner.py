@@ -66,11 +66,9 @@ from .network import (
     IsolationPolicy,
     NetworkConfigError,
     apply_command,
-    bridge_name,
     check_bridge_name,
     hub_endpoint,
     is_ip,
-    network_create_spec,
     network_facts,
     parse_addresses,
     parse_cidrs,
@@ -613,23 +611,19 @@ class HardenedSpawner(DockerSpawner):
             return await self.docker("inspect_volume", name)
 
     async def _ensure_network(self) -> None:
-        """The users' network, created if missing: a labelled bridge with a fixed
-        interface name and, with `network_isolation`, no traffic between containers."""
+        """The users' network, made if missing the way `firewall.ensure_network` makes it
+        for every part of this project (no traffic between containers with
+        `network_isolation`, room for a hub's fixed address)."""
         found = await self.docker("networks", names=[self.network_name])
         if not [n for n in found if n["Name"] == self.network_name]:
-            spec = network_create_spec(
-                self.network_name,
-                self.network_bridge_name or bridge_name(self.network_name),
-                self.network_isolation,
-                __version__,
+            facts = await asyncio.get_running_loop().run_in_executor(
+                self.executor,
+                lambda: firewall.ensure_network(
+                    self.client, self.network_name, self.network_bridge_name, self.network_isolation
+                ),
             )
-            self.log.info("Creating the users' network %s (bridge %s)", self.network_name,
-                          spec["options"]["com.docker.network.bridge.name"])
-            try:
-                await self.docker("create_network", spec.pop("name"), **spec)
-            except docker.errors.APIError as e:
-                if e.status_code != 409:  # another hub, or `firewall apply`, made it first
-                    raise
+            self.log.info("Made the users' network %s (bridge %s, subnet %s)", facts.name,
+                          facts.bridge, ", ".join(facts.subnets))
 
     async def _hub_policy(self) -> IsolationPolicy:
         """What the rules must allow for this hub, from its settings and its API URL."""

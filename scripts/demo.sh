@@ -7,18 +7,14 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$REPO/scripts/setup.sh"
-mkdir -p "$REPO/.demo"
-cd "$REPO/.demo"
-export HUB_DATA_DIR="$REPO/.demo"
-# Network isolation: the host's DNS resolvers that the rules would block are opened on
-# port 53 only (unless HARDENED_ALLOW_DNS is set), then the rules go on the host.
-if [ -z "${HARDENED_ALLOW_DNS+x}" ]; then
-    HARDENED_ALLOW_DNS="$("$REPO/.venv/bin/hardened-spawner" firewall resolvers)"
-    export HARDENED_ALLOW_DNS
-fi
+# The hub's database and cookie secret (HUB_DATA_DIR: the tests put them elsewhere).
+export HUB_DATA_DIR="${HUB_DATA_DIR:-$REPO/.demo}"
+mkdir -p "$HUB_DATA_DIR"
+cd "$HUB_DATA_DIR"
+# Network isolation: the rules go on the host first (as jupyterhub_config.py sets them).
 "$REPO/.venv/bin/hardened-spawner" firewall apply -f "$REPO/jupyterhub_config.py"
 cat <<MSG
-==> Demo hub starting at http://127.0.0.1:8000
+==> Demo hub starting at ${HUB_BIND_URL:-http://127.0.0.1:8000}
     Log in with any name and any password ("admin" is an admin); Ctrl-C to stop.
 MSG
 exec "$REPO/.venv/bin/jupyterhub" -f "$REPO/jupyterhub_config.py" "$@"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -366,3 +367,79 @@ def cleanup_engine() -> None:
         volume.remove(force=True)
     for network in client.networks.list(names=[f"{TEST_PREFIX}-users"]):
         network.remove()
+
+
+class Browser:
+    """A person's browser: cookies, the login form, the XSRF token the pages carry."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.session = requests.Session()
+
+    @property
+    def xsrf(self) -> str:
+        return self.session.cookies.get("_xsrf", path="/hub/") or self.session.cookies.get("_xsrf")
+
+    def login(self, username: str, password: str) -> requests.Response:
+        page = self.session.get(f"{self.base}/hub/login", timeout=10)
+        page.raise_for_status()
+        form_xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text)
+        assert form_xsrf, "the login page carries no _xsrf field"
+        return self.session.post(
+            f"{self.base}/hub/login?next=%2Fhub%2Fhome",
+            data={"username": username, "password": password, "_xsrf": form_xsrf.group(1)},
+            timeout=30,
+        )
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"X-XSRFToken": self.xsrf, "Referer": f"{self.base}/hub/home"}
+        return self.session.request(method, f"{self.base}/hub/api{path}", headers=headers, timeout=30, **kwargs)
+
+    def spawn_progress(self, user: str, timeout: float = 180) -> list[dict]:
+        events = []
+        with self.session.get(
+            f"{self.base}/hub/api/users/{user}/server/progress",
+            headers={"X-XSRFToken": self.xsrf},
+            stream=True,
+            timeout=timeout,
+        ) as r:
+            r.raise_for_status()
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    if events[-1].get("ready") or events[-1].get("failed"):
+                        break
+        return events
+
+
+# --- what a kernel can reach -------------------------------------------------------
+
+REACH = textwrap.dedent(
+    """
+    import json, socket
+    def attempt(host, port, timeout=3):
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        s.settimeout(timeout)
+        try:
+            s.connect((host, port))
+            return "open"
+        except socket.timeout:
+            return "timeout"
+        except ConnectionRefusedError:
+            return "refused"
+        except OSError as e:
+            return "errno %d" % e.errno
+        finally:
+            s.close()
+    print(json.dumps({"%s:%d" % t: attempt(*t) for t in TARGETS}))
+    """
+)
+
+#: what a connect() gets from our REJECT rules (icmp admin-prohibited): "No route to host"
+REJECTED = "errno 113"
+
+
+def reach(kernel: Kernel, targets) -> dict:
+    """{"host:port": "open" | "refused" | "timeout" | "errno N"} for each (host, port),
+    tried from code in the kernel."""
+    return json.loads(kernel.run(f"TARGETS = {list(targets)!r}\n" + REACH))

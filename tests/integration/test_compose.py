@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -33,7 +32,7 @@ import pytest
 import requests
 import websocket
 
-from .hubtools import Kernel
+from .hubtools import REJECTED, Browser, Kernel, reach
 
 pytestmark = pytest.mark.integration
 
@@ -158,48 +157,6 @@ def hub_answers() -> bool:
     return requests.get(f"{BASE}/hub/health", timeout=3).status_code == 200
 
 
-class Browser:
-    """A person's browser: cookies, the login form, the XSRF token the pages carry."""
-
-    def __init__(self):
-        self.session = requests.Session()
-
-    @property
-    def xsrf(self) -> str:
-        return self.session.cookies.get("_xsrf", path="/hub/") or self.session.cookies.get("_xsrf")
-
-    def login(self, username: str, password: str) -> requests.Response:
-        page = self.session.get(f"{BASE}/hub/login", timeout=10)
-        page.raise_for_status()
-        form_xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text)
-        assert form_xsrf, "the login page carries no _xsrf field"
-        return self.session.post(
-            f"{BASE}/hub/login?next=%2Fhub%2Fhome",
-            data={"username": username, "password": password, "_xsrf": form_xsrf.group(1)},
-            timeout=30,
-        )
-
-    def api(self, method: str, path: str, **kwargs) -> requests.Response:
-        headers = {"X-XSRFToken": self.xsrf, "Referer": f"{BASE}/hub/home"}
-        return self.session.request(method, f"{BASE}/hub/api{path}", headers=headers, timeout=30, **kwargs)
-
-    def spawn_progress(self, user: str, timeout: float = 180) -> list[dict]:
-        events = []
-        with self.session.get(
-            f"{BASE}/hub/api/users/{user}/server/progress",
-            headers={"X-XSRFToken": self.xsrf},
-            stream=True,
-            timeout=timeout,
-        ) as r:
-            r.raise_for_status()
-            for line in r.iter_lines(decode_unicode=True):
-                if line and line.startswith("data:"):
-                    events.append(json.loads(line[5:]))
-                    if events[-1].get("ready") or events[-1].get("failed"):
-                        break
-        return events
-
-
 class AttachedKernel(Kernel):
     """A new connection to a kernel that already runs, as a reloaded JupyterLab tab makes."""
 
@@ -210,21 +167,6 @@ class AttachedKernel(Kernel):
         self.id = kernel_id
         ws_url = f"ws{self.base[4:]}/api/kernels/{kernel_id}/channels"
         self.ws = websocket.create_connection(ws_url, header=[f"Authorization: token {token}"], timeout=60)
-
-
-def reach(targets: dict[str, tuple[str, int]]) -> str:
-    """A cell that tries a TCP connection to each target: open, refused (nobody listens),
-    rejected (a firewall rule), timeout."""
-    return (
-        "import json, socket\n"
-        "def attempt(host, port):\n"
-        "    try:\n"
-        "        socket.create_connection((host, port), 3).close(); return 'open'\n"
-        "    except socket.timeout: return 'timeout'\n"
-        "    except ConnectionRefusedError: return 'refused'\n"
-        "    except OSError as e: return 'rejected' if e.errno in (113, 13) else 'errno %s' % e.errno\n"
-        f"print(json.dumps({{name: attempt(*target) for name, target in {targets!r}.items()}}))"
-    )
 
 
 def address_on(container, network: str) -> str:
@@ -284,10 +226,10 @@ def test_compose_stack_keeps_servers_across_hub_restarts(client):
     assert hub.exec_run("touch /srv/x").exit_code != 0, "the hub's root filesystem is writable"
 
     # --- a person logs in through the proxy and starts a server
-    browser = Browser()
+    browser = Browser(BASE)
     home = browser.login(USER, PASSWORD)
     assert home.status_code == 200 and home.url == f"{BASE}/hub/home", (home.status_code, home.url)
-    assert Browser().login(USER, "not-the-password").status_code == 403
+    assert Browser(BASE).login(USER, "not-the-password").status_code == 403
 
     started = time.monotonic()
     r = browser.api("POST", f"/users/{USER}/server", json={})
@@ -310,7 +252,7 @@ def test_compose_stack_keeps_servers_across_hub_restarts(client):
     assert uid >= UID_MIN
 
     # a second user's server, on the same network
-    other = Browser()
+    other = Browser(BASE)
     assert other.login(OTHER, PASSWORD).status_code == 200
     r = other.api("POST", f"/users/{OTHER}/server", json={})
     assert r.status_code in (201, 202), (r.status_code, r.text)
@@ -325,17 +267,12 @@ def test_compose_stack_keeps_servers_across_hub_restarts(client):
         assert before == [str(uid), str(uid), server.id, f"/home/{USER}"], before
         # From alice's kernel: bob's server on any port, and the host, are refused by a rule;
         # the hub API answers.
-        seen = json.loads(kernel.run(reach({
-            "bob's server": (bob_address, 8888),
-            "bob, another port": (bob_address, 22),
-            "the host (its published hub port)": (gateway, PORT),
-            "the hub API": (hub_address, 8081),
-        })))
+        seen = reach(kernel, [(bob_address, 8888), (bob_address, 22), (gateway, PORT), (hub_address, 8081)])
         assert seen == {
-            "bob's server": "rejected",
-            "bob, another port": "rejected",
-            "the host (its published hub port)": "rejected",
-            "the hub API": "open",
+            f"{bob_address}:8888": REJECTED,  # bob's server
+            f"{bob_address}:22": REJECTED,  # any other port of his
+            f"{gateway}:{PORT}": REJECTED,  # the host: here, its published hub port
+            f"{hub_address}:8081": "open",  # the hub API
         }, seen
     finally:
         kernel.ws.close()

@@ -25,7 +25,14 @@ import requests
 
 from hardened_spawner.network import TAG, bridge_name, forward_chain, input_chain
 
-from .hubtools import SINGLEUSER_IMAGE, TEST_PREFIX, Kernel, docker0_address
+from .hubtools import (
+    REJECTED,
+    SINGLEUSER_IMAGE,
+    TEST_PREFIX,
+    Kernel,
+    docker0_address,
+    reach,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -67,35 +74,6 @@ LISTENER = textwrap.dedent(
             c.close()
     """
 )
-
-REACH = textwrap.dedent(
-    """
-    import json, socket
-    def attempt(host, port, timeout=3):
-        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        s.settimeout(timeout)
-        try:
-            s.connect((host, port))
-            return "open"
-        except socket.timeout:
-            return "timeout"
-        except ConnectionRefusedError:
-            return "refused"
-        except OSError as e:
-            return "errno %d" % e.errno
-        finally:
-            s.close()
-    print(json.dumps({"%s:%d" % t: attempt(*t) for t in TARGETS}))
-    """
-)
-
-#: what a connect() gets from our REJECT rules (icmp admin-prohibited): "No route to host"
-REJECTED = "errno 113"
-
-
-def reach(kernel, targets) -> dict:
-    return json.loads(kernel.run(f"TARGETS = {list(targets)!r}\n" + REACH))
-
 
 def hub_api_status(kernel) -> int:
     return int(kernel.run(textwrap.dedent(

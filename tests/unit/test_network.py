@@ -836,11 +836,11 @@ class FakeNetworks:
             raise docker.errors.NotFound(name)
         return self.networks[name]
 
-    def create_network(self, name, driver, options, labels=None, ipam=None):
+    def create_network(self, name, driver, options=None, labels=None, ipam=None):
         self.calls.append(("create", name, ipam))
         config = ipam["Config"] if ipam else [{"Subnet": "172.19.0.0/16", "Gateway": "172.19.0.1"}]
-        self.networks[name] = {"Name": name, "Id": name.ljust(20, "0"), "Driver": driver,
-                               "Options": options, "Labels": labels or {}, "IPAM": {"Config": config}}
+        self.networks[name] = {"Name": name, "Id": name, "Driver": driver,
+                               "Options": options or {}, "Labels": labels or {}, "IPAM": {"Config": config}}
         return {"Id": name}
 
     def remove_network(self, name):
@@ -850,24 +850,29 @@ class FakeNetworks:
 
 def test_ensure_network_reserves_the_hub_address_in_a_subnet_the_engine_picked():
     client = FakeNetworks()
-    facts = firewall.ensure_network(client, "users", reserve_hub=True)
-    assert [c[:2] for c in client.calls] == [("create", "users"), ("remove", "users"), ("create", "users")]
+    facts = firewall.ensure_network(client, "users")
+    assert [c[:2] for c in client.calls] == [
+        ("create", "users-picking-subnet"), ("remove", "users-picking-subnet"), ("create", "users")]
     assert client.calls[2][2]["Config"][0]["IPRange"] == "172.19.128.0/17"
     assert (facts.bridge, facts.icc, facts.subnets, facts.hub_address) == (
         "hs-users", False, ("172.19.0.0/16",), "172.19.0.2")
     # present: left alone
-    assert firewall.ensure_network(client, "users", reserve_hub=True) == facts and len(client.calls) == 3
+    assert firewall.ensure_network(client, "users", require_hub_address=True) == facts
+    assert len(client.calls) == 3
     # an explicit subnet is used as given
     client = FakeNetworks()
-    assert firewall.ensure_network(client, "u2", subnet="10.99.0.0/24", reserve_hub=True).hub_address == "10.99.0.2"
+    assert firewall.ensure_network(client, "u2", subnet="10.99.0.0/24").hub_address == "10.99.0.2"
     assert len(client.calls) == 1
 
 
 def test_ensure_network_refuses_a_network_without_a_hub_address():
-    client = FakeNetworks()
-    firewall.ensure_network(client, "users")  # as the hub makes it: no reserved address
+    old = {"Name": "users", "Id": "users", "Driver": "bridge", "Labels": {},
+           "Options": {"com.docker.network.bridge.enable_icc": "false"},
+           "IPAM": {"Config": [{"Subnet": "172.19.0.0/16"}]}}
+    client = FakeNetworks({"users": old})
+    assert firewall.ensure_network(client, "users").hub_address == ""  # the rules do not need it
     with pytest.raises(NetworkConfigError, match=r"no address reserved for the hub .* \(docker network rm users\)"):
-        firewall.ensure_network(client, "users", reserve_hub=True)
+        firewall.ensure_network(client, "users", require_hub_address=True)
 
 
 def test_keep_applied_puts_the_rules_back_and_survives_errors(monkeypatch):
@@ -920,6 +925,12 @@ def test_blocked_host_resolvers(tmp_path):
     resolv.write_text("nameserver 10.255.255.53\nnameserver 9.9.9.9\nnameserver 127.0.0.53\n")
     assert firewall.blocked_host_resolvers(str(resolv)) == ["10.255.255.53"]
     assert firewall.blocked_host_resolvers(str(tmp_path / "missing")) == []
+    # systemd-resolved: its stub is on the host's loopback; the engine forwards to its upstreams
+    resolv.write_text("nameserver 127.0.0.53\noptions edns0 trust-ad\n")
+    upstream = tmp_path / "upstream.conf"
+    upstream.write_text("nameserver 192.168.1.1\nnameserver 1.1.1.1\n")
+    assert firewall.blocked_host_resolvers(str(resolv), str(upstream)) == ["192.168.1.1"]
+    assert firewall.blocked_host_resolvers(str(resolv), str(tmp_path / "missing")) == []
 
 
 def test_rules_go_to_the_backend_that_holds_the_engines_chains():

@@ -1,0 +1,126 @@
+"""The README's first command: `scripts/demo.sh` brings up a hub with HardenedSpawner on
+the host, the network isolation rules in place, and a person can log in, start a server
+and run code in it.
+
+Its own names, so it can run next to other tests: port 18800, network `hsdemo-users`,
+containers and volumes `hsdemo-*`, UIDs from 720000. The hub API takes port 8081, as
+in the demo (no other test hub uses it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import docker
+import pytest
+import requests
+
+from .hubtools import REJECTED, Browser, Kernel, docker0_address, reach
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PREFIX = "hsdemo"
+NETWORK = f"{PREFIX}-users"
+PORT = 18800
+BASE = f"http://127.0.0.1:{PORT}"
+
+
+def firewall(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / ".venv" / "bin" / "hardened-spawner"), "firewall", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def remove_own_objects(engine: docker.DockerClient) -> None:
+    for container in engine.containers.list(all=True, filters={"name": f"^{PREFIX}-"}):
+        container.remove(force=True)
+    for volume in engine.volumes.list(filters={"name": f"{PREFIX}-workspace-"}):
+        volume.remove(force=True)
+    firewall("remove", "--network", NETWORK)
+    for network in engine.networks.list(names=[NETWORK]):
+        if network.name == NETWORK:
+            network.remove()
+
+
+@pytest.fixture
+def demo(engine, tmp_path):
+    remove_own_objects(engine)
+    env = dict(
+        os.environ,
+        HUB_BIND_URL=BASE,
+        HUB_DATA_DIR=str(tmp_path),
+        HUB_IDLE_TIMEOUT="0",
+        HARDENED_NETWORK=NETWORK,
+        HARDENED_UID_MIN="720000",
+        HARDENED_WORKSPACE_VOLUME=f"{PREFIX}-workspace-{{username}}",
+        HARDENED_NAME_TEMPLATE=f"{PREFIX}-{{username}}",
+        HARDENED_FIREWALL_REQUIRED="true",
+    )
+    log = tmp_path / "demo.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(REPO / "scripts" / "demo.sh")], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield SimpleNamespace(process=process, log=log)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        print("demo log:\n" + log.read_text()[-4000:])
+        remove_own_objects(engine)
+
+
+def wait_for(what: str, check, demo, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if demo.process.poll() is not None:
+            pytest.fail(f"scripts/demo.sh exited ({demo.process.returncode}) before {what}:\n{demo.log.read_text()[-3000:]}")
+        try:
+            if check():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{what} within {timeout} s:\n{demo.log.read_text()[-3000:]}")
+
+
+def test_the_demo_hub_serves_isolated_servers(demo, engine):
+    started = time.monotonic()
+    wait_for("the demo hub answers", lambda: requests.get(f"{BASE}/hub/health", timeout=3).ok, demo)
+    print(f"demo hub answered after {time.monotonic() - started:.1f} s")
+    log = demo.log.read_text()
+    assert f"applied the rules for {NETWORK} (bridge " in log, log
+    wait_for("the hub finds the rules", lambda: (
+        f"Network isolation of {NETWORK} is in place (checked by iptables)" in demo.log.read_text()), demo)
+
+    people = {}
+    for user in ("alice", "bob"):
+        people[user] = browser = Browser(BASE)
+        assert browser.login(user, "any password").url == f"{BASE}/hub/home"
+        assert browser.api("POST", f"/users/{user}/server", json={}).status_code in (201, 202)
+        events = browser.spawn_progress(user)
+        assert events[-1].get("ready"), events
+    token = people["alice"].api("POST", "/users/alice/tokens", json={"expires_in": 600}).json()["token"]
+    bob = engine.containers.get(f"{PREFIX}-bob").attrs["NetworkSettings"]["Networks"][NETWORK]["IPAddress"]
+    hub = docker0_address()
+
+    kernel = Kernel(SimpleNamespace(url=BASE), "alice", token)
+    try:
+        assert kernel.run("import torch, os; print(torch.ones(2).sum().item(), os.getuid() >= 720000)").split() == [
+            "2.0", "True"]
+        assert reach(kernel, [(bob, 8888), (hub, 8081), (hub, PORT)]) == {
+            f"{bob}:8888": REJECTED,  # bob's server
+            f"{hub}:8081": "open",  # the hub API, on the host
+            f"{hub}:{PORT}": REJECTED,  # anything else on the host
+        }
+    finally:
+        kernel.close()
+    for user, browser in people.items():
+        assert browser.api("DELETE", f"/users/{user}/server").status_code in (202, 204)
