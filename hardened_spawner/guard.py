@@ -86,6 +86,30 @@ def _host_mounts(host_config: dict) -> list[tuple[str, bool]]:
     return found
 
 
+def _shared_propagation(host_config: dict) -> list[str]:
+    """Destinations of bind mounts whose mount events would propagate back to the host."""
+    found = []
+    for bind in host_config.get("Binds") or []:
+        parts = bind.split(":")
+        if len(parts) > 2 and {"shared", "rshared"} & set(parts[2].split(",")):
+            found.append(parts[1])
+    for mount in host_config.get("Mounts") or []:
+        propagation = (mount.get("BindOptions") or {}).get("Propagation", "")
+        if propagation in ("shared", "rshared"):
+            found.append(mount.get("Target", ""))
+    return found
+
+
+def _published_ports(host_config: dict) -> list[str]:
+    """``host address:port->container port`` for each port published on the host."""
+    found = []
+    for container_port, bindings in sorted((host_config.get("PortBindings") or {}).items()):
+        for binding in bindings or [{}]:
+            host = f"{binding.get('HostIp') or '0.0.0.0'}:{binding.get('HostPort') or '(any)'}"
+            found.append(f"{host}->{container_port}")
+    return found
+
+
 def _dedicated_ids(user: str) -> bool:
     """``UID:GID``, both numeric and above the system range. A bare UID or a
     name would leave the group (or the whole identity) to the image: often 0."""
@@ -136,6 +160,14 @@ def check_container(config: dict, host_config: dict, policy: GuardPolicy) -> lis
                 f"The host path {source} would be mounted into a user's container",
                 "mount a dedicated data directory instead of a system path",
             )
+    propagating = _shared_propagation(host_config)
+    if propagating:
+        refuse(
+            "mount-propagation", "HostConfig.Binds/Mounts", "volumes or extra_host_config",
+            f"Mounts made inside the container would propagate to the host ({', '.join(propagating)}: "
+            "shared propagation)",
+            "remove the 'shared'/'rshared' mount option",
+        )
     if host_config.get("VolumesFrom"):
         refuse(
             "volumes-from", "HostConfig.VolumesFrom", "extra_host_config['volumes_from']",
@@ -155,6 +187,39 @@ def check_container(config: dict, host_config: dict, policy: GuardPolicy) -> lis
                 "A GPU request by count or 'all' would hand out devices nobody assigned",
                 "remove 'device_requests'; the spawner assigns explicit GPUs",
             )
+    published = _published_ports(host_config)
+    if published or host_config.get("PublishAllPorts"):
+        refuse(
+            "published-ports", "HostConfig.PortBindings", "extra_host_config['port_bindings']",
+            "Ports would be published on the host ("
+            + (", ".join(published) or "every exposed port")
+            + "), reachable without the proxy's authentication and past the network isolation",
+            "remove 'port_bindings' and 'publish_all_ports'; the proxy reaches servers on the users' network",
+        )
+    if (host_config.get("NetworkMode") or "") in ("bridge", "default"):
+        refuse(
+            "default-bridge", "HostConfig.NetworkMode", "HardenedSpawner.network_name",
+            "The container would run on Docker's default bridge, where nothing keeps users apart",
+            "use the users' network the spawner manages (network_name)",
+        )
+    if host_config.get("CgroupParent"):
+        refuse(
+            "cgroup-parent", "HostConfig.CgroupParent", "extra_host_config['cgroup_parent']",
+            f"The container would be placed in the cgroup {host_config['CgroupParent']!r}, "
+            "outside the engine's accounting of its limits",
+            "remove 'cgroup_parent'",
+        )
+    restart = host_config.get("RestartPolicy") or {}
+    if restart.get("Name") in ("always", "unless-stopped") or (
+        restart.get("Name") == "on-failure" and not 0 < (restart.get("MaximumRetryCount") or 0) <= 5
+    ):
+        refuse(
+            "restart-policy", "HostConfig.RestartPolicy", "extra_host_config['restart_policy']",
+            f"The engine would restart the server on its own ({restart.get('Name')}"
+            + (f":{restart.get('MaximumRetryCount')}" if restart.get("Name") == "on-failure" else "")
+            + "), behind the hub's back: a server the hub stopped, with GPUs it gave to someone else",
+            "remove 'restart_policy'; the hub starts and stops servers",
+        )
     if "ALL" not in [c.upper() for c in host_config.get("CapDrop") or []]:
         refuse(
             "cap-drop", "HostConfig.CapDrop", "extra_host_config['cap_drop']",

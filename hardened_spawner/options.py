@@ -54,6 +54,16 @@ def parse_gpu_options(formdata: dict) -> dict:
     return options
 
 
+#: The user options the spawner reads when a server starts: the GPU request, and
+#: DockerSpawner's own image choice (with ``allowed_images``).
+KNOWN_OPTIONS = ("gpus", "gpu_devices", "image")
+
+
+def unknown_options(user_options: dict) -> list[str]:
+    """Keys of ``user_options`` nothing reads (a typo in a REST call, another spawner's form)."""
+    return sorted(str(key) for key in user_options if key not in KNOWN_OPTIONS)
+
+
 def gpu_request(user_options: dict) -> tuple[int | None, list[str] | None]:
     """(count, devices) from user options, or `OptionsError` saying what is wrong."""
     count = user_options.get("gpus")

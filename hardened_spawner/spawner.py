@@ -73,7 +73,7 @@ from .network import (
     parse_addresses,
     parse_cidrs,
 )
-from .options import OptionsError, gpu_options_form, gpu_request, parse_gpu_options
+from .options import OptionsError, gpu_options_form, gpu_request, parse_gpu_options, unknown_options
 from .profile import (
     ProfileError,
     SecurityProfile,
@@ -326,7 +326,9 @@ class HardenedSpawner(DockerSpawner):
 
     firewall_check_interval = Integer(
         60,
-        help="Seconds a check of the rules is reused for before a spawn checks again.",
+        help="""Seconds a check of the rules is reused for before a spawn checks again. With
+        `firewall_required`, a check that found rules missing is never reused: each spawn
+        checks again, so spawns resume as soon as the rules are back.""",
     ).tag(config=True)
 
     # --- DockerSpawner defaults that hardening changes ------------------
@@ -364,6 +366,12 @@ class HardenedSpawner(DockerSpawner):
     @default("options_from_form")
     def _default_options_from_form(self):
         return parse_gpu_options
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # JupyterHub >= 5.3 warns about user options no hook consumes; ours are read
+        # (and checked, with a message on the spawn page) when the server starts
+        return _note_unknown_options
 
     # --- validation: bad config fails at hub start, naming the setting ---
 
@@ -647,7 +655,10 @@ class HardenedSpawner(DockerSpawner):
         async with _HubWide.isolation_lock:
             now = asyncio.get_running_loop().time()
             cached = _HubWide.isolation_checked
-            if cached and not force and now - cached[0] < self.firewall_check_interval:
+            # a refusal is not reused: the rules may be back by now (after a reboot the
+            # engine restarts the hub and the compose firewall keeper at the same time)
+            refusing = bool(cached and cached[2]) and self.firewall_required
+            if cached and not force and not refusing and now - cached[0] < self.firewall_check_interval:
                 return cached[1], cached[2]
             try:
                 facts = network_facts(await self.docker("inspect_network", self.network_name))
@@ -1091,6 +1102,12 @@ def _as_trait_error(check, *args) -> None:
         check(*args)
     except IdentityError as e:
         raise TraitError(str(e)) from None
+
+
+def _note_unknown_options(spawner, user_options: dict) -> None:
+    unknown = unknown_options(user_options)
+    if unknown:
+        spawner.log.warning("Ignoring unknown user options for %s: %s", spawner._log_name, ", ".join(unknown))
 
 
 def _network_setting(check, proposal, value=None):

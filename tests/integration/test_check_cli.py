@@ -32,7 +32,8 @@ MANAGED_LABELS = [
 
 
 def compliant_flags(read_only: bool = True) -> list[str]:
-    """`docker run` flags that keep the guard's policy, so each case breaks exactly one rule."""
+    """`docker run` flags that keep the guard's policy, so each case breaks exactly one rule
+    (the first two choose the network)."""
     return [
         "--network", "none",
         "--user", f"{UID}:{UID}",
@@ -56,6 +57,10 @@ CASES = {
     ),
     "writable": (compliant_flags(read_only=False), ["read-only-root"]),
     "sysadmin": (compliant_flags() + ["--cap-add", "SYS_ADMIN"], ["cap-add"]),
+    # Docker's default bridge (no --network), with a port published on the host's loopback
+    "published": (compliant_flags()[2:] + ["-p", "127.0.0.1::8888"], ["published-ports", "default-bridge"]),
+    "restart": (compliant_flags() + ["--restart", "always"], ["restart-policy"]),
+    "cgroup": (compliant_flags() + ["--cgroup-parent", f"/{TEST_PREFIX}-cli-cgroup"], ["cgroup-parent"]),
     # allowed by the config file the command finds in its working directory
     "nice": (compliant_flags() + ["--cap-add", "SYS_NICE"], []),
     # the naive recipe, all at once. `--user 1000` (a UID, no group) rather than root: an

@@ -389,6 +389,8 @@ def none_hub(servers, hub_factory):
 c.HardenedSpawner.egress = "none"
 c.HardenedSpawner.firewall_required = True
 c.HardenedSpawner.firewall_check_method = "probe"
+# the default: a good check is reused for a minute, a refusal never
+c.HardenedSpawner.firewall_check_interval = 60
 """
     )
 

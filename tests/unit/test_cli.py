@@ -28,8 +28,9 @@ from hardened_spawner.spawner import HardenedSpawner
 MOUNTPOINT = "/var/lib/docker/volumes/hardened-spawner-identity/_data"
 P = "org.jupyter.hardened-spawner."
 CIS_LINE = (
-    "The checks cover CIS Docker Benchmark v1.6.0 items 4.1, 5.2, 5.3, 5.4, 5.5, 5.6, 5.10, "
-    "5.11, 5.13, 5.16, 5.17, 5.18, 5.21, 5.22, 5.26, 5.27, 5.29, 5.31, 5.32."
+    "The checks cover CIS Docker Benchmark v1.6.0 items 4.1, 5.2, 5.3, 5.4, 5.5, 5.6, 5.8, 5.9, "
+    "5.10, 5.11, 5.13, 5.14, 5.15, 5.16, 5.17, 5.18, 5.20, 5.21, 5.22, 5.25, 5.26, 5.27, 5.29, "
+    "5.30, 5.31, 5.32."
 )
 
 
@@ -111,8 +112,8 @@ def inspect_of(name, owner="bob", uid=200002, config=None, host_config=None, lab
     return found
 
 
-#: `docker run --privileged -v /var/run/docker.sock:/var/run/docker.sock --cap-add SYS_ADMIN`
-#: labelled as a managed server: the naive recipe, as the engine reports it.
+#: `docker run --privileged -v /var/run/docker.sock:/var/run/docker.sock --cap-add SYS_ADMIN
+#: -p 8888:8888` labelled as a managed server: the naive recipe, as the engine reports it.
 NAIVE = {
     "Id": "b" * 64,
     "Name": "/jupyter-mallory",
@@ -128,6 +129,7 @@ NAIVE = {
     "HostConfig": {
         "Binds": ["/var/run/docker.sock:/var/run/docker.sock"],
         "NetworkMode": "default",
+        "PortBindings": {"8888/tcp": [{"HostIp": "", "HostPort": "8888"}]},
         "Privileged": True,
         "CapAdd": ["CAP_SYS_ADMIN"],
         "CapDrop": None,
@@ -142,6 +144,8 @@ NAIVE = {
 NAIVE_CHECKS = [
     "privileged",
     "docker-socket",
+    "published-ports",
+    "default-bridge",
     "cap-drop",
     "cap-add",
     "user",
@@ -193,7 +197,8 @@ def test_the_naive_recipe_breaks_the_policy_in_every_way_the_guard_knows():
     assert found.findings[1].problem == (
         "The engine socket /var/run/docker.sock would be mounted; whoever holds it is root on the host"
     )
-    assert found.cis_failed == ["4.1", "5.3", "5.4", "5.5", "5.11", "5.13", "5.26", "5.27", "5.29", "5.32"]
+    assert found.cis_failed == ["4.1", "5.3", "5.4", "5.5", "5.8", "5.9", "5.11", "5.13", "5.14", "5.26",
+                                "5.27", "5.29", "5.30", "5.32"]
     assert "5.5" not in found.cis_passed and "5.10" in found.cis_passed
 
 
@@ -616,7 +621,7 @@ def test_check_table_and_exit_1(engine, config_dir, capsys):
     assert cli.main(["check"]) == 1
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "OK             jupyter-alice    owner=alice    user=200001:200001    running"
-    assert out.splitlines()[1] == "12 violations  jupyter-mallory  owner=mallory  user=(image default)  running"
+    assert out.splitlines()[1] == "14 violations  jupyter-mallory  owner=mallory  user=(image default)  running"
     assert "by-hand" not in out
 
 

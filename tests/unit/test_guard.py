@@ -105,6 +105,11 @@ PIDS = "No process limit: a fork bomb could exhaust the host's process table (Ho
 HEALTHCHECK = "The container has no healthcheck (Config.Healthcheck, set through HardenedSpawner.healthcheck). Fix: keep the default healthcheck"
 MEMORY = "No memory limit: one user could exhaust the host's memory (HostConfig.Memory, set through HardenedSpawner.mem_limit). Fix: set mem_limit"
 PRIVILEGED = "The container would run privileged, with every capability and every host device (HostConfig.Privileged, set through extra_host_config['privileged']). Fix: remove 'privileged'; it is never allowed"
+PUBLISHED = "Ports would be published on the host ({}), reachable without the proxy's authentication and past the network isolation (HostConfig.PortBindings, set through extra_host_config['port_bindings']). Fix: remove 'port_bindings' and 'publish_all_ports'; the proxy reaches servers on the users' network"
+DEFAULT_BRIDGE = "The container would run on Docker's default bridge, where nothing keeps users apart (HostConfig.NetworkMode, set through HardenedSpawner.network_name). Fix: use the users' network the spawner manages (network_name)"
+CGROUP_PARENT = "The container would be placed in the cgroup '/custom', outside the engine's accounting of its limits (HostConfig.CgroupParent, set through extra_host_config['cgroup_parent']). Fix: remove 'cgroup_parent'"
+RESTART = "The engine would restart the server on its own ({}), behind the hub's back: a server the hub stopped, with GPUs it gave to someone else (HostConfig.RestartPolicy, set through extra_host_config['restart_policy']). Fix: remove 'restart_policy'; the hub starts and stops servers"
+PROPAGATION = "Mounts made inside the container would propagate to the host ({}: shared propagation) (HostConfig.Binds/Mounts, set through volumes or extra_host_config). Fix: remove the 'shared'/'rshared' mount option"
 READ_ONLY = "The root filesystem would be writable (HostConfig.ReadonlyRootfs, set through extra_host_config['read_only']). Fix: keep read_only=True; writable places are the workspace and the tmpfs mounts"
 
 
@@ -114,6 +119,38 @@ def _bind(source, read_only=False):
 
 REFUSALS = {
     "privileged": ({}, {"Privileged": True}, [("privileged", PRIVILEGED)]),
+    "published-port": (
+        {}, {"PortBindings": {"8888/tcp": [{"HostIp": "", "HostPort": "8888"}]}},
+        [("published-ports", PUBLISHED.format("0.0.0.0:8888->8888/tcp"))],
+    ),
+    "published-port-any-host-port": (
+        {}, {"PortBindings": {"8888/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}], "6006/tcp": None}},
+        [("published-ports", PUBLISHED.format("0.0.0.0:(any)->6006/tcp, 127.0.0.1:(any)->8888/tcp"))],
+    ),
+    "publish-all": ({}, {"PublishAllPorts": True}, [("published-ports", PUBLISHED.format("every exposed port"))]),
+    "default-bridge": ({}, {"NetworkMode": "bridge"}, [("default-bridge", DEFAULT_BRIDGE)]),
+    "default-network-mode": ({}, {"NetworkMode": "default"}, [("default-bridge", DEFAULT_BRIDGE)]),
+    "cgroup-parent": ({}, {"CgroupParent": "/custom"}, [("cgroup-parent", CGROUP_PARENT)]),
+    "restart-always": ({}, {"RestartPolicy": {"Name": "always"}}, [("restart-policy", RESTART.format("always"))]),
+    "restart-unless-stopped": (
+        {}, {"RestartPolicy": {"Name": "unless-stopped", "MaximumRetryCount": 0}},
+        [("restart-policy", RESTART.format("unless-stopped"))],
+    ),
+    "restart-on-failure-forever": (
+        {}, {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 0}},
+        [("restart-policy", RESTART.format("on-failure:0"))],
+    ),
+    "restart-on-failure-10": (
+        {}, {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 10}},
+        [("restart-policy", RESTART.format("on-failure:10"))],
+    ),
+    "shared-propagation-bind": (
+        {}, {"Binds": ["/srv/data:/data:rw,rshared"]}, [("mount-propagation", PROPAGATION.format("/data"))],
+    ),
+    "shared-propagation-mount": (
+        {}, {"Mounts": [{**_bind("/srv/data"), "BindOptions": {"Propagation": "shared"}}]},
+        [("mount-propagation", PROPAGATION.format("/mnt/x"))],
+    ),
     **{
         f"{key}=host": (
             {},
@@ -353,7 +390,15 @@ ALLOWED = {
     ),
     "cpu-quota-alone": ({}, {"NanoCpus": 0, "CpuQuota": 200000, "CpuPeriod": 100000}),
     "user-1000": ({"User": "1000:1000"}, {}),
-    "bridge-network": ({}, {"NetworkMode": "bridge"}),
+    "no-network": ({}, {"NetworkMode": "none"}),
+    "restart-no": ({}, {"RestartPolicy": {"Name": "no", "MaximumRetryCount": 0}}),
+    "restart-empty": ({}, {"RestartPolicy": {"Name": "", "MaximumRetryCount": 0}}),
+    "restart-on-failure-3": ({}, {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 3}}),
+    "private-propagation": (
+        {}, {"Binds": ["/srv/data:/data:rw,rprivate"],
+             "Mounts": [{**_bind("/srv/x"), "BindOptions": {"Propagation": "rslave"}}]},
+    ),
+    "exposed-not-published": ({}, {"PortBindings": {}}),
     "private-namespaces": ({}, {"IpcMode": "private", "PidMode": "", "UsernsMode": ""}),
     "shareable-ipc": ({}, {"IpcMode": "shareable"}),
 }

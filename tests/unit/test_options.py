@@ -188,3 +188,26 @@ async def test_form_round_trip():
     assert 'name="gpus"' in form and 'name="gpu_devices"' in form
     options = parse_gpu_options({"gpus": ["2"], "gpu_devices": ["GPU-b"]})
     assert gpu_request(options) == (2, ["GPU-b"])
+
+
+def test_unknown_options_are_named():
+    from hardened_spawner.options import unknown_options
+
+    assert unknown_options({}) == []
+    assert unknown_options({"gpus": "1", "gpu_devices": ["GPU-1"], "image": "x"}) == []
+    assert unknown_options({"gpu": 1, "gpus": 1, "profile": "big"}) == ["gpu", "profile"]
+
+
+def test_the_spawner_consumes_its_user_options_quietly(caplog):
+    import logging
+
+    from hardened_spawner.spawner import HardenedSpawner
+
+    spawner = HardenedSpawner(user=SimpleNamespace(name="alice", id=1, admin=False, groups=[]))
+    spawner.log = logging.getLogger("test-options")
+    with caplog.at_level(logging.WARNING, logger="test-options"):
+        spawner.apply_user_options(spawner, {"gpus": "1"})
+        assert caplog.records == []
+        spawner.apply_user_options(spawner, {"gpus": "1", "profile": "big"})
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Ignoring unknown user options for {spawner._log_name}: profile"]
