@@ -314,9 +314,9 @@ def test_compose_stack_keeps_servers_across_hub_restarts(client):
     reports = json.loads(check.stdout)["containers"]
     print("hardened-spawner check on the hub container:", json.dumps(reports[0]["violations"], indent=1))
     findings = {v["check"] for v in reports[0]["violations"]}
-    # Only the Docker API access the hub exists for (the socket, reached through its group)
-    # and the port people reach it on.
-    assert findings == {"docker-socket", "group-add", "published-ports"}, reports
+    # Only the Docker API access the hub exists for (the socket, reached through its group),
+    # the port people reach it on, and the restart policy that brings it back after a reboot.
+    assert findings == {"docker-socket", "group-add", "published-ports", "restart-policy"}, reports
     assert check.returncode == 1
     # and the server it started passes it whole
     server_check = compose(
