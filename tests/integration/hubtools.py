@@ -133,6 +133,8 @@ class Hub:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jupyterhub", "-f", str(config)] + (["--debug"] if self.debug else []),
                 cwd=self.workdir,
+                # a crash of the interpreter itself leaves every thread's stack in the log
+                env={**os.environ, "PYTHONFAULTHANDLER": "1"},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -410,6 +412,14 @@ class Browser:
                     if events[-1].get("ready") or events[-1].get("failed"):
                         break
         return events
+
+
+def firewall(*args, config=None) -> subprocess.CompletedProcess:
+    """`hardened-spawner firewall ...` on the host, as the admin runs it (as root)."""
+    argv = [sys.executable, "-m", "hardened_spawner", "firewall", *args]
+    if config is not None:
+        argv += ["-f", str(config)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
 # --- what a kernel can reach -------------------------------------------------------

@@ -32,7 +32,7 @@ import pytest
 import requests
 import websocket
 
-from .hubtools import REJECTED, Browser, Kernel, reach
+from .hubtools import REJECTED, Browser, Kernel, firewall, reach
 
 pytestmark = pytest.mark.integration
 
@@ -88,11 +88,6 @@ def run(cmd: list[str], timeout: float = 600, check: bool = True) -> subprocess.
 def compose(*args: str, **kwargs) -> subprocess.CompletedProcess:
     """docker-compose through scripts/compose.sh, which sets what it reads from the host."""
     return run([str(REPO / "scripts" / "compose.sh"), *args], **kwargs)
-
-
-def firewall(*args: str) -> subprocess.CompletedProcess:
-    """`hardened-spawner firewall` on the host, as the admin runs it."""
-    return run([str(REPO / ".venv" / "bin" / "hardened-spawner"), "firewall", *args], check=False)
 
 
 def hub_logs() -> str:

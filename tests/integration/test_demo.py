@@ -20,7 +20,7 @@ import docker
 import pytest
 import requests
 
-from .hubtools import REJECTED, Browser, Kernel, docker0_address, reach
+from .hubtools import REJECTED, Browser, Kernel, docker0_address, firewall, reach
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +29,6 @@ PREFIX = "hsdemo"
 NETWORK = f"{PREFIX}-users"
 PORT = 18800
 BASE = f"http://127.0.0.1:{PORT}"
-
-
-def firewall(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(REPO / ".venv" / "bin" / "hardened-spawner"), "firewall", *args],
-                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def remove_own_objects(engine: docker.DockerClient) -> None:

@@ -31,6 +31,7 @@ from .hubtools import (
     TEST_PREFIX,
     Kernel,
     docker0_address,
+    firewall,
     reach,
 )
 
@@ -83,13 +84,6 @@ def hub_api_status(kernel) -> int:
             print(r.status)
         """
     )).strip())
-
-
-def firewall(*args, config=None) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "hardened_spawner", "firewall", *args]  # = hardened-spawner firewall
-    if config is not None:
-        argv += ["-f", str(config)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
 def iptables_rules(family: int = 4) -> list[str]:
