@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import ipaddress
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -101,13 +103,14 @@ def with_backend(argv: Sequence[str], suffix: str) -> list[str]:
     return list(argv)
 
 
-_backend: list[str] = []  # detected once per process: the host's backend does not change
+@functools.cache
+def _engine_backend() -> str:
+    """Detected once per process: the host's backend does not change under it."""
+    return detect_backend()
 
 
 def _run(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess:
-    if not _backend:
-        _backend.append(detect_backend())
-    return _run_as_given(with_backend(argv, _backend[0]), stdin)
+    return _run_as_given(with_backend(argv, _engine_backend()), stdin)
 
 
 def read_tables(family: int, run: Callable = _run) -> tuple[Tables | None, str]:
@@ -191,7 +194,8 @@ def ensure_network(client, name: str, bridge: str = "", isolation: bool = True,
 def _free_subnet(client, name: str) -> str:
     """An IPv4 subnet the engine considers free (it avoids its other networks and the
     host's routes), learnt from a throwaway network."""
-    probe = client.create_network(f"{name}-picking-subnet", driver="bridge")
+    # a name of its own, so a leftover from an interrupted run is never in the way
+    probe = client.create_network(f"{name}-picking-subnet-{secrets.token_hex(4)}", driver="bridge")
     try:
         picked = network_facts(client.inspect_network(probe["Id"]))
     finally:

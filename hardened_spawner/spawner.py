@@ -73,7 +73,13 @@ from .network import (
     parse_addresses,
     parse_cidrs,
 )
-from .options import OptionsError, gpu_options_form, gpu_request, parse_gpu_options, unknown_options
+from .options import (
+    OptionsError,
+    gpu_options_form,
+    gpu_request,
+    parse_gpu_options,
+    unknown_options,
+)
 from .profile import (
     ProfileError,
     SecurityProfile,

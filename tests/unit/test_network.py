@@ -851,8 +851,9 @@ class FakeNetworks:
 def test_ensure_network_reserves_the_hub_address_in_a_subnet_the_engine_picked():
     client = FakeNetworks()
     facts = firewall.ensure_network(client, "users")
-    assert [c[:2] for c in client.calls] == [
-        ("create", "users-picking-subnet"), ("remove", "users-picking-subnet"), ("create", "users")]
+    throwaway = client.calls[0][1]
+    assert throwaway.startswith("users-picking-subnet-") and throwaway not in client.networks
+    assert [c[:2] for c in client.calls] == [("create", throwaway), ("remove", throwaway), ("create", "users")]
     assert client.calls[2][2]["Config"][0]["IPRange"] == "172.19.128.0/17"
     assert (facts.bridge, facts.icc, facts.subnets, facts.hub_address) == (
         "hs-users", False, ("172.19.0.0/16",), "172.19.0.2")
