@@ -34,15 +34,15 @@ def holdings_from_containers(containers: list[dict]) -> list[Holding]:
             since = datetime.fromisoformat(since_text)
         except ValueError:
             since = datetime.fromtimestamp(container.get("Created", 0), timezone.utc)
-        holder = holder_key(
-            container_labels.get(labels.OWNER, "?"), container_labels.get(labels.SERVER_NAME, "")
-        )
-        found.append(Holding(holder, devices, since))
+        owner = container_labels.get(labels.OWNER, "?")
+        holder = holder_key(owner, container_labels.get(labels.SERVER_NAME, ""))
+        found.append(Holding(holder, devices, since, owner))
     return found
 
 
 def holder_key(user: str, server_name: str) -> str:
-    """Holdings are per server: a user's named servers each hold their own devices."""
+    """Holdings are per server: a user's named servers each hold their own devices
+    (and share the user's quota and pins: `Holding.owner`)."""
     return f"{user}/{server_name}" if server_name else user
 
 
@@ -68,12 +68,12 @@ class GpuBroker:
         self._rebuilt = True
         self._export()
 
-    async def assign(self, holder, groups, count, devices) -> tuple[tuple[str, ...], datetime]:
+    async def assign(self, holder, groups, count, devices, owner="") -> tuple[tuple[str, ...], datetime]:
         async with self._lock:
             await self._ensure_rebuilt()
             now = datetime.now(timezone.utc)
             try:
-                return self.allocator.assign(holder, groups, count, devices, now=now), now
+                return self.allocator.assign(holder, groups, count, devices, now=now, owner=owner), now
             finally:
                 self._export()
 

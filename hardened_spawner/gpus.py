@@ -78,11 +78,17 @@ class GpuPolicy:
 
 @dataclass(frozen=True)
 class Holding:
-    """Devices one user holds since a time; rebuilt from container labels after a hub restart."""
+    """Devices one holder (a user's server) holds since a time; rebuilt from container
+    labels after a hub restart. ``owner`` is the person, whose servers share one quota."""
 
     user: str
     devices: tuple[str, ...]
     since: datetime
+    owner: str = ""
+
+    @property
+    def person(self) -> str:
+        return self.owner or self.user
 
 
 @dataclass(frozen=True)
@@ -375,26 +381,30 @@ class GpuAllocator:
         devices: Sequence[str] | None = None,
         *,
         now: datetime,
+        owner: str = "",
     ) -> tuple[str, ...]:
-        """Give `user` devices, releasing what they held first.
+        """Give holder `user` (a server) devices, releasing what it held first.
 
-        Pins win over everything; `devices` is an admin's explicit choice, so no
-        quota applies (the caller must only pass it for admins). Otherwise
-        `count` (default: gpu_default_per_user, lowered to the user's limit so a
+        `owner` is the person (default: `user` itself): pins and the quota are a
+        person's, so their named servers share them. Pins win over everything;
+        `devices` is an admin's explicit choice, so no quota applies (the caller
+        must only pass it for admins). Otherwise `count` (default:
+        gpu_default_per_user, lowered to what the person's limit leaves, so a
         group capped at 0 still spawns) devices are picked from the pool.
         """
+        person = owner or user
         self.release(user)
         holders = self._holders()
-        if user in self.policy.pins:
-            wanted = tuple(self.policy.pins[user])
+        if person in self.policy.pins:
+            wanted = tuple(self.policy.pins[person])
             self._claim(user, wanted, holders, _PINNED_BUSY)
         elif devices is not None:
             wanted = self._checked_choice(devices)
             self._claim(user, wanted, holders, _CHOSEN_BUSY)
         else:
-            wanted = self._pick(user, self._requested(user, groups, count), holders)
+            wanted = self._pick(user, self._requested(person, groups, count), holders)
         if wanted:
-            self._held[user] = Holding(user, wanted, now)
+            self._held[user] = Holding(user, wanted, now, owner)
         return wanted
 
     def release(self, user: str) -> tuple[str, ...]:
@@ -413,10 +423,10 @@ class GpuAllocator:
         for h in holdings:
             if not h.devices:
                 continue
-            old = self._held.get(h.user)  # a user's named servers merge into one holding
+            old = self._held.get(h.user)  # two containers of one server merge into one holding
             devices = tuple(dict.fromkeys((old.devices if old else ()) + tuple(h.devices)))
             since = min(old.since, h.since) if old else h.since
-            self._held[h.user] = Holding(h.user, devices, since)
+            self._held[h.user] = Holding(h.user, devices, since, h.owner)
         warnings = []
         holders, limit = self._holders(), self.policy.max_users_per_gpu
         for uuid, users in holders.items():
@@ -464,10 +474,13 @@ class GpuAllocator:
                 holders.setdefault(uuid, set()).add(h.user)
         return holders
 
-    def _requested(self, user: str, groups: Iterable[str], count: int | None) -> int:
-        limit = self.user_limit(user, groups)
+    def _requested(self, owner: str, groups: Iterable[str], count: int | None) -> int:
+        limit = self.user_limit(owner, groups)
+        # what the person's other servers hold counts against the same limit
+        elsewhere = len({uuid for h in self._held.values() if h.person == owner for uuid in h.devices})
+        left = max(limit - elsewhere, 0)
         if count is None:
-            return min(self.policy.default_per_user, limit)
+            return min(self.policy.default_per_user, left)
         if count < 0:
             raise GpuAllocationError(f"You asked for {count} GPUs; ask for 0 or more.")
         if count > limit and limit == 0:
@@ -479,6 +492,12 @@ class GpuAllocator:
             raise GpuQuotaExceeded(
                 f"You asked for {_gpus(count)}, but your limit is {_gpus(limit)}. Ask for "
                 f"{limit} or fewer, or ask your hub administrator to raise your limit."
+            )
+        if count > left:
+            raise GpuQuotaExceeded(
+                f"You asked for {_gpus(count)}, but your limit is {_gpus(limit)} and your other "
+                f"servers hold {elsewhere}. Ask for {left} or fewer, or stop one of your other "
+                "servers first."
             )
         return count
 

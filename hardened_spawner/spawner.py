@@ -232,14 +232,17 @@ class HardenedSpawner(DockerSpawner):
         0, help="GPUs a user gets when they do not choose (0 allowed)."
     ).tag(config=True)
 
-    gpu_max_per_user = Integer(1, help="Most GPUs one server may hold.").tag(config=True)
+    gpu_max_per_user = Integer(
+        1, help="Most GPUs one user may hold, across all of their servers (named servers share it)."
+    ).tag(config=True)
 
     gpu_group_max = Dict(
         help="`{group: max GPUs}`; a user's limit is the highest entry among their groups."
     ).tag(config=True)
 
     gpu_pins = Dict(
-        help="`{username: [UUID, ...]}`: devices reserved for a user, always given to them."
+        help="""`{username: [UUID, ...]}`: devices reserved for a user, always given to them (to
+        one of their servers at a time)."""
     ).tag(config=True)
 
     gpu_max_users_per_gpu = Integer(
@@ -857,7 +860,7 @@ class HardenedSpawner(DockerSpawner):
             raise SpawnRefused("Only admins may choose GPU devices.", reason="gpu", status_code=403)
         groups = [g.name for g in self.user.groups]
         holder = holder_key(self.user.name, self.name)
-        uuids, since = await self.gpus.assign(holder, groups, count, devices)
+        uuids, since = await self.gpus.assign(holder, groups, count, devices, owner=self.user.name)
         self._gpus_held = uuids
         if uuids:
             self.audit.emit("gpus-assigned", **self._audit_fields(devices=list(uuids)))

@@ -667,3 +667,56 @@ def test_summary(inventory, policy, held, expected):
     alloc = allocator(inventory, **policy)
     alloc.rebuild(Holding(u, devs, NOW) for u, devs in held.items())
     assert alloc.summary() == expected
+
+
+# --- named servers: one person, one quota ----------------------------------------
+
+
+def test_named_servers_share_their_owners_quota():
+    alloc = allocator(default_per_user=1, max_per_user=2)
+    assert alloc.assign("alice", (), 1, now=NOW, owner="alice") == ("GPU-a",)
+    assert alloc.assign("alice/big", (), 1, now=NOW, owner="alice") == ("GPU-b",)
+    with pytest.raises(GpuQuotaExceeded) as refused:
+        alloc.assign("alice/third", (), 1, now=NOW, owner="alice")
+    assert str(refused.value) == (
+        "You asked for 1 GPU, but your limit is 2 GPUs and your other servers hold 2. "
+        "Ask for 0 or fewer, or stop one of your other servers first."
+    )
+    # the default is lowered to what is left (here nothing), so the server still starts
+    assert alloc.assign("alice/third", (), None, now=NOW, owner="alice") == ()
+    # another person is not affected, and a server's own re-assignment does not count twice
+    assert alloc.assign("bob", (), 1, now=NOW, owner="bob") == ("GPU-c",)
+    assert alloc.assign("alice/big", (), 1, now=NOW, owner="alice") == ("GPU-b",)
+    alloc.release("alice")
+    assert alloc.assign("alice/third", (), 1, now=NOW, owner="alice") == ("GPU-a",)
+
+
+def test_pins_are_a_persons_and_go_to_one_server_at_a_time():
+    alloc = allocator(pins={"alice": ("GPU-d",)})
+    assert alloc.assign("alice/train", (), None, now=NOW, owner="alice") == ("GPU-d",)
+    with pytest.raises(GpuUnavailable):
+        alloc.assign("alice/eval", (), None, now=NOW, owner="alice")
+
+
+def test_rebuild_keeps_the_owner_so_quotas_survive_a_restart():
+    alloc = allocator(max_per_user=1)
+    alloc.rebuild([Holding("alice/big", ("GPU-a",), NOW, "alice")])
+    with pytest.raises(GpuQuotaExceeded, match="your other servers hold 1"):
+        alloc.assign("alice", (), 1, now=NOW, owner="alice")
+
+
+def test_holdings_from_the_engines_labels():
+    from hardened_spawner.gpu_broker import holdings_from_containers
+
+    p = "org.jupyter.hardened-spawner."
+    containers = [
+        {"Labels": {p + "owner": "alice", p + "server-name": "big", p + "gpus": "GPU-a,GPU-b",
+                    p + "gpus-since": "2026-01-01T00:00:00+00:00"}, "Created": 0},
+        {"Labels": {p + "owner": "bob", p + "server-name": "", p + "gpus": "GPU-c",
+                    p + "gpus-since": "not a time"}, "Created": 1767225600},
+        {"Labels": {p + "owner": "carol", p + "gpus": ""}, "Created": 0},  # no GPUs: no holding
+    ]
+    assert holdings_from_containers(containers) == [
+        Holding("alice/big", ("GPU-a", "GPU-b"), NOW, "alice"),
+        Holding("bob", ("GPU-c",), datetime(2026, 1, 1, tzinfo=timezone.utc), "bob"),
+    ]
