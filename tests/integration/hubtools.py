@@ -205,19 +205,21 @@ class Hub:
         r.raise_for_status()
         return r.json()["token"]
 
-    def spawn(self, name: str, options: dict | None = None, timeout: float = 180) -> "SpawnResult":
-        """Request a server and follow its progress stream to the end, as the spawn page does."""
-        r = self.api("POST", f"/users/{name}/server", json=options or {})
+    def spawn(self, name: str, options: dict | None = None, timeout: float = 180,
+              server: str = "") -> "SpawnResult":
+        """Request a server (a named one with ``server``) and follow its progress stream to
+        the end, as the spawn page does."""
+        r = self.api("POST", _server_path(name, server), json=options or {})
         if r.status_code >= 400:
             return SpawnResult(False, r.status_code, _message(r), [])
-        events = self.progress(name, timeout)
+        events = self.progress(name, timeout, server)
         last = events[-1] if events else {}
         return SpawnResult(bool(last.get("ready")), r.status_code, last.get("message", ""), events)
 
-    def progress_events(self, name: str, timeout: float = 180):
+    def progress_events(self, name: str, timeout: float = 180, server: str = ""):
         """The spawn's progress events as they arrive, up to ``ready`` or ``failed``."""
         with requests.get(
-            f"{self.url}/hub/api/users/{name}/server/progress",
+            f"{self.url}/hub/api{_server_path(name, server)}/progress",
             headers={"Authorization": f"token {self.token}"},
             stream=True,
             timeout=timeout,
@@ -229,24 +231,29 @@ class Hub:
                     if event.get("ready") or event.get("failed"):
                         return
 
-    def progress(self, name: str, timeout: float = 180) -> list[dict]:
-        return list(self.progress_events(name, timeout))
+    def progress(self, name: str, timeout: float = 180, server: str = "") -> list[dict]:
+        return list(self.progress_events(name, timeout, server))
 
-    def stop_server(self, name: str, timeout: float = 60) -> None:
-        r = self.api("DELETE", f"/users/{name}/server")
+    def stop_server(self, name: str, timeout: float = 60, server: str = "") -> None:
+        r = self.api("DELETE", _server_path(name, server))
         if r.status_code not in (202, 204, 400):
             raise HubError(f"stop {name}: {r.status_code} {r.text}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.api("GET", f"/users/{name}").json()["servers"]:
+            if server not in self.api("GET", f"/users/{name}").json()["servers"]:
                 return
             time.sleep(0.3)
-        raise HubError(f"{name}'s server did not stop")
+        raise HubError(f"{name}'s server {server!r} did not stop")
 
     def audit_events(self) -> list[dict]:
         if not self.audit_path.exists():
             return []
         return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+
+
+def _server_path(name: str, server: str = "") -> str:
+    """The REST path of a user's default server, or of a named one."""
+    return f"/users/{name}/servers/{server}" if server else f"/users/{name}/server"
 
 
 def _message(r: requests.Response) -> str:

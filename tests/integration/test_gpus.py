@@ -155,3 +155,31 @@ def test_bad_gpu_config_stops_the_hub(hub_factory, config, message):
     hub = hub_factory(GPU_CONFIG + config, wait=False)
     assert hub.wait_exit(60) != 0
     assert message in hub.log_tail(80), hub.log_tail(80)
+
+
+NAMED_DEVICES = [f"GPU-00000000-0000-0000-0000-0000000000a{i}" for i in range(3)]
+
+
+def test_named_servers_share_their_owners_quota(hub_factory, engine):
+    """With named servers, what a user's other servers hold counts against their limit."""
+    hub = hub_factory(GPU_CONFIG + f"""
+c.JupyterHub.allow_named_servers = True
+c.HardenedSpawner.gpu_inventory = {[{"uuid": u, "index": str(i), "name": "Fake GPU"} for i, u in enumerate(NAMED_DEVICES)]!r}
+""")
+    hub.create_user("nadia")
+    try:
+        assert hub.spawn("nadia", {"gpus": 1}).ready
+        second = hub.spawn("nadia", {"gpus": 1}, server="second")
+        assert second.message == (
+            "Spawn failed: You asked for 1 GPU, but your limit is 1 GPU and your other servers hold 1. "
+            "Ask for 0 or fewer, or stop one of your other servers first."
+        )
+        assert hub.spawn("nadia", {"gpus": 0}, server="second").ready
+        assert assigned(engine, "nadia") == NAMED_DEVICES[:1]
+        assert engine.containers.get(f"{TEST_PREFIX}-nadia--second").attrs["HostConfig"]["DeviceRequests"] in (None, [])
+        # the default server stopped, its device is free for the named one
+        hub.stop_server("nadia")
+        hub.stop_server("nadia", server="second")
+        assert hub.spawn("nadia", {"gpus": 1}, server="second").ready
+    finally:
+        hub.stop_server("nadia", server="second")
