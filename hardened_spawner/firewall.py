@@ -558,6 +558,8 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     except SystemExit as e:  # --help, or a usage error argparse has already printed
         return 0 if e.code in (0, None) else 2
     try:
+        if args.watch is not None and (args.action != "apply" or args.watch <= 0):
+            raise NetworkConfigError("--watch goes with apply, and needs a positive number of seconds")
         settings = _settings(args)
         if settings["bridge"]:
             check_bridge_name(settings["bridge"], "--bridge")
@@ -590,8 +592,6 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
                 print("\n".join(plan.lines()), file=out)
             return 0
         if args.action == "apply" and args.watch is not None:
-            if args.watch <= 0:
-                raise NetworkConfigError("--watch needs a positive number of seconds")
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             print(f"{_now()} keeping the rules for {settings['network']} in place "

@@ -959,3 +959,11 @@ def test_status_file_exists_while_the_rules_are_in_place(tmp_path):
     firewall._mark_status(str(path), False)
     assert not path.exists()
     firewall._mark_status(str(path), False)  # already gone: fine
+
+
+@pytest.mark.parametrize("argv", [["apply", "--watch", "0"], ["status", "--watch", "30"]])
+def test_watch_is_checked_before_anything_runs(argv, capsys):
+    assert firewall.main(argv) == 2
+    assert capsys.readouterr().err == (
+        "hardened-spawner firewall: --watch goes with apply, and needs a positive number of seconds\n"
+    )
