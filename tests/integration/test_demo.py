@@ -55,6 +55,7 @@ def demo(engine, tmp_path):
         HARDENED_WORKSPACE_VOLUME=f"{PREFIX}-workspace-{{username}}",
         HARDENED_NAME_TEMPLATE=f"{PREFIX}-{{username}}",
         HARDENED_FIREWALL_REQUIRED="true",
+        PYTHONFAULTHANDLER="1",  # a crash of the interpreter leaves its threads' stacks in the log
     )
     log = tmp_path / "demo.log"
     with open(log, "w") as out:
@@ -63,13 +64,26 @@ def demo(engine, tmp_path):
     try:
         yield SimpleNamespace(process=process, log=log)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        stop_demo(process, tmp_path)
+        print("demo log:\n" + log.read_text()[-4000:])
+        remove_own_objects(engine)
+
+
+def stop_demo(process: subprocess.Popen, data_dir: Path) -> None:
+    """Ctrl-C, as a person stops the demo; the proxy too, should the hub have died without it."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-        print("demo log:\n" + log.read_text()[-4000:])
-        remove_own_objects(engine)
+            process.wait(timeout=10)
+    pid_file = data_dir / "jupyterhub-proxy.pid"
+    if pid_file.exists():
+        try:
+            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        except (ValueError, ProcessLookupError):
+            pass
 
 
 def wait_for(what: str, check, demo, timeout: float = 120):
