@@ -382,23 +382,24 @@ class CpuMeter:
         return {k: round(after[k] - self._before[k], 2) for k in after}
 
 
+def cgroup_cpu_ns(container_id: str) -> int | None:
+    """CPU nanoseconds a container used since it started (its cgroup; v1 or v2), or None."""
+    for path in (f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage",
+                 f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat"):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        if path.endswith("cpuacct.usage"):
+            return int(text)
+        return int(dict(line.split() for line in text.splitlines())["usage_usec"]) * 1000
+    return None
+
+
 def container_cpu_seconds(client: docker.DockerClient, container_ids: list[str]) -> float | None:
-    """CPU seconds the containers used since they started (their cgroups; v1 or v2)."""
-    total, found = 0.0, False
-    for cid in container_ids:
-        for path in (f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage",
-                     f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"):
-            try:
-                text = Path(path).read_text()
-            except OSError:
-                continue
-            if path.endswith("cpuacct.usage"):
-                total += int(text) / 1e9
-            else:
-                total += int(dict(line.split() for line in text.splitlines())["usage_usec"]) / 1e6
-            found = True
-            break
-    return round(total, 2) if found else None
+    """CPU seconds the containers used since they started, or None if no cgroup was found."""
+    used = [ns for ns in map(cgroup_cpu_ns, container_ids) if ns is not None]
+    return round(sum(used) / 1e9, 2) if used else None
 
 
 def concurrent(fn, args_list: list[tuple]) -> list:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import docker
 
-from benchmarks.common import IMAGE, Bench, log, timed_spawn
+from benchmarks.common import IMAGE, Bench, cgroup_cpu_ns, log, timed_spawn
 from hardened_spawner import labels
 
 SCRIPT = (Path(__file__).parent / "train_loop.py").read_text()
@@ -155,10 +155,10 @@ def healthcheck_cost(container, times: int) -> dict:
     command = test[1:] if test[0] == "CMD" else ["/bin/sh", "-c", test[1]]
     cpu, wall = [], []
     for _ in range(times):
-        before, t = _cgroup_cpu_ns(container.id), time.monotonic()
+        before, t = cgroup_cpu_ns(container.id), time.monotonic()
         container.exec_run(command)
         wall.append(time.monotonic() - t)
-        after = _cgroup_cpu_ns(container.id)
+        after = cgroup_cpu_ns(container.id)
         if before is not None and after is not None:
             cpu.append((after - before) / 1e9)
     interval = (check.get("Interval") or 30 * 10**9) / 1e9
@@ -170,19 +170,6 @@ def healthcheck_cost(container, times: int) -> dict:
         "probe_wall_s": statistics.median(wall),
         "cores_used_by_20_servers": 20 * cpu_s / interval if cpu_s else None,
     }
-
-
-def _cgroup_cpu_ns(container_id: str) -> int | None:
-    for path in (f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage",
-                 f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat"):
-        try:
-            text = Path(path).read_text()
-        except OSError:
-            continue
-        if path.endswith("cpuacct.usage"):
-            return int(text)
-        return int(dict(line.split() for line in text.splitlines())["usage_usec"]) * 1000
-    return None
 
 
 def _shm_use(container) -> str:
