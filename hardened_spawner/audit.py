@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ AUDIT_SCHEMA_ID = "https://schema.jupyter.org/hardened-spawner/audit"
 AUDIT_SCHEMA_PATH = Path(__file__).parent / "event_schemas" / "audit" / "v1.yaml"
 EVENTS = (
     "spawn-requested", "spawn-refused", "server-started", "server-stopped",
-    "server-died", "gpus-assigned", "gpus-released",
+    "server-died", "gpus-assigned", "gpus-released", "orphan-removed",
 )
 # Every field of the schema, in output order, with its value when not given.
 _FIELDS: dict[str, Any] = {
@@ -175,6 +176,7 @@ def _key(sink: str) -> str:
 
 
 _TRAILS: dict[str, AuditTrail] = {}
+_TRAILS_LOCK = threading.Lock()
 
 
 def get_audit_trail(sink: str, log: logging.Logger | None = None) -> AuditTrail:
@@ -186,7 +188,8 @@ def get_audit_trail(sink: str, log: logging.Logger | None = None) -> AuditTrail:
     cannot be opened.
     """
     key = _key(sink)
-    trail = _TRAILS.get(key)
-    if trail is None:
-        trail = _TRAILS[key] = AuditTrail(sink, log)
-    return trail
+    with _TRAILS_LOCK:  # spawners and the hub-start work in threads may both ask first
+        trail = _TRAILS.get(key)
+        if trail is None:
+            trail = _TRAILS[key] = AuditTrail(sink, log)
+        return trail

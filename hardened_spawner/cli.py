@@ -23,7 +23,6 @@ from types import SimpleNamespace
 from typing import TextIO
 
 import docker.errors
-import requests.exceptions
 from traitlets import Bool, Unicode
 from traitlets.config import Application, Config
 from traitlets.config.loader import (
@@ -35,6 +34,7 @@ from traitlets.config.loader import (
 from . import labels
 from ._version import __version__
 from .gpus import GpuAllocator, GpuConfigError
+from .hub_context import ENGINE_ERRORS, EngineUnavailable, unreachable_message
 from .inspection import (
     ContainerReport,
     NetworkReport,
@@ -62,7 +62,7 @@ MANAGED_SERVERS = {"label": [f"{labels.MANAGED}=true", f"{labels.ROLE}={labels.R
 #: observers render name templates with it; nothing here acts for a user.
 _STAND_IN_USER = {"name": "hardened-spawner-cli", "id": 0, "admin": False, "groups": []}
 
-_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+_ENGINE_ERRORS = (EngineUnavailable, *ENGINE_ERRORS)
 
 
 class CannotCheck(Exception):
@@ -114,15 +114,9 @@ def engine_client(spawner):
 
 
 def cannot_reach_message(spawner, error: Exception) -> str:
-    where = (
-        spawner.client_kwargs.get("base_url")
-        or os.environ.get("DOCKER_HOST")
-        or "unix:///var/run/docker.sock"
-    )
-    return (
-        f"Cannot reach the Docker engine at {where}: {error}. Is the engine running, and may "
-        "this account use it (the docker group, DOCKER_HOST, DockerSpawner.client_kwargs)?"
-    )
+    if isinstance(error, EngineUnavailable):
+        return str(error)
+    return unreachable_message(spawner.context.address, error)
 
 
 # --- plain functions: check ------------------------------------------------

@@ -64,6 +64,7 @@ class ServerInputs:
     port: int
     version: str
     extra_binds: dict = field(default_factory=dict)  # DockerSpawner's `volumes`, rendered
+    hub_id: str = ""  # which hub database started it (`labels.HUB`); "" outside a hub
 
 
 def server_labels(inputs: ServerInputs) -> dict[str, str]:
@@ -78,6 +79,7 @@ def server_labels(inputs: ServerInputs) -> dict[str, str]:
         labels.POLICY: inputs.profile.fingerprint(),
         labels.GPUS: ",".join(inputs.gpu_uuids),
         labels.GPUS_SINCE: inputs.gpus_since if inputs.gpu_uuids else "",
+        **({labels.HUB: inputs.hub_id} if inputs.hub_id else {}),
     }
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import ipaddress
 import json
 import os
@@ -27,6 +26,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import docker.errors
 import requests.exceptions
@@ -42,6 +42,7 @@ from .network import (
     apply_script,
     bridge_name,
     check_bridge_name,
+    hub_blocked,
     marker_labels,
     marker_name,
     marker_problems,
@@ -53,8 +54,8 @@ from .network import (
     parse_egress,
     parse_tables,
     plan_problems,
-    probe_problems,
     probe_spec,
+    probe_verdict,
     remove_script,
     rule_plan,
     settings_from_config,
@@ -103,10 +104,17 @@ def with_backend(argv: Sequence[str], suffix: str) -> list[str]:
     return list(argv)
 
 
-@functools.cache
+_BACKEND_LOCK = threading.Lock()
+_BACKEND: list[str] = []
+
+
 def _engine_backend() -> str:
-    """Detected once per process: the host's backend does not change under it."""
-    return detect_backend()
+    """Detected once per process, under a lock (the hub's Docker threads may ask at the same
+    moment): the host's backend does not change under it."""
+    with _BACKEND_LOCK:
+        if not _BACKEND:
+            _BACKEND.append(detect_backend())
+        return _BACKEND[0]
 
 
 def _run(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -229,26 +237,27 @@ def delete_marker(client, network_name: str) -> None:
         pass
 
 
-def run_probe(client, image: str, network_name: str, policy: IsolationPolicy) -> list[str]:
-    """Start a throwaway container on the users' network and see what it reaches."""
+def run_probe(client, image: str, network_name: str, policy: IsolationPolicy) -> tuple[list[str], list[str]]:
+    """Start a throwaway container on the users' network and see what it reaches:
+    (what is missing, what of that keeps servers from the hub API)."""
     create, host = probe_spec(image, network_name, policy, __version__)
     try:
         container = client.create_container(host_config=client.create_host_config(**host), **create)
     except docker.errors.DockerException as e:
-        return [f"the network probe could not be created ({e})"]
+        return [f"the network probe could not be created ({e})"], []
     try:
         client.start(container["Id"])
         result = client.wait(container["Id"], timeout=60)
         output = client.logs(container["Id"]).decode(errors="replace")
     except (docker.errors.DockerException, OSError, ValueError) as e:
         # includes the wait's read timeout: the probe's failure is a finding, not a crash
-        return [f"the network probe failed ({e})"]
+        return [f"the network probe failed ({e})"], []
     finally:
         try:
             client.remove_container(container["Id"], force=True)
         except docker.errors.DockerException:
             pass
-    return probe_problems(output, result.get("StatusCode", -1), policy)
+    return probe_verdict(output, result.get("StatusCode", -1), policy)
 
 
 # --- what the admin command and the hub do ------------------------------------------
@@ -310,7 +319,21 @@ def remove(bridge: str, run: Callable = _run) -> int:
 
 def verify(client, facts: NetworkFacts, policy: IsolationPolicy, *, method: str = "auto",
            image: str = "", run: Callable = _run) -> tuple[str, list[str]]:
-    """What the hub asks: are the rules it expects in force? Returns (how it checked, problems).
+    """(how it checked, problems): see `check`."""
+    verdict = check(client, facts, policy, method=method, image=image, run=run)
+    return verdict.method, verdict.problems
+
+
+@dataclass
+class Verdict:
+    method: str  # "iptables" or "probe"
+    problems: list[str]  # each way the isolation differs from the policy
+    blocking: list[str]  # those that keep servers from reaching the hub at all
+
+
+def check(client, facts: NetworkFacts, policy: IsolationPolicy, *, method: str = "auto",
+          image: str = "", run: Callable = _run) -> Verdict:
+    """What the hub asks: are the rules it expects in force, and do rules in force block it?
 
     ``iptables``: compare with ``iptables -S`` (a hub on the host, as root). ``probe``: the
     marker `apply` left must match this network, these settings and this boot, and a
@@ -323,20 +346,22 @@ def verify(client, facts: NetworkFacts, policy: IsolationPolicy, *, method: str 
         tables4, why = read_tables(4, run)
         if tables4 is not None and "DOCKER-USER" in tables4.chains:
             tables6 = read_tables(6, run)[0] if facts.ipv6 else None
+            blocking: list[str] = []
             for plan in rule_plan(facts, policy, ipv6_parent(tables6)):
                 tables = tables4 if plan.family == 4 else tables6
                 if tables is None:
                     problems.append("ip6tables cannot be read, so the IPv6 rules are unchecked")
                     continue
                 problems += plan_problems(plan, tables)
-            return "iptables", problems
+                blocking += hub_blocked(plan, tables)
+            return Verdict("iptables", problems, blocking)
         if method == "iptables":
-            return "iptables", problems + [
+            return Verdict("iptables", problems + [
                 f"cannot read the host's iptables ({why or 'no DOCKER-USER chain: not the host'})"
-            ]
+            ], [])
     problems += marker_problems(read_marker(client, facts.name), facts, policy, read_boot_id())
-    problems += run_probe(client, image, facts.name, policy)
-    return "probe", problems
+    found, blocking = run_probe(client, image, facts.name, policy)
+    return Verdict("probe", problems + found, blocking)
 
 
 # --- the command ----------------------------------------------------------------------

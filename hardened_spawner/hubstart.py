@@ -3,8 +3,9 @@
 JupyterHub has no start hook for spawners and creates them lazily, so a bad
 setting would otherwise only surface at someone's first spawn, on their spawn
 page. These checks run when the hub has read its config: validate it (and stop
-the hub with the setting's name), then audit the existing server containers and
-check the network isolation in the background, without delaying the start.
+the hub with the setting's name), then, in the background without delaying the
+start, connect to the engine, audit the existing server containers and check the
+network isolation.
 """
 
 import asyncio
@@ -12,6 +13,8 @@ import sys
 from types import SimpleNamespace
 
 from traitlets import TraitError
+
+from .hub_context import EngineUnavailable
 
 
 def install_hub_start_checks(spawner_class) -> None:
@@ -45,39 +48,55 @@ def install_hub_start_checks(spawner_class) -> None:
                 app.log.critical("Invalid HardenedSpawner configuration: %s", e)
                 app.exit(1)
             app.log.info("HardenedSpawner configuration checked")
-            _audit_in_background(spawner, app.log)
-            _check_isolation_in_background(spawner, app)
+            _start_in_background(spawner, app)
         return original(app)
 
     init_tornado_settings._hardened_spawner_check = True
     hub_class.init_tornado_settings = init_tornado_settings
 
 
-#: keeps the hub-start audit's future referenced until it is done
-_background_audits: set = set()
+#: keeps the hub-start work's task referenced until it is done
+_background: set = set()
 
 
-def _audit_in_background(spawner, log) -> None:
+def _start_in_background(spawner, app) -> None:
+    """Connect to the engine, audit the servers already running, then check the network
+    isolation: in the background, so the hub's start never waits, and nothing raised
+    reaches the hub. The hub-wide context (client, Docker threads) is built here, on the
+    hub's event loop, before any thread can ask for it."""
+    context = spawner.context
+    try:
+        task = asyncio.get_running_loop().create_task(_hub_start_work(spawner, app, context))
+    except RuntimeError as e:  # no running event loop to schedule it on
+        app.log.warning("Not checking the engine at hub start: %s", e)
+        return
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _hub_start_work(spawner, app, context) -> None:
+    try:
+        await context.run(lambda: context.client)
+    except EngineUnavailable as e:
+        app.log.error(
+            "%s Spawns are refused with a clear message until it answers; the hub asks again "
+            "at every spawn.", e,
+        )
+        return
+    app.log.info("Connected to the Docker engine at %s", context.address)
+    await _audit(spawner, app.log, context)
+    await _check_isolation(spawner, app)
+
+
+async def _audit(spawner, log, context) -> None:
     """Check the managed server containers already on the engine and log what is found
-    (`cli.audit_at_hub_start`), in a thread: the hub's start never waits for it, and
-    nothing it raises reaches the hub."""
-
-    def audit():
-        try:
-            # the engine calls live with the admin commands, not in the spawner
-            from .cli import audit_at_hub_start
-
-            audit_at_hub_start(spawner, log)
-        except Exception:
-            log.exception("Checking the existing server containers at hub start failed")
+    (`cli.audit_at_hub_start`), on the hub's Docker threads, with the hub's client."""
+    from .cli import audit_at_hub_start
 
     try:
-        future = asyncio.get_running_loop().run_in_executor(None, audit)
-    except RuntimeError as e:  # no running event loop to schedule it on
-        log.warning("Not checking the existing server containers at hub start: %s", e)
-        return
-    _background_audits.add(future)
-    future.add_done_callback(_background_audits.discard)
+        await context.run(audit_at_hub_start, spawner, log)
+    except Exception:
+        log.exception("Checking the existing server containers at hub start failed")
 
 
 #: seconds the hub-start isolation check waits for the hub's own API to listen
@@ -101,38 +120,23 @@ async def _listening(host: str, port: int, timeout: float = API_WAIT) -> bool:
             return True
 
 
-#: keeps the hub-start isolation check's task referenced until it is done
-_background_checks: set = set()
-
-
-def _check_isolation_in_background(spawner, app) -> None:
-    """Check the users' network isolation once at hub start, without delaying it: a
-    missing rule shows up in the log before anyone spawns."""
+async def _check_isolation(spawner, app) -> None:
+    """Check the users' network isolation once at hub start: a missing rule shows up in
+    the log before anyone spawns."""
     if not spawner.network_isolation:
         app.log.warning(
             "HardenedSpawner.network_isolation is False: users' servers can reach each other, "
             "the cloud metadata service and private networks."
         )
         return
-
-    async def check():
-        try:
-            spawner.hub = app.hub
-            await spawner._engine_facts()  # creates the users' network if it is missing
-            # the probe container must find the hub API listening, which it is not yet
-            policy = await spawner._hub_policy()
-            if not await _listening(policy.hub_ip, policy.hub_port):
-                app.log.warning("The hub API at %s:%s is not answering after %s s; checking the "
-                                "network isolation anyway", policy.hub_ip, policy.hub_port, API_WAIT)
-            await spawner._isolation_problems(force=True)
-        except Exception:
-            app.log.exception("Checking the users' network isolation at hub start failed")
-
     try:
-        task = asyncio.get_running_loop().create_task(check())
-    except RuntimeError as e:
-        app.log.warning("Not checking the network isolation at hub start: %s", e)
-        return
-    _background_checks.add(task)
-    task.add_done_callback(_background_checks.discard)
-
+        spawner.hub = app.hub
+        await spawner._engine_facts()  # creates the users' network if it is missing
+        # the probe container must find the hub API listening, which it is not yet
+        policy = await spawner._hub_policy()
+        if not await _listening(policy.hub_ip, policy.hub_port):
+            app.log.warning("The hub API at %s:%s is not answering after %s s; checking the "
+                            "network isolation anyway", policy.hub_ip, policy.hub_port, API_WAIT)
+        await spawner._isolation_problems(force=True)
+    except Exception:
+        app.log.exception("Checking the users' network isolation at hub start failed")

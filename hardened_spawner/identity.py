@@ -10,6 +10,7 @@ another number. The functions here only decide; the spawner persists.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 #: The lowest UID that may be handed out. Below it live the host's system
@@ -98,17 +99,33 @@ def check_static_uids(uid_map: dict[str, int], uid_min: int, uid_max: int) -> No
 
 
 def derived_uid(hub_user_id: int, uid_min: int, uid_max: int) -> int:
-    """The default UID: ``uid_min + hub user id``.
+    """The UID a user is offered first: ``uid_min + hub user id``.
 
-    The hub's user id is unique and never reused while the user exists, so the
-    result is unique and stable without any table of our own.
+    Only a first offer: the hub's ids start over with a new database, so the
+    engine's labels decide whether it is free (`first_free_uid`). Ids past the
+    end of the range wrap around into it, so a large id is not refused while
+    UIDs are still free.
     """
-    uid = uid_min + hub_user_id
-    if uid > uid_max:
+    return uid_min + hub_user_id % (uid_max - uid_min + 1)
+
+
+def first_free_uid(preferred: int, uid_min: int, uid_max: int, taken: Iterable[int]) -> int:
+    """The first UID at or after ``preferred`` that no one holds, wrapping to ``uid_min``.
+
+    The same inputs always give the same answer, so a user who retries is offered the
+    same UID. Raises `IdentityError` only when every UID of the range is held.
+    """
+    held = {uid for uid in taken if uid_min <= uid <= uid_max}
+    size = uid_max - uid_min + 1
+    if len(held) >= size:
         raise IdentityError(
-            f"No UID left for hub user id {hub_user_id}: {uid_min} + {hub_user_id} "
-            f"is above HardenedSpawner.uid_max ({uid_max}). Ask your admin to raise uid_max."
+            f"No UID is free: all {size} UIDs of HardenedSpawner.uid_min..uid_max "
+            f"({uid_min}-{uid_max}) are held by workspaces on this engine. Ask your hub admin "
+            "to raise HardenedSpawner.uid_max (or remove workspaces no one needs)."
         )
+    uid = preferred if uid_min <= preferred <= uid_max else uid_min
+    while uid in held:  # ends within len(held) + 1 steps
+        uid = uid + 1 if uid < uid_max else uid_min
     return uid
 
 
@@ -134,8 +151,8 @@ def check_policy_uid(uid: object, username: str) -> int:
 
 @dataclass(frozen=True)
 class UidDecision:
-    uid: int
-    source: str  # "state", "workspace" or "policy"
+    uid: int | None  # None: nothing decides yet; the spawner picks a free UID
+    source: str  # "state", "workspace", "policy" or "new"
     warning: str | None = None
 
 
@@ -144,14 +161,15 @@ def resolve_uid(
     *,
     from_state: int | None,
     from_workspace: int | None,
-    from_policy: int,
+    from_policy: int | None,
 ) -> UidDecision:
     """Choose the UID for this start, preferring what the user already has.
 
     Order: the hub's stored spawner state, then the label on the user's
-    existing workspace volume (the engine remembers even if the hub database
-    was reset), then the configured policy. A policy that now disagrees is
-    reported, never applied: moving a user would orphan their files.
+    existing workspace (the engine remembers even if the hub database was
+    reset), then a static UID from `uid_map`. A static UID that now disagrees
+    is reported, never applied: moving a user would orphan their files. With
+    none of these (`source` "new"), the spawner picks the first free UID.
     """
     for uid, source in ((from_state, "state"), (from_workspace, "workspace")):
         if uid is None:
@@ -163,13 +181,15 @@ def resolve_uid(
                 "An admin must check the workspace volume's labels and the user's state."
             )
         warning = None
-        if uid != from_policy:
+        if from_policy is not None and uid != from_policy:
             warning = (
                 f"{username} keeps UID {uid} (from {source}); the current policy "
                 f"would give {from_policy}. Users never move UIDs over existing files; "
                 "to move this user, migrate their workspace and clear their state."
             )
         return UidDecision(uid, source, warning)
+    if from_policy is None:
+        return UidDecision(None, "new")
     return UidDecision(from_policy, "policy")
 
 

@@ -17,10 +17,12 @@ VERSION = f"{PREFIX}.version"
 POLICY = f"{PREFIX}.policy-fingerprint"
 GPUS = f"{PREFIX}.gpus"  # comma-separated device UUIDs, "" for none
 GPUS_SINCE = f"{PREFIX}.gpus-since"  # ISO 8601 UTC time of assignment
+HUB = f"{PREFIX}.hub"  # which hub database started a server (a digest of its URL)
 
 ROLE_SERVER = "server"
 ROLE_WORKSPACE = "workspace"
 ROLE_IDENTITY = "identity"
 ROLE_HELPER = "helper"
+ROLE_UID_CLAIM = "uid-claim"  # an empty volume per UID: who holds it, claimed atomically
 
 MANAGED_FILTER = {"label": [f"{MANAGED}=true"]}

@@ -701,22 +701,51 @@ def probe_spec(image: str, network_name: str, policy: IsolationPolicy, version: 
 
 def probe_problems(output: str, exit_code: int, policy: IsolationPolicy) -> list[str]:
     """What the probe's answer says is missing (empty: the rules act as planned)."""
+    return probe_verdict(output, exit_code, policy)[0]
+
+
+def probe_verdict(output: str, exit_code: int, policy: IsolationPolicy) -> tuple[list[str], list[str]]:
+    """(what is missing, what of that stops servers from reaching the hub at all)."""
     try:
         seen = json.loads(output.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return [f"the network probe failed (exit {exit_code}): {output.strip()[-300:]!r}"]
+        return [f"the network probe failed (exit {exit_code}): {output.strip()[-300:]!r}"], []
     where = f"{policy.hub_ip}"
-    problems = []
+    problems, blocking = [], []
     if seen.get("hub") != "open":
-        problems.append(f"a container on the users' network cannot reach the hub API at "
+        blocking.append(f"a container on the users' network cannot reach the hub API at "
                         f"{where}:{policy.hub_port} ({seen.get('hub')})")
+        problems += blocking
     covered = any(ipaddress.ip_address(policy.hub_ip) in ipaddress.ip_network(c)
                   for c in policy.allow_cidrs)
     if not covered and seen.get("canary") != "rejected":
         problems.append(f"a container on the users' network got {seen.get('canary')!r} instead of "
                         f"a firewall rejection from {where}:{CANARY_PORT}: the isolation rules "
                         "are not in effect")
-    return problems
+    return problems, blocking
+
+
+#: the rules that let servers reach the hub: without them no server can start
+HUB_PURPOSES = ("hub-api", "from-hub", "hub-egress")
+
+
+def hub_blocked(plan: FamilyPlan, tables: Tables) -> list[str]:
+    """Rules of ours that are in force but were made for another hub: servers would be
+    rejected on their way to this hub's API, and never finish starting."""
+    cmd = "iptables" if plan.family == 4 else "ip6tables"
+    jumped = any(jump.args in tables.chain(jump.chain) for jump in plan.jumps)
+    blocked = []
+    for name, rules in plan.chains:
+        if not jumped or name not in tables.chains:
+            continue  # no rules of ours in force here: nothing of ours blocks the hub
+        actual = tables.chain(name)
+        for rule in rules:
+            purpose = rule.comment.rsplit(":", 1)[-1]
+            if purpose in HUB_PURPOSES and rule.args not in actual:
+                blocked.append(f"{cmd}: the rules in {name} were made for another hub: they lack "
+                               f"{rule.line()}, so servers cannot reach this hub")
+                break
+    return blocked
 
 
 # --- settings from a jupyterhub_config.py ---------------------------------------------

@@ -11,12 +11,15 @@ identity -> GPUs -> workspace -> container spec -> guard -> create -> start -> w
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor
+import os
 from dataclasses import asdict
 from types import SimpleNamespace
 
 import docker.errors
+import docker.tls
+from docker.utils import kwargs_from_env
 from dockerspawner import DockerSpawner
 from jupyterhub.traitlets import ByteSpecification
 from jupyterhub.utils import maybe_future, url_path_join
@@ -34,9 +37,10 @@ from traitlets import (
     validate,
 )
 
-from . import firewall, labels
+from . import firewall, labels, uid_claims
 from ._version import __version__
 from .audit import AuditLogError, get_audit_trail
+from .engine import gather_engine_facts, running_servers
 from .container import ServerInputs, WorkspaceMount, build_server_spec
 from .environment import hardened_environment
 from .errors import SpawnRefused
@@ -51,6 +55,15 @@ from .gpus import (
     parse_static_inventory,
 )
 from .guard import GuardPolicy, check_container, describe
+from .hub_context import (
+    ENGINE_ERRORS,
+    EngineUnavailable,
+    HubContext,
+    IsolationCheck,
+    engine_address,
+    hub_context,
+    unreachable_message,
+)
 from .hubstart import install_hub_start_checks
 from .identity import (
     IdentityError,
@@ -58,6 +71,7 @@ from .identity import (
     check_static_uids,
     check_uid_range,
     derived_uid,
+    first_free_uid,
     make_identity,
     resolve_uid,
 )
@@ -87,7 +101,6 @@ from .profile import (
     server_healthcheck,
 )
 from .workspace import (
-    IDENTITY_VOLUME,
     PreparedMarker,
     WorkspaceError,
     helper_container_spec,
@@ -98,16 +111,8 @@ from .workspace import (
 
 _MIB = 1024 * 1024
 
-
-class _HubWide:
-    """What every spawner in one hub process shares: built once, on first use."""
-
-    executor: ThreadPoolExecutor | None = None
-    broker: GpuBroker | None = None
-    engine_facts: dict | None = None
-    engine_lock: asyncio.Lock | None = None
-    isolation_lock: asyncio.Lock | None = None
-    isolation_checked: tuple[float, str, tuple[str, ...]] | None = None  # (when, how, problems)
+#: where a remembered UID came from, for messages
+_SOURCES = {"state": "database", "workspace": "workspace label"}
 
 
 class HardenedSpawner(DockerSpawner):
@@ -545,14 +550,42 @@ class HardenedSpawner(DockerSpawner):
         except (GpuConfigError, AuditLogError, ValueError, OSError) as e:
             raise TraitError(str(e)) from None
 
-    # --- hub-wide shared pieces -----------------------------------------
+    # --- hub-wide shared pieces (one `HubContext` per set of engine settings) ---
+
+    @property
+    def context(self) -> HubContext:
+        """Everything the hub's spawners share: see `hub_context`. Found once per spawner."""
+        if self._context is None:
+            settings = {
+                "tls_config": self.tls_config,
+                "client_kwargs": self.client_kwargs,
+                "env": {k: os.environ.get(k) for k in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")},
+            }
+            self._context = hub_context(settings, self.docker_threads, self._connect_engine,
+                                        address=engine_address(self.client_kwargs))
+        return self._context
+
+    _context: HubContext | None = None
+
+    def _connect_engine(self):
+        """The engine client, as DockerSpawner makes it, with a pool for every Docker thread
+        (docker-py keeps 10 connections, and drops the rest after each call)."""
+        kwargs = {"version": "auto", "max_pool_size": self.docker_threads}
+        if self.tls_config:
+            kwargs["tls"] = docker.tls.TLSConfig(**self.tls_config)
+        kwargs.update(kwargs_from_env())
+        kwargs.update(self.client_kwargs)
+        return docker.APIClient(**kwargs)
+
+    @property
+    def client(self):
+        """The hub's one engine client (DockerSpawner's lazy class-level one is not thread-safe)."""
+        return self.context.client
 
     @property
     def executor(self):
         """A pool shared by all users, so one slow Docker call does not queue the others."""
-        if _HubWide.executor is None:
-            _HubWide.executor = ThreadPoolExecutor(self.docker_threads, "hardened-docker")
-        return _HubWide.executor
+        return self.context.executor
 
     @property
     def audit(self):
@@ -572,7 +605,10 @@ class HardenedSpawner(DockerSpawner):
             raise GpuConfigError(
                 "gpu_inventory", f"{source!r} is not 'nvml', 'nvidia-smi', 'none' or a list."
             )
-        policy = GpuPolicy(
+        return GpuAllocator(inventory, self._gpu_policy())
+
+    def _gpu_policy(self) -> GpuPolicy:
+        return GpuPolicy(
             default_per_user=self.gpu_default_per_user,
             max_per_user=self.gpu_max_per_user,
             group_max=dict(self.gpu_group_max),
@@ -580,74 +616,72 @@ class HardenedSpawner(DockerSpawner):
             max_users_per_gpu=self.gpu_max_users_per_gpu,
             pool=None if self.gpu_pool is None else tuple(self.gpu_pool),
         )
-        return GpuAllocator(inventory, policy)
 
     @property
     def gpus(self) -> GpuBroker:
-        if _HubWide.broker is None:
-            _HubWide.broker = GpuBroker(self.gpu_allocator(), self._running_servers, self.log)
-        return _HubWide.broker
+        """The GPU table for this inventory and policy, one per hub."""
+        key = json.dumps([self.gpu_inventory, repr(self._gpu_policy())], default=repr)
+        hub_id, known = self.hub_id, self._servers_in_database
+        audit, log = self.audit, self.log
+        context = self.context
 
-    async def _running_servers(self) -> list[dict]:
-        filters = {"label": [f"{labels.MANAGED}=true", f"{labels.ROLE}={labels.ROLE_SERVER}"]}
-        return await self.docker("containers", filters=filters)
+        def build() -> GpuBroker:
+            async def running() -> list[dict]:
+                return await running_servers(context, hub_id, known, audit, log)
+
+            return GpuBroker(self.gpu_allocator(), running, self.log)
+
+        return context.broker(key, build)
+
+    @property
+    def hub_id(self) -> str:
+        """Which hub database this is (a digest of its URL), labelled on every server: a
+        restarted hub removes the servers of its own database that it no longer knows."""
+        db = getattr(self.user, "db", None)
+        if db is None:
+            return ""
+        url = db.get_bind().url.render_as_string(hide_password=True)
+        return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+    def _servers_in_database(self) -> set[tuple[str, str]] | None:
+        """(user, server name) of every server the hub's database says is running or starting."""
+        db = getattr(self.user, "db", None)
+        if db is None:
+            return None
+        from jupyterhub import orm
+
+        rows = db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None)).all()
+        return {(row.user.name, row.name or "") for row in rows}
 
     async def _engine_facts(self) -> dict:
-        """Facts about the engine every spawn needs, asked once per hub process:
-        AppArmor support, the identity volume's host path, the users' network."""
-        if _HubWide.engine_lock is None:
-            _HubWide.engine_lock = asyncio.Lock()
-        async with _HubWide.engine_lock:
-            if _HubWide.engine_facts is None:
-                info = await self.docker("info")
-                apparmor = any("apparmor" in o for o in info.get("SecurityOptions") or [])
-                identity = await self._ensure_volume(
-                    IDENTITY_VOLUME, {labels.MANAGED: "true", labels.ROLE: labels.ROLE_IDENTITY}
+        """Facts about the engine every spawn needs, asked once per hub process and users'
+        network: AppArmor support, the identity volume's host path, the network itself.
+        Nothing is kept when the engine does not answer: the next spawn asks again."""
+        context = self.context
+        async with context.engine_lock:
+            facts = context.engine_facts.get(self.network_name)
+            if facts is None:
+                facts = await gather_engine_facts(
+                    context, self.network_name, self.network_bridge_name, self.network_isolation,
+                    self.log,
                 )
-                await self._ensure_network()
-                _HubWide.engine_facts = {
-                    "apparmor": apparmor,
-                    "identity_mountpoint": identity["Mountpoint"],
-                    "cpus": info.get("NCPU") or 0,
-                }
-                if _HubWide.engine_facts["cpus"] and self.cpu_limit > _HubWide.engine_facts["cpus"]:
+                if facts["cpus"] and self.cpu_limit > facts["cpus"]:
                     self.log.warning(
                         "HardenedSpawner.cpu_limit is %s but the engine has %s CPUs; "
                         "servers get %s (the engine refuses more).",
-                        self.cpu_limit, info["NCPU"], info["NCPU"],
+                        self.cpu_limit, facts["cpus"], facts["cpus"],
                     )
-                if not apparmor and self.apparmor_profile:
+                if not facts["apparmor"] and self.apparmor_profile:
                     self.log.info("The engine has no AppArmor; servers run without an AppArmor profile.")
-            return _HubWide.engine_facts
-
-    async def _ensure_volume(self, name: str, volume_labels: dict) -> dict:
-        try:
-            return await self.docker("inspect_volume", name)
-        except docker.errors.NotFound:
-            await self.docker("create_volume", name=name, labels=volume_labels)
-            return await self.docker("inspect_volume", name)
-
-    async def _ensure_network(self) -> None:
-        """The users' network, made if missing the way `firewall.ensure_network` makes it
-        for every part of this project (no traffic between containers with
-        `network_isolation`, room for a hub's fixed address)."""
-        found = await self.docker("networks", names=[self.network_name])
-        if not [n for n in found if n["Name"] == self.network_name]:
-            facts = await asyncio.get_running_loop().run_in_executor(
-                self.executor,
-                lambda: firewall.ensure_network(
-                    self.client, self.network_name, self.network_bridge_name, self.network_isolation
-                ),
-            )
-            self.log.info("Made the users' network %s (bridge %s, subnet %s)", facts.name,
-                          facts.bridge, ", ".join(facts.subnets))
+                context.engine_facts[self.network_name] = facts
+            return facts
 
     async def _hub_policy(self) -> IsolationPolicy:
         """What the rules must allow for this hub, from its settings and its API URL."""
         host, port = hub_endpoint(self.hub.api_url)
         host = self.network_hub_address or host
         if not is_ip(host):  # e.g. the hub's name on the users' network, in compose
-            host = await asyncio.get_running_loop().run_in_executor(self.executor, firewall.resolve, host)
+            host = await self.context.run(firewall.resolve, host)
         return IsolationPolicy(
             hub_ip=host,
             hub_port=port,
@@ -657,60 +691,83 @@ class HardenedSpawner(DockerSpawner):
             trusted=tuple(self.network_trusted_addresses),
         )
 
-    async def _isolation_problems(self, force: bool = False) -> tuple[str, tuple[str, ...]]:
-        """(how it was checked, what is missing), reused for `firewall_check_interval` seconds."""
-        if _HubWide.isolation_lock is None:
-            _HubWide.isolation_lock = asyncio.Lock()
-        async with _HubWide.isolation_lock:
+    async def _isolation_problems(self, force: bool = False) -> IsolationCheck:
+        """What is missing of the isolation, reused for `firewall_check_interval` seconds
+        (per users' network and policy)."""
+        context = self.context
+        async with context.isolation_lock:
             now = asyncio.get_running_loop().time()
-            cached = _HubWide.isolation_checked
+            policy, why = None, ""
+            try:
+                policy = await self._hub_policy()
+            except (NetworkConfigError, OSError) as e:
+                why = str(e)
+            key = (self.network_name, policy.summary() if policy else "")
+            cached = context.isolation.get(key)
             # a refusal is not reused: the rules may be back by now (after a reboot the
             # engine restarts the hub and the compose firewall keeper at the same time)
-            refusing = bool(cached and cached[2]) and self.firewall_required
-            if cached and not force and not refusing and now - cached[0] < self.firewall_check_interval:
-                return cached[1], cached[2]
-            try:
-                facts = network_facts(await self.docker("inspect_network", self.network_name))
-                policy = await self._hub_policy()
-            except (docker.errors.DockerException, NetworkConfigError, OSError) as e:
-                method, problems = "none", [f"the isolation could not be checked: {e}"]
+            refusing = bool(cached and (cached.blocking or (cached.problems and self.firewall_required)))
+            if cached and not force and not refusing and now - cached.when < self.firewall_check_interval:
+                return cached
+            if policy is None:
+                check = IsolationCheck(now, "none", (f"the isolation could not be checked: {why}",))
             else:
-                method, problems = await asyncio.get_running_loop().run_in_executor(
-                    self.executor,
-                    lambda: firewall.verify(
-                        self.client, facts, policy, method=self.firewall_check_method, image=self.image
-                    ),
-                )
-                if problems:
-                    problems.append(
-                        "Fix: as root on the Docker host, run: "
-                        + apply_command(self.network_name, policy)
-                    )
-            _HubWide.isolation_checked = (now, method, tuple(problems))
-            if problems:
-                self.log.warning(
-                    "NETWORK ISOLATION IS NOT IN PLACE for the users' network %s (checked by %s): "
-                    "users' servers may reach each other, the cloud metadata service, private "
-                    "networks or the host.\n  - %s",
-                    self.network_name, method, "\n  - ".join(problems),
-                )
-            elif not cached or cached[2]:
-                self.log.info("Network isolation of %s is in place (checked by %s)",
-                              self.network_name, method)
-            return method, tuple(problems)
+                check = await self._check_isolation(now, policy)
+            context.isolation[key] = check
+            self._log_isolation(check, cached)
+            return check
+
+    async def _check_isolation(self, now: float, policy: IsolationPolicy) -> IsolationCheck:
+        try:
+            facts = network_facts(await self.docker("inspect_network", self.network_name))
+        except ENGINE_ERRORS as e:
+            return IsolationCheck(now, "none", (f"the isolation could not be checked: {e}",))
+        client = self.client
+        verdict = await self.context.run(
+            lambda: firewall.check(
+                client, facts, policy, method=self.firewall_check_method, image=self.image
+            )
+        )
+        problems = list(verdict.problems)
+        if problems:
+            problems.append("Fix: as root on the Docker host, run: " + apply_command(self.network_name, policy))
+        return IsolationCheck(now, verdict.method, tuple(problems), tuple(verdict.blocking))
+
+    def _log_isolation(self, check: IsolationCheck, before: IsolationCheck | None) -> None:
+        if check.problems:
+            self.log.warning(
+                "NETWORK ISOLATION IS NOT IN PLACE for the users' network %s (checked by %s): "
+                "users' servers may reach each other, the cloud metadata service, private "
+                "networks or the host.\n  - %s",
+                self.network_name, check.method, "\n  - ".join(check.problems),
+            )
+        elif not before or before.problems:
+            self.log.info("Network isolation of %s is in place (checked by %s)",
+                          self.network_name, check.method)
 
     async def _require_isolation(self) -> None:
         if not self.network_isolation:
             return
-        _, problems = await self._isolation_problems()
-        if problems and self.firewall_required:
+        check = await self._isolation_problems()
+        if check.blocking:
+            fix = [p for p in check.problems if p.startswith("Fix: ")]
+            raise SpawnRefused(
+                "Your server was not started: the network rules in place on this server stop "
+                "servers from reaching this hub, so it could never finish starting. The hub admin "
+                f"must update them ({(fix or ['see the hub log'])[0]}).",
+                reason="network",
+                status_code=424,
+                log_message=f"Refused {self._log_name}: the isolation rules block this hub's API: "
+                + "; ".join(check.blocking + check.problems),
+            )
+        if check.problems and self.firewall_required:
             raise SpawnRefused(
                 "Your server was not started: the network isolation this hub requires is not in "
                 "place. The hub admin can find the details in the hub log.",
                 reason="network",
                 status_code=424,
                 log_message=f"Refused {self._log_name}: network isolation missing: "
-                + "; ".join(problems),
+                + "; ".join(check.problems),
             )
 
     # --- state: the UID and the prepared workspace outlive each server ---
@@ -758,53 +815,88 @@ class HardenedSpawner(DockerSpawner):
 
     # --- start, step by step -----------------------------------------------
 
-    async def _policy_uid(self) -> int:
+    async def _static_uid(self) -> int | None:
+        """The UID `uid_map` gives this user, or None when it gives none."""
         if callable(self.uid_map):
             uid = await maybe_future(self.uid_map(self))
             return check_policy_uid(uid, self.user.name)
         if self.user.name in self.uid_map:
             return check_policy_uid(self.uid_map[self.user.name], self.user.name)
-        return derived_uid(self.user.id, self.uid_min, self.uid_max)
+        return None
 
     def _workspace_source(self) -> tuple[str, bool]:
         if self.workspace_host_path:
             return self._render_templates(self.workspace_host_path), True
         return self._render_templates(self.workspace_volume_name), False
 
-    async def _resolve_identity(self):
+    async def _workspace_uid(self) -> int | None:
         source, is_host_path = self._workspace_source()
-        workspace_uid = None
-        if not is_host_path:
-            try:
-                volume = await self.docker("inspect_volume", source)
-                workspace_uid = int((volume.get("Labels") or {}).get(labels.UID, "") or 0) or None
-            except docker.errors.NotFound:
-                pass
-        decision = resolve_uid(
-            self.user.name,
-            from_state=self._uid,
-            from_workspace=workspace_uid,
-            from_policy=await self._policy_uid(),
-        )
-        if decision.warning:
-            self.log.warning(decision.warning)
-        await self._check_uid_unique(decision.uid)
-        self._uid = decision.uid
-        return make_identity(self.user.name, decision.uid, self.home_template)
+        if is_host_path:
+            return None
+        try:
+            volume = await self.docker("inspect_volume", source)
+        except docker.errors.NotFound:
+            return None
+        return int((volume.get("Labels") or {}).get(labels.UID, "") or 0) or None
 
-    async def _check_uid_unique(self, uid: int) -> None:
-        """No other user's workspace or server may carry this UID on the engine."""
-        filters = {"label": [f"{labels.MANAGED}=true", f"{labels.UID}={uid}"]}
-        volumes = (await self.docker("volumes", filters=filters)).get("Volumes") or []
-        containers = await self.docker("containers", all=True, filters=filters)
-        owners = {(v.get("Labels") or {}).get(labels.OWNER) for v in volumes}
-        owners |= {(c.get("Labels") or {}).get(labels.OWNER) for c in containers}
-        others = owners - {self.user.name, None}
-        if others:
-            raise IdentityError(
-                f"UID {uid} is already used by another user's workspace, so it cannot be "
-                "yours too. Ask your hub admin to fix HardenedSpawner.uid_map."
+    async def _resolve_identity(self):
+        """The user's UID: the one their files already carry, else `uid_map`'s, else the
+        first UID from `uid_min + hub user id` on that no label on the engine holds.
+
+        One spawn at a time decides (per hub; across hubs the engine's claim volumes
+        decide), and the UID is claimed on the engine before anyone else can pick it.
+        """
+        async with self.context.uid_lock:
+            claimed = await self.context.run(uid_claims.claimed_uid, self.client, self.user.name)
+            decision = resolve_uid(
+                self.user.name,
+                from_state=self._uid,
+                from_workspace=await self._workspace_uid() or claimed,
+                from_policy=await self._static_uid(),
             )
+            if decision.warning:
+                self.log.warning(decision.warning)
+            uid = decision.uid
+            if uid is None:
+                uid = await self.context.run(self._claim_free_uid)
+            else:
+                await self.context.run(self._claim_known_uid, uid, decision.source)
+        self._uid = uid
+        return make_identity(self.user.name, uid, self.home_template)
+
+    def _claim_free_uid(self) -> int:
+        """(On a Docker thread) the first free UID from the derived one on, claimed."""
+        holders = uid_claims.uid_holders(self.client)
+        taken = {uid for uid, owners in holders.items() if owners - {self.user.name}}
+        preferred = derived_uid(self.user.id, self.uid_min, self.uid_max)
+        while True:
+            uid = first_free_uid(preferred, self.uid_min, self.uid_max, taken)
+            if uid_claims.claim(self.client, uid, self.user.name, __version__):
+                if uid != preferred:
+                    self.log.info("%s gets UID %s: %s is held by another user's files",
+                                  self.user.name, uid, preferred)
+                return uid
+            taken.add(uid)  # claimed by another hub in the meantime
+
+    def _claim_known_uid(self, uid: int, source: str) -> None:
+        """(On a Docker thread) no other user's files may carry this UID; then claim it."""
+        others = uid_claims.uid_holders(self.client).get(uid, set()) - {self.user.name, ""}
+        if not others and uid_claims.claim(self.client, uid, self.user.name, __version__):
+            return
+        self.log.error("UID %s of %s (from %s) is also held by %s", uid, self.user.name, source,
+                       ", ".join(sorted(others)) or "another hub's claim")
+        if source == "policy":
+            raise IdentityError(
+                f"UID {uid}, which HardenedSpawner.uid_map gives you, is already used by another "
+                "user's workspace, so it cannot be yours too. Ask your hub admin to fix "
+                "HardenedSpawner.uid_map."
+            )
+        raise IdentityError(
+            f"Your UID {uid} (remembered by the hub's {_SOURCES[source]}) is also carried by "
+            "another user's workspace, so the hub cannot tell whose files are whose. Ask your "
+            "hub admin to check the owner labels of the workspaces with that UID (the hub log "
+            "names them)."
+        )
 
     async def _prepare_workspace(self, identity, image_id: str) -> WorkspaceMount:
         source, is_host_path = self._workspace_source()
@@ -925,6 +1017,17 @@ class HardenedSpawner(DockerSpawner):
             )
         if isinstance(e, GpuAllocationError):
             return SpawnRefused(e.user_message, reason="gpu", status_code=409)
+        if isinstance(e, (EngineUnavailable, *ENGINE_ERRORS)) and not isinstance(e, docker.errors.APIError):
+            detail = str(e) if isinstance(e, EngineUnavailable) else unreachable_message(self.context.address, e)
+            self.log.error("The Docker engine failed %s's spawn: %s", self._log_name, detail)
+            return SpawnRefused(
+                "The Docker engine that runs the servers is not answering, so your server could "
+                "not be started. Nothing of yours was changed. Try again in a minute; if it keeps "
+                "happening, tell your hub admin (the hub log has the details).",
+                reason="engine-unavailable",
+                # 4xx: an engine outage must not count toward consecutive_failure_limit
+                status_code=424,
+            )
         self.log.exception("Unexpected error starting %s", self._log_name)
         return SpawnRefused(
             "Your server could not be started because of an internal error; "
@@ -978,6 +1081,7 @@ class HardenedSpawner(DockerSpawner):
             port=self.port,
             version=__version__,
             extra_binds=self.volume_binds,
+            hub_id=self.hub_id,
         )
         spec = build_server_spec(
             inputs,

@@ -799,30 +799,23 @@ def test_audit_at_hub_start_never_raises(monkeypatch):
     assert log.lines == [(logging.ERROR, "Checking the existing server containers at hub start failed")]
 
 
-async def test_the_hub_start_hook_audits_in_the_background(monkeypatch):
-    started, release = asyncio.Event(), threading.Event()
-    loop = asyncio.get_running_loop()
+async def test_the_hub_start_audit_runs_on_the_hubs_docker_threads_and_never_raises(monkeypatch):
+    from hardened_spawner.hub_context import HubContext
+
+    context = HubContext(lambda: "the hub's client", threads=2)
     seen = []
 
-    def slow_audit(spawner, log):
-        loop.call_soon_threadsafe(started.set)
-        release.wait(10)
-        seen.append(spawner)
+    def failing_audit(spawner, log):
+        seen.append((spawner, threading.current_thread().name))
         raise RuntimeError("the engine exploded")
 
-    monkeypatch.setattr(cli, "audit_at_hub_start", slow_audit)
+    monkeypatch.setattr(cli, "audit_at_hub_start", failing_audit)
     log = Log()
     probe = HardenedSpawner()
-    hubstart._audit_in_background(probe, log)  # returns at once: the hub's start does not wait
-    await asyncio.wait_for(started.wait(), 10)
-    assert seen == [] and len(hubstart._background_audits) == 1
-    release.set()
-    future = next(iter(hubstart._background_audits))
-    await asyncio.wait_for(asyncio.shield(future), 10)
-    assert seen == [probe]
+    await hubstart._audit(probe, log, context)
+    assert seen == [(probe, seen[0][1])] and seen[0][1].startswith("hardened-docker")
     assert log.lines == [(logging.ERROR, "Checking the existing server containers at hub start failed")]
-    await asyncio.sleep(0)
-    assert hubstart._background_audits == set()
+    context.shutdown()
 
 
 # --- the network isolation part of `check` ---------------------------------------

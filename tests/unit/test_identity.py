@@ -11,6 +11,7 @@ from hardened_spawner.identity import (
     check_static_uids,
     check_uid_range,
     derived_uid,
+    first_free_uid,
     group_entry,
     make_identity,
     passwd_entry,
@@ -173,12 +174,43 @@ def test_derived_uid(hub_user_id, uid_min, uid_max, expected):
     assert derived_uid(hub_user_id, uid_min, uid_max) == expected
 
 
-def test_derived_uid_overflow():
+def test_derived_uid_wraps_past_uid_max():
+    # only an offer: a full range is refused by first_free_uid, not a large hub id
+    assert derived_uid(11, 1000, 1010) == 1000
+    assert derived_uid(25, 1000, 1010) == 1003
+
+
+# --- first_free_uid --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "preferred, taken, expected",
+    [
+        (1003, set(), 1003),  # the derived UID when it is free
+        (1003, {1003}, 1004),  # else the next free one
+        (1003, {1003, 1004, 1005}, 1006),
+        (1010, {1010}, 1000),  # wrapping to uid_min
+        (1009, {1009, 1010, 1000, 1001}, 1002),
+        (1003, {5, 1004, 999999}, 1003),  # UIDs outside the range do not count
+    ],
+)
+def test_first_free_uid(preferred, taken, expected):
+    assert first_free_uid(preferred, 1000, 1010, taken) == expected
+
+
+def test_first_free_uid_is_the_same_every_time():
+    taken = {200001, 200002, 200004}
+    assert {first_free_uid(200001, LOW, HIGH, taken) for _ in range(5)} == {200003}
+
+
+def test_first_free_uid_refuses_only_a_full_range():
+    assert first_free_uid(1000, 1000, 1010, set(range(1000, 1010))) == 1010
     with pytest.raises(IdentityError) as err:
-        derived_uid(11, 1000, 1010)
+        first_free_uid(1000, 1000, 1010, set(range(1000, 1011)))
     assert str(err.value) == (
-        "No UID left for hub user id 11: 1000 + 11 is above HardenedSpawner.uid_max (1010). "
-        "Ask your admin to raise uid_max."
+        "No UID is free: all 11 UIDs of HardenedSpawner.uid_min..uid_max (1000-1010) are held by "
+        "workspaces on this engine. Ask your hub admin to raise HardenedSpawner.uid_max (or "
+        "remove workspaces no one needs)."
     )
 
 
@@ -257,6 +289,10 @@ def _moved(source, uid, policy):
         # no state: the workspace label wins over the policy
         (None, 400001, 400001, UidDecision(400001, "workspace")),
         (None, 400001, 500001, UidDecision(400001, "workspace", _moved("workspace", 400001, 500001))),
+        # no uid_map entry: remembered UIDs are kept without a warning, else a free one is picked
+        (None, 400001, None, UidDecision(400001, "workspace")),
+        (300001, None, None, UidDecision(300001, "state")),
+        (None, None, None, UidDecision(None, "new")),
     ],
 )
 def test_resolve_uid(from_state, from_workspace, from_policy, expected):

@@ -1,0 +1,114 @@
+"""Engine work the hub does for all of its users, as plain async functions over a `HubContext`.
+
+They know nothing of traitlets or of one user's spawner: the spawner turns its
+settings into arguments for them.
+"""
+
+from __future__ import annotations
+
+import docker.errors
+
+from . import firewall, labels
+from .hub_context import HubContext
+from .workspace import IDENTITY_VOLUME
+
+MANAGED_SERVERS = {"label": [f"{labels.MANAGED}=true", f"{labels.ROLE}={labels.ROLE_SERVER}"]}
+
+
+async def ensure_volume(context: HubContext, name: str, volume_labels: dict) -> dict:
+    try:
+        return await context.docker("inspect_volume", name)
+    except docker.errors.NotFound:
+        await context.docker("create_volume", name=name, labels=volume_labels)
+        return await context.docker("inspect_volume", name)
+
+
+async def ensure_network(context: HubContext, name: str, bridge: str, isolation: bool, log) -> None:
+    """The users' network, made if missing the way `firewall.ensure_network` makes it for
+    every part of this project (no traffic between containers with isolation, room for a
+    hub's fixed address)."""
+    found = await context.docker("networks", names=[name])
+    if not [n for n in found if n["Name"] == name]:
+        client = context.client
+        facts = await context.run(firewall.ensure_network, client, name, bridge, isolation)
+        log.info("Made the users' network %s (bridge %s, subnet %s)", facts.name, facts.bridge,
+                 ", ".join(facts.subnets))
+
+
+async def gather_engine_facts(context: HubContext, network: str, bridge: str, isolation: bool,
+                              log) -> dict:
+    """AppArmor support, the identity volume's host path and the engine's CPUs; makes the
+    identity volume and the users' network if they are missing."""
+    info = await context.docker("info")
+    identity = await ensure_volume(
+        context, IDENTITY_VOLUME, {labels.MANAGED: "true", labels.ROLE: labels.ROLE_IDENTITY}
+    )
+    await ensure_network(context, network, bridge, isolation, log)
+    return {
+        "apparmor": any("apparmor" in o for o in info.get("SecurityOptions") or []),
+        "identity_mountpoint": identity["Mountpoint"],
+        "cpus": info.get("NCPU") or 0,
+    }
+
+
+def orphans(containers: list[dict], hub_id: str, known: set[tuple[str, str]]) -> list[dict]:
+    """Running servers this hub's database started and no longer knows of.
+
+    A hub killed in the middle of a spawn can leave its container running, with GPUs,
+    while the database never recorded the server. Only servers labelled with this hub's
+    database count: other hubs' servers on the same engine are theirs.
+    """
+    found = []
+    for container in containers:
+        container_labels = container.get("Labels") or {}
+        if not hub_id or container_labels.get(labels.HUB) != hub_id:
+            continue
+        key = (container_labels.get(labels.OWNER, ""), container_labels.get(labels.SERVER_NAME, ""))
+        if key not in known:
+            found.append(container)
+    return found
+
+
+async def running_servers(context: HubContext, hub_id: str, known_servers, audit, log) -> list[dict]:
+    """The running managed servers, after removing this hub's orphans (see `orphans`).
+
+    ``known_servers`` returns the (user, server name) pairs the hub's database has as
+    running or starting, or None when there is no database to ask (then nothing is removed).
+    """
+    running = await context.docker("containers", filters=MANAGED_SERVERS)
+    known = known_servers()
+    if known is None:
+        return running
+    removed = []
+    for container in orphans(running, hub_id, known):
+        container_labels = container.get("Labels") or {}
+        name = (container.get("Names") or ["?"])[0].lstrip("/")
+        log.warning(
+            "Removing server container %s of %s: the hub's database does not know it (a hub "
+            "that stopped in the middle of its spawn left it running); GPUs %s are free again",
+            name, container_labels.get(labels.OWNER), container_labels.get(labels.GPUS) or "none",
+        )
+        try:
+            await context.docker("remove_container", container["Id"], force=True)
+        except docker.errors.NotFound:
+            pass
+        audit.emit(
+            "orphan-removed",
+            user=container_labels.get(labels.OWNER, ""),
+            server_name=container_labels.get(labels.SERVER_NAME, ""),
+            uid=_int(container_labels.get(labels.UID)),
+            gid=_int(container_labels.get(labels.GID)),
+            devices=[d for d in container_labels.get(labels.GPUS, "").split(",") if d],
+            container_id=container["Id"],
+            container_name=name,
+            reason="not in the hub's database",
+        )
+        removed.append(container["Id"])
+    return [c for c in running if c["Id"] not in removed]
+
+
+def _int(text) -> int | None:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None

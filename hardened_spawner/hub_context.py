@@ -1,0 +1,165 @@
+"""What every spawner of one hub process shares, built once and safe to use from threads.
+
+DockerSpawner keeps its engine client and its thread pool as lazy class
+attributes. That is safe upstream only because every Docker call goes through
+one thread. HardenedSpawner uses `docker_threads` threads, and the hub-start
+audit runs in another one: two threads that found no client at the same moment
+each made one, the second assignment dropped the first, and the dropped
+client's connection pool closed sockets another thread was reading from. The
+hub died of a segmentation fault (issue 15).
+
+So everything the whole hub shares lives here, in one `HubContext` per set of
+engine settings:
+
+- the docker-py client, created once under a lock (at hub start, on the event
+  loop, before any thread exists) and never replaced: when the engine does not
+  answer, nothing is stored and the next call tries again;
+- the thread pool for Docker calls;
+- the GPU brokers, the engine facts and the isolation checks, each keyed by the
+  settings it depends on.
+
+`hub_context` finds or builds the context under a process-wide lock;
+`reset_hub_contexts` forgets them all (for tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import docker.errors
+import requests.exceptions
+
+#: the errors docker-py raises when the engine cannot be reached or goes away
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+class EngineUnavailable(Exception):
+    """The Docker engine does not answer; the message says where it was asked and why."""
+
+
+def engine_address(client_kwargs: dict) -> str:
+    """Where the engine is asked, for messages (the settings' base_url, DOCKER_HOST, or the default)."""
+    return (
+        client_kwargs.get("base_url")
+        or os.environ.get("DOCKER_HOST")
+        or "unix:///var/run/docker.sock"
+    )
+
+
+def unreachable_message(address: str, error: BaseException) -> str:
+    return (
+        f"Cannot reach the Docker engine at {address}: {error}. Is the engine running, and "
+        "may this account use it (the docker group, DOCKER_HOST, DockerSpawner.client_kwargs)?"
+    )
+
+
+@dataclass
+class IsolationCheck:
+    """The last check of one users' network's isolation (see `HardenedSpawner`)."""
+
+    when: float
+    method: str
+    problems: tuple[str, ...]
+    blocking: tuple[str, ...] = ()
+
+
+class HubContext:
+    """The engine client, the Docker thread pool and the hub-wide tables of one hub."""
+
+    def __init__(self, connect: Callable[[], Any], threads: int, address: str = ""):
+        """``connect`` makes the docker-py client (it may ask the engine its API version)."""
+        self.address = address or engine_address({})
+        self._connect = connect
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="hardened-docker")
+        # asyncio primitives bind to the running loop at first use, not here
+        self.engine_lock = asyncio.Lock()
+        self.isolation_lock = asyncio.Lock()
+        #: one spawn at a time picks and claims a UID (see `uid_claims`)
+        self.uid_lock = asyncio.Lock()
+        #: facts about the engine, keyed by the users' network they were gathered for
+        self.engine_facts: dict[str, dict] = {}
+        #: the last isolation check, keyed by (network name, the policy's digest)
+        self.isolation: dict[tuple[str, str], IsolationCheck] = {}
+        #: GPU brokers, keyed by the inventory and policy they were built from
+        self.brokers: dict[str, Any] = {}
+        self._brokers_lock = threading.Lock()
+
+    @property
+    def client(self):
+        """The one docker-py client; raises `EngineUnavailable` (and keeps trying on
+        later calls) while the engine does not answer."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    self._client = self._connect()
+                except ENGINE_ERRORS as e:
+                    raise EngineUnavailable(unreachable_message(self.address, e)) from None
+            return self._client
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    def run(self, function: Callable, *args) -> asyncio.Future:
+        """Run a blocking function (engine calls, subprocesses) on the Docker threads."""
+        return asyncio.wrap_future(self.executor.submit(function, *args))
+
+    def docker(self, method: str, *args, **kwargs) -> asyncio.Future:
+        """Call a docker-py ``APIClient`` method on the Docker threads."""
+        return self.run(lambda: getattr(self.client, method)(*args, **kwargs))
+
+    def broker(self, key: str, build: Callable[[], Any]):
+        """The GPU broker for these settings, built by ``build`` the first time."""
+        with self._brokers_lock:
+            found = self.brokers.get(key)
+            if found is None:
+                found = self.brokers[key] = build()
+            return found
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class _Registry:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    contexts: dict[str, HubContext] = field(default_factory=dict)
+
+
+_REGISTRY = _Registry()
+
+
+def context_key(settings: dict, threads: int) -> str:
+    """The same engine settings give the same key (objects in them count by their type)."""
+    return json.dumps([settings, threads], sort_keys=True, default=lambda o: f"<{type(o).__name__}>")
+
+
+def hub_context(settings: dict, threads: int, connect: Callable[[], Any],
+                address: str = "") -> HubContext:
+    """The context for these engine settings (``settings``: what ``connect`` reads),
+    built the first time they are asked for."""
+    key = context_key(settings, threads)
+    with _REGISTRY.lock:
+        context = _REGISTRY.contexts.get(key)
+        if context is None:
+            context = _REGISTRY.contexts[key] = HubContext(connect, threads, address)
+        return context
+
+
+def reset_hub_contexts() -> None:
+    """Forget every context (tests that build hubs with other settings in one process)."""
+    with _REGISTRY.lock:
+        for context in _REGISTRY.contexts.values():
+            context.shutdown()
+        _REGISTRY.contexts.clear()

@@ -1,0 +1,75 @@
+"""Which UIDs the engine says are held, and claiming a free one atomically.
+
+The engine's labels, not the hub's database, are the truth about UIDs: a
+database that starts over (deleted, an old backup, a second hub on the same
+engine) hands its user ids out again, but every workspace and server still
+carries the UID its files belong to (`labels.UID`, `labels.OWNER`).
+
+A UID is claimed by creating an empty volume named after it, labelled with its
+owner. The engine creates a volume of a given name once (it locks per name;
+creating an existing name returns the one already there), so of two spawns,
+in one hub or in two, that pick the same free UID at the same moment exactly
+one gets it; the other sees someone else's owner label and tries the next.
+
+These are plain functions over a docker-py ``APIClient``, called from the
+hub's Docker threads.
+"""
+
+from __future__ import annotations
+
+import docker.errors
+
+from . import labels
+
+_MANAGED = {"label": [f"{labels.MANAGED}=true"]}
+
+
+def claim_name(uid: int) -> str:
+    return f"hardened-spawner-uid-{uid}"
+
+
+def uid_holders(client) -> dict[int, set[str]]:
+    """UID -> the owners whose managed volumes or containers carry it."""
+    found: list[dict] = list(client.volumes(filters=_MANAGED).get("Volumes") or [])
+    found += client.containers(all=True, filters=_MANAGED)
+    holders: dict[int, set[str]] = {}
+    for item in found:
+        item_labels = item.get("Labels") or {}
+        try:
+            uid = int(item_labels.get(labels.UID, ""))
+        except ValueError:
+            continue
+        holders.setdefault(uid, set()).add(item_labels.get(labels.OWNER, ""))
+    return holders
+
+
+def claimed_uid(client, owner: str) -> int | None:
+    """The UID this owner claimed earlier, if any (a user with no workspace volume yet,
+    or a host-path workspace)."""
+    filters = {"label": [f"{labels.ROLE}={labels.ROLE_UID_CLAIM}", f"{labels.OWNER}={owner}"]}
+    for volume in client.volumes(filters=filters).get("Volumes") or []:
+        volume_labels = volume.get("Labels") or {}
+        if volume_labels.get(labels.OWNER) == owner:  # the filter matches on the engine's terms
+            try:
+                return int(volume_labels.get(labels.UID, ""))
+            except ValueError:
+                continue
+    return None
+
+
+def claim(client, uid: int, owner: str, version: str) -> bool:
+    """Claim ``uid`` for ``owner``; True if it is theirs now (or was already)."""
+    claim_labels = {
+        labels.MANAGED: "true",
+        labels.ROLE: labels.ROLE_UID_CLAIM,
+        labels.OWNER: owner,
+        labels.UID: str(uid),
+        labels.VERSION: version,
+    }
+    try:
+        client.create_volume(name=claim_name(uid), labels=claim_labels)
+    except docker.errors.APIError as e:  # an existing name with other options: read it
+        if e.status_code != 409:
+            raise
+    found = client.inspect_volume(claim_name(uid)).get("Labels") or {}
+    return found.get(labels.OWNER) == owner
