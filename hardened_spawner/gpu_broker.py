@@ -79,7 +79,8 @@ class GpuBroker:
 
     async def release(self, holder) -> tuple[str, ...]:
         async with self._lock:
-            await self._ensure_rebuilt()
+            if not self._rebuilt:  # nothing assigned yet (every assign rebuilds first)
+                return ()
             released = self.allocator.release(holder)
             self._export()
             return released

@@ -847,7 +847,8 @@ class HardenedSpawner(DockerSpawner):
         decide), and the UID is claimed on the engine before anyone else can pick it.
         """
         async with self.context.uid_lock:
-            claimed = await self.context.run(uid_claims.claimed_uid, self.client, self.user.name)
+            workspace = self._workspace_source()[0]
+            claimed = await self.context.run(uid_claims.claimed_uid, self.client, self.user.name, workspace)
             decision = resolve_uid(
                 self.user.name,
                 from_state=self._uid,
@@ -858,30 +859,30 @@ class HardenedSpawner(DockerSpawner):
                 self.log.warning(decision.warning)
             uid = decision.uid
             if uid is None:
-                uid = await self.context.run(self._claim_free_uid)
+                uid = await self.context.run(self._claim_free_uid, workspace)
             else:
-                await self.context.run(self._claim_known_uid, uid, decision.source)
+                await self.context.run(self._claim_known_uid, uid, decision.source, workspace)
         self._uid = uid
         return make_identity(self.user.name, uid, self.home_template)
 
-    def _claim_free_uid(self) -> int:
+    def _claim_free_uid(self, workspace: str) -> int:
         """(On a Docker thread) the first free UID from the derived one on, claimed."""
         holders = uid_claims.uid_holders(self.client)
         taken = {uid for uid, owners in holders.items() if owners - {self.user.name}}
         preferred = derived_uid(self.user.id, self.uid_min, self.uid_max)
         while True:
             uid = first_free_uid(preferred, self.uid_min, self.uid_max, taken)
-            if uid_claims.claim(self.client, uid, self.user.name, __version__):
+            if uid_claims.claim(self.client, uid, self.user.name, workspace, __version__):
                 if uid != preferred:
                     self.log.info("%s gets UID %s: %s is held by another user's files",
                                   self.user.name, uid, preferred)
                 return uid
             taken.add(uid)  # claimed by another hub in the meantime
 
-    def _claim_known_uid(self, uid: int, source: str) -> None:
+    def _claim_known_uid(self, uid: int, source: str, workspace: str) -> None:
         """(On a Docker thread) no other user's files may carry this UID; then claim it."""
         others = uid_claims.uid_holders(self.client).get(uid, set()) - {self.user.name, ""}
-        if not others and uid_claims.claim(self.client, uid, self.user.name, __version__):
+        if not others and uid_claims.claim(self.client, uid, self.user.name, workspace, __version__):
             return
         self.log.error("UID %s of %s (from %s) is also held by %s", uid, self.user.name, source,
                        ", ".join(sorted(others)) or "another hub's claim")
@@ -1057,11 +1058,32 @@ class HardenedSpawner(DockerSpawner):
         self._workspace = workspace
         self._identity_files = identity_file_sources(facts["identity_mountpoint"], identity.uid)
         self._report(55, "Creating your server container")
+        await self._refuse_another_hubs_server()
         ip, port = await super().start()
         self._report(70, "Waiting for your server to answer")
         await self._wait_until_up(ip, port)
         self.audit.emit("server-started", **self._audit_fields())
         return ip, port
+
+    async def _refuse_another_hubs_server(self) -> None:
+        """DockerSpawner removes a container in the way of a new one; never one that another
+        hub on this engine runs (two hubs whose names were left the same)."""
+        try:
+            found = await self.docker("inspect_container", self.container_name)
+        except docker.errors.NotFound:
+            return
+        other = (found["Config"].get("Labels") or {}).get(labels.HUB)
+        if found["State"]["Running"] and other and self.hub_id and other != self.hub_id:
+            raise SpawnRefused(
+                f"A server named {self.container_name} already runs on this engine for another hub "
+                "(another hub database), so yours cannot take its place. Two hubs on one engine "
+                "need names of their own: the hub admin must set HardenedSpawner.name_template, "
+                "HardenedSpawner.workspace_volume_name and HardenedSpawner.network_name to values no "
+                f"other hub uses (or, if that hub is gone for good, remove it: docker rm -f "
+                f"{self.container_name}).",
+                reason="name-taken",
+                status_code=409,
+            )
 
     async def create_object(self):
         """Decide the whole spec, let the guard judge it, and only then create."""
@@ -1167,17 +1189,51 @@ class HardenedSpawner(DockerSpawner):
             self.audit.emit("gpus-released", **self._audit_fields(devices=list(released)))
         self._gpus_held = ()
 
+    async def remove_object(self):
+        """Remove the container even while it runs: DockerSpawner's plain remove fails on a
+        running one (a server left behind when the engine went away in the middle of a
+        spawn) and then takes the 409 for a removal in progress, so the next spawn would
+        fail on the name."""
+        self.log.info("Removing container %s", self.object_id)
+        try:
+            await self.docker("remove_container", self.object_id, v=True, force=True)
+        except docker.errors.NotFound:
+            self.log.debug("Already removed container %s", self.object_id)
+        except docker.errors.APIError as e:
+            if e.status_code != 409:
+                raise
+            self.log.debug("Already removing container %s", self.object_id)
+
     async def stop(self, now=False):
-        await super().stop(now=now)
+        if not self.object_id:  # a server whose start the hub never saw finish
+            await self.get_object()  # finds its container by name, if there is one
+        if self.object_id:
+            await super().stop(now=now)
         await self._release_gpus()
         self.audit.emit("server-stopped", **self._audit_fields())
 
     async def poll(self):
+        if not self.object_id and not self._spawn_pending:
+            return await self._discard_unfinished_spawn()
         status = await super().poll()
         if status is not None and await self.gpus.held_by(holder_key(self.user.name, self.name)):
             self.audit.emit("server-died", **self._audit_fields(reason=str(status)))
             await self._release_gpus()
         return status
+
+    async def _discard_unfinished_spawn(self) -> str:
+        """The database has this server as started, but no container was ever recorded for
+        it: the hub stopped in the middle of its spawn. What that spawn left is no server the
+        hub can trust (its address was never recorded either): it is removed now, and the
+        server reported gone, instead of the hub waiting out http_timeout for it."""
+        reason = "the hub stopped in the middle of this server's spawn"
+        if await self.get_object():
+            self.log.warning("Removing %s's container %s: %s", self._log_name, self.object_name, reason)
+            await self.remove_object()
+            self.audit.emit("orphan-removed", **self._audit_fields(reason=reason))
+            self.object_id = ""
+        await self._release_gpus()
+        return reason
 
     # --- audit -------------------------------------------------------------
 

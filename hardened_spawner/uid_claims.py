@@ -22,6 +22,8 @@ import docker.errors
 from . import labels
 
 _MANAGED = {"label": [f"{labels.MANAGED}=true"]}
+#: the workspace (volume name or host path) a claim was made for
+WORKSPACE = f"{labels.PREFIX}.workspace"
 
 
 def claim_name(uid: int) -> str:
@@ -43,13 +45,14 @@ def uid_holders(client) -> dict[int, set[str]]:
     return holders
 
 
-def claimed_uid(client, owner: str) -> int | None:
-    """The UID this owner claimed earlier, if any (a user with no workspace volume yet,
-    or a host-path workspace)."""
+def claimed_uid(client, owner: str, workspace: str) -> int | None:
+    """The UID this owner claimed earlier for this workspace (a volume name or a host
+    path), if any: a user whose workspace volume is not made yet, or a host-path one.
+    Another hub's user of the same name has another workspace, and so no claim here."""
     filters = {"label": [f"{labels.ROLE}={labels.ROLE_UID_CLAIM}", f"{labels.OWNER}={owner}"]}
     for volume in client.volumes(filters=filters).get("Volumes") or []:
         volume_labels = volume.get("Labels") or {}
-        if volume_labels.get(labels.OWNER) == owner:  # the filter matches on the engine's terms
+        if volume_labels.get(labels.OWNER) == owner and volume_labels.get(WORKSPACE) == workspace:
             try:
                 return int(volume_labels.get(labels.UID, ""))
             except ValueError:
@@ -57,13 +60,14 @@ def claimed_uid(client, owner: str) -> int | None:
     return None
 
 
-def claim(client, uid: int, owner: str, version: str) -> bool:
-    """Claim ``uid`` for ``owner``; True if it is theirs now (or was already)."""
+def claim(client, uid: int, owner: str, workspace: str, version: str) -> bool:
+    """Claim ``uid`` for ``owner``'s ``workspace``; True if it is theirs now (or was already)."""
     claim_labels = {
         labels.MANAGED: "true",
         labels.ROLE: labels.ROLE_UID_CLAIM,
         labels.OWNER: owner,
         labels.UID: str(uid),
+        WORKSPACE: workspace,
         labels.VERSION: version,
     }
     try:
@@ -72,4 +76,4 @@ def claim(client, uid: int, owner: str, version: str) -> bool:
         if e.status_code != 409:
             raise
     found = client.inspect_volume(claim_name(uid)).get("Labels") or {}
-    return found.get(labels.OWNER) == owner
+    return found.get(labels.OWNER) == owner and found.get(WORKSPACE) == workspace

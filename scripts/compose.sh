@@ -5,7 +5,9 @@
 #   scripts/compose.sh build         # prepare; rebuild the hub image if its inputs changed
 #   scripts/compose.sh prepare       # prepare only
 #   scripts/compose.sh ps | logs -f hub | restart hub | down | ...   (no preparation)
-#   scripts/compose.sh firewall-remove   # after `down`: take the users' network rules away
+#   scripts/compose.sh stop-servers      # after `down`: stop the users' servers (workspaces stay)
+#   scripts/compose.sh firewall-remove   # then take the users' network rules away
+#   `exec` gets -T by itself when there is no terminal (cron, scripts)
 #
 # "Prepare" (run as root, safe to repeat, every step checks first):
 #   1. scripts/setup.sh: the engine, docker-compose, the Debian base, the single-user image
@@ -237,10 +239,37 @@ prepare() {
     build_hub_image
 }
 
-# After `down`: the rules stay while servers may still run; this takes them away.
+# The users' servers on this stack's users' network (their workspaces are volumes, kept).
+servers_running() {
+    docker ps -q --filter "network=$HARDENED_NETWORK" \
+        --filter "label=org.jupyter.hardened-spawner.role=server"
+}
+
+# After `down` the hub that would stop the servers is gone: this stops them.
+stop_servers() {
+    local ids
+    ids="$(servers_running)"
+    [ -n "$ids" ] || { step "no users' servers run on $HARDENED_NETWORK"; return 0; }
+    step "stop and remove $(wc -w <<<"$ids") users' server(s) on $HARDENED_NETWORK (workspaces are kept)"
+    # shellcheck disable=SC2086
+    docker rm -f $ids >/dev/null
+}
+
+# After `down` and stop-servers: the rules stay while servers may still run; this takes them away.
 firewall_remove() {
     [ -x "$VENV/bin/hardened-spawner" ] || die "run scripts/compose.sh prepare first"
+    [ -z "$(servers_running)" ] || die "users' servers still run on $HARDENED_NETWORK; without the rules they could reach each other. Stop them first: scripts/compose.sh stop-servers"
     "$VENV/bin/hardened-spawner" firewall remove --network "$HARDENED_NETWORK"
+}
+
+# `exec` without a terminal (cron, a script): docker-compose would fail with
+# "the input device is not a TTY" unless told -T.
+compose_exec() {
+    shift
+    if [ -t 0 ] || [[ " $* " == *" -T "* ]]; then
+        exec docker-compose exec "$@"
+    fi
+    exec docker-compose exec -T "$@"
 }
 
 cd "$REPO"
@@ -250,6 +279,8 @@ case "${1:-}" in
     build) shift; prepare; [ $# -eq 0 ] || exec docker-compose build "$@"; exit 0 ;;
     up) prepare; exec docker-compose "$@" ;;
     firewall-remove) firewall_remove; exit 0 ;;
+    stop-servers) stop_servers; exit 0 ;;
+    exec) host_settings; compose_exec "$@" ;;
     "") usage >&2; exit 2 ;;
     *) host_settings; exec docker-compose "$@" ;;
 esac

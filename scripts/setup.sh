@@ -59,6 +59,8 @@ if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null \
     apt_install docker.io debootstrap docker-compose iptables
 fi
 python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+# the tests put socat between a hub and the engine, to cut the engine off mid-spawn
+[ "$GPU_STUB" -eq 0 ] || command -v socat >/dev/null || apt_install socat
 command -v npm >/dev/null || apt_install nodejs npm
 
 # ------------------------------------------------------------------ dockerd
@@ -105,8 +107,14 @@ else
 fi
 
 # ------------------------------------------------------------------ base image
+LOCAL_BASE=hardened-spawner-base:bookworm
 if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     step "base image $BASE_IMAGE present"
+elif [ "$BASE_IMAGE" != "$LOCAL_BASE" ]; then
+    # an image the admin named (a CUDA PyTorch base): pull it, never build a stand-in
+    step "docker pull $BASE_IMAGE"
+    docker pull -q "$BASE_IMAGE" >/dev/null 2>&1 \
+        || die "the base image $BASE_IMAGE is not on this engine and cannot be pulled. Pull it where a registry answers (docker pull $BASE_IMAGE), or docker load it from a saved copy, then run this again; or unset BASE_IMAGE for the CPU-only Debian base $LOCAL_BASE."
 else
     step "build base image $BASE_IMAGE with debootstrap (about a minute)"
     rootfs="$(mktemp -d /var/tmp/hardened-spawner-rootfs.XXXXXX)"

@@ -25,6 +25,8 @@ import docker
 import requests
 import websocket
 
+from hardened_spawner import labels
+
 SINGLEUSER_IMAGE = os.environ.get("SINGLEUSER_IMAGE", "hardened-spawner-singleuser:latest")
 #: Every engine object a test run creates carries this prefix, so it can be cleaned up;
 #: two test sessions on one engine need different prefixes and UID bases.
@@ -217,13 +219,23 @@ class Hub:
         return SpawnResult(bool(last.get("ready")), r.status_code, last.get("message", ""), events)
 
     def progress_events(self, name: str, timeout: float = 180, server: str = ""):
-        """The spawn's progress events as they arrive, up to ``ready`` or ``failed``."""
-        with requests.get(
-            f"{self.url}/hub/api{_server_path(name, server)}/progress",
-            headers={"Authorization": f"token {self.token}"},
-            stream=True,
-            timeout=timeout,
-        ) as r:
+        """The spawn's progress events as they arrive, up to ``ready`` or ``failed``.
+
+        A spawn that fails at once is still cleaning up for a moment, and the hub then answers
+        400 "not starting" until it is done: asked again, as the spawn page reloads, it tells
+        how the spawn failed."""
+        for _ in range(20):
+            r = requests.get(
+                f"{self.url}/hub/api{_server_path(name, server)}/progress",
+                headers={"Authorization": f"token {self.token}"},
+                stream=True,
+                timeout=timeout,
+            )
+            if r.status_code != 400 or "is not starting" not in r.text:
+                break
+            r.close()
+            time.sleep(0.25)
+        with r:
             for line in r.iter_lines(decode_unicode=True):
                 if line and line.startswith("data:"):
                     event = json.loads(line[5:])
@@ -376,6 +388,11 @@ def cleanup_engine() -> None:
         volume.remove(force=True)
     for network in client.networks.list(names=[f"{TEST_PREFIX}-users"]):
         network.remove()
+    # the UIDs the test hubs claimed (all in this run's range)
+    claims = {"label": f"{labels.ROLE}={labels.ROLE_UID_CLAIM}"}
+    for volume in client.volumes.list(filters=claims):
+        if UID_BASE <= int(volume.attrs["Labels"].get(labels.UID, 0)) < UID_BASE + 1_000_000:
+            volume.remove(force=True)
 
 
 class Browser:

@@ -1,7 +1,6 @@
 """The admin commands without an engine: reports from literal `docker inspect` and `docker ps`
 dicts, the table and JSON outputs, exit statuses, argument parsing, and the hub-start audit."""
 
-import asyncio
 import copy
 import io
 import json
