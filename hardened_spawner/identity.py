@@ -161,15 +161,18 @@ def resolve_uid(
     *,
     from_state: int | None,
     from_workspace: int | None,
-    from_policy: int | None,
+    from_policy: int,
+    static: bool = True,
 ) -> UidDecision:
     """Choose the UID for this start, preferring what the user already has.
 
     Order: the hub's stored spawner state, then the label on the user's
     existing workspace (the engine remembers even if the hub database was
-    reset), then a static UID from `uid_map`. A static UID that now disagrees
-    is reported, never applied: moving a user would orphan their files. With
-    none of these (`source` "new"), the spawner picks the first free UID.
+    reset), then the policy: a static UID from `uid_map`, or (``static``
+    False) only the derived UID the user would be offered. A policy that now
+    disagrees is reported, never applied: moving a user would orphan their
+    files. With nothing remembered and no static UID (`source` "new"), the
+    spawner picks the first free UID from the offer on.
     """
     for uid, source in ((from_state, "state"), (from_workspace, "workspace")):
         if uid is None:
@@ -181,14 +184,14 @@ def resolve_uid(
                 "An admin must check the workspace volume's labels and the user's state."
             )
         warning = None
-        if from_policy is not None and uid != from_policy:
+        if uid != from_policy:
             warning = (
                 f"{username} keeps UID {uid} (from {source}); the current policy "
                 f"would give {from_policy}. Users never move UIDs over existing files; "
                 "to move this user, migrate their workspace and clear their state."
             )
         return UidDecision(uid, source, warning)
-    if from_policy is None:
+    if not static:
         return UidDecision(None, "new")
     return UidDecision(from_policy, "policy")
 

@@ -122,14 +122,17 @@ class HardenedSpawner(DockerSpawner):
 
     uid_min = Integer(
         200000,
-        help="""Lowest UID handed out. A user's default UID is `uid_min + hub user id`
-        (and their private GID is the same number). Keep the range above every
-        account on the Docker host, so files in workspaces never map to a host user.""",
+        help="""Lowest UID handed out. A new user is offered `uid_min + hub user id` (their
+        private GID is the same number); when a label on the engine (someone's workspace,
+        from an earlier hub database too) already holds that UID, they get the next free
+        one. Keep the range above every account on the Docker host, so files in workspaces
+        never map to a host user.""",
     ).tag(config=True)
 
     uid_max = Integer(
         999_999_999,
-        help="Highest UID handed out; a spawn that would need more is refused with a clear message.",
+        help="""Highest UID handed out. Only when every UID from `uid_min` to here is held is a
+        new user refused, with a message naming this setting.""",
     ).tag(config=True)
 
     uid_map = Union(
@@ -849,11 +852,13 @@ class HardenedSpawner(DockerSpawner):
         async with self.context.uid_lock:
             workspace = self._workspace_source()[0]
             claimed = await self.context.run(uid_claims.claimed_uid, self.client, self.user.name, workspace)
+            static = await self._static_uid()
             decision = resolve_uid(
                 self.user.name,
                 from_state=self._uid,
                 from_workspace=await self._workspace_uid() or claimed,
-                from_policy=await self._static_uid(),
+                from_policy=derived_uid(self.user.id, self.uid_min, self.uid_max) if static is None else static,
+                static=static is not None,
             )
             if decision.warning:
                 self.log.warning(decision.warning)

@@ -5,13 +5,22 @@ the proof that the hardening works, and CI must not pass without them.
 """
 
 import shutil
+from pathlib import Path
 
 import docker
 import pytest
 
 from .hubtools import SINGLEUSER_IMAGE, UID_BASE, Hub, cleanup_engine
 
-pytestmark = pytest.mark.integration
+INTEGRATION = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items):
+    """Every test in this folder needs the engine: mark it, so `-m "not integration"` leaves
+    them all out (a `pytestmark` in a conftest file marks nothing)."""
+    for item in items:
+        if INTEGRATION in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

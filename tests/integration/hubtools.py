@@ -379,15 +379,21 @@ class Execution:
     status: str | None
 
 
+def remove_named(prefix: str) -> None:
+    """Remove the containers and volumes named with ``prefix``, and its users' network."""
+    client = docker.from_env()
+    for container in client.containers.list(all=True, filters={"name": prefix}):
+        container.remove(force=True)
+    for volume in client.volumes.list(filters={"name": prefix}):
+        volume.remove(force=True)
+    for network in client.networks.list(names=[f"{prefix}-users"]):
+        network.remove()
+
+
 def cleanup_engine() -> None:
     """Remove every container, volume and network a test run made (by name prefix)."""
+    remove_named(TEST_PREFIX)
     client = docker.from_env()
-    for container in client.containers.list(all=True, filters={"name": TEST_PREFIX}):
-        container.remove(force=True)
-    for volume in client.volumes.list(filters={"name": TEST_PREFIX}):
-        volume.remove(force=True)
-    for network in client.networks.list(names=[f"{TEST_PREFIX}-users"]):
-        network.remove()
     # the UIDs the test hubs claimed (all in this run's range)
     claims = {"label": f"{labels.ROLE}={labels.ROLE_UID_CLAIM}"}
     for volume in client.volumes.list(filters=claims):

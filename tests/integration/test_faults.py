@@ -22,7 +22,7 @@ import requests
 
 from hardened_spawner import labels
 
-from .hubtools import TEST_PREFIX, UID_BASE, Hub, Kernel, docker0_address, firewall
+from .hubtools import TEST_PREFIX, UID_BASE, Hub, Kernel, docker0_address, firewall, remove_named
 
 pytestmark = pytest.mark.integration
 
@@ -58,15 +58,6 @@ def running_hub(workdir: Path, config: str, uid_min: int) -> Hub:
     return Hub(workdir=workdir, extra_config=config, uid_min=uid_min).start()
 
 
-def remove_by_name(engine, prefix: str) -> None:
-    for c in engine.containers.list(all=True, filters={"name": prefix}):
-        c.remove(force=True)
-    for v in engine.volumes.list(filters={"name": prefix}):
-        v.remove(force=True)
-    for n in engine.networks.list(names=[f"{prefix}-users"]):
-        n.remove()
-
-
 @pytest.fixture
 def cleanup(engine):
     """Hubs and engine objects of one test, removed at its end (even when it fails)."""
@@ -76,7 +67,7 @@ def cleanup(engine):
     for hub in hubs:
         hub.stop()
     for prefix in prefixes:
-        remove_by_name(engine, prefix)
+        remove_named(prefix)
 
 
 # --- UIDs survive a database that starts over ----------------------------------------

@@ -393,7 +393,10 @@ def test_egress_none_refuses_then_only_the_hub_answers(none_hub, servers, engine
     none_hub.create_user("carol")
     refused = none_hub.spawn("carol")
     assert not refused.ready
-    assert "the network isolation this hub requires is not in place" in refused.message, refused.message
+    # the rules in force were applied for internet_hub (another port): this hub's servers
+    # could never reach it, which is refused at once with the command that fixes it
+    assert "the network rules in place on this server stop servers from reaching this hub" in refused.message, refused.message
+    assert "hardened-spawner firewall apply --network" in refused.message
     log = none_hub.log_path.read_text()
     assert "(checked by probe)" in log and "other settings" in log
 

@@ -289,15 +289,28 @@ def _moved(source, uid, policy):
         # no state: the workspace label wins over the policy
         (None, 400001, 400001, UidDecision(400001, "workspace")),
         (None, 400001, 500001, UidDecision(400001, "workspace", _moved("workspace", 400001, 500001))),
-        # no uid_map entry: remembered UIDs are kept without a warning, else a free one is picked
-        (None, 400001, None, UidDecision(400001, "workspace")),
-        (300001, None, None, UidDecision(300001, "state")),
-        (None, None, None, UidDecision(None, "new")),
     ],
 )
 def test_resolve_uid(from_state, from_workspace, from_policy, expected):
     decision = resolve_uid(
         "alice", from_state=from_state, from_workspace=from_workspace, from_policy=from_policy
+    )
+    assert decision == expected
+
+
+@pytest.mark.parametrize(
+    "from_state, from_workspace, expected",
+    [
+        # no uid_map entry: remembered UIDs are kept (a differing offer is reported) ...
+        (None, 400001, UidDecision(400001, "workspace", _moved("workspace", 400001, 300001))),
+        (300001, None, UidDecision(300001, "state")),
+        # ... and with nothing remembered the spawner picks a free UID from the offer on
+        (None, None, UidDecision(None, "new")),
+    ],
+)
+def test_resolve_uid_without_a_static_uid(from_state, from_workspace, expected):
+    decision = resolve_uid(
+        "alice", from_state=from_state, from_workspace=from_workspace, from_policy=300001, static=False
     )
     assert decision == expected
 

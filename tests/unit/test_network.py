@@ -967,3 +967,42 @@ def test_watch_is_checked_before_anything_runs(argv, capsys):
     assert capsys.readouterr().err == (
         "hardened-spawner firewall: --watch goes with apply, and needs a positive number of seconds\n"
     )
+
+
+# --- rules in force that block this hub (issue 15) --------------------------------------
+
+
+def test_rules_made_for_another_hubs_port_block_this_hub():
+    fake = FakeIptables(DOCKER_ONLY)
+    other_hub = IsolationPolicy("172.17.0.1", 9090)
+    firewall.apply(FACTS, other_hub, fake)
+    verdict = firewall.check(FakeClient(), FACTS, HOST_HUB, run=fake)
+    assert verdict.method == "iptables"
+    assert verdict.blocking == [
+        "iptables: the rules in HS-FWD-hs-u were made for another hub: they lack -A HS-FWD-hs-u "
+        "-d 172.17.0.1/32 -p tcp -m tcp --dport 8081 -m comment --comment "
+        '"hardened-spawner:hs-u:hub-api" -j ACCEPT, so servers cannot reach this hub',
+        "iptables: the rules in HS-IN-hs-u were made for another hub: they lack -A HS-IN-hs-u "
+        "-d 172.17.0.1/32 -p tcp -m tcp --dport 8081 -m comment --comment "
+        '"hardened-spawner:hs-u:hub-api" -j ACCEPT, so servers cannot reach this hub',
+    ]
+    assert verdict.problems  # and they differ from this hub's plan, as before
+
+
+def test_no_rules_or_this_hubs_rules_block_nothing():
+    fake = FakeIptables(DOCKER_ONLY)
+    assert firewall.check(FakeClient(), FACTS, HOST_HUB, run=fake).blocking == []  # no rules yet
+    firewall.apply(FACTS, IsolationPolicy("172.17.0.1", 8081, egress="none"), fake)
+    # other settings, the same hub: weaker or stricter isolation, but servers reach the hub
+    verdict = firewall.check(FakeClient(), FACTS, HOST_HUB, run=fake)
+    assert verdict.problems and verdict.blocking == []
+
+
+def test_a_probe_that_cannot_reach_the_hub_blocks_it(monkeypatch):
+    monkeypatch.setattr(firewall, "read_boot_id", lambda: "boot-1")
+    marker = marker_labels(FACTS, HOST_HUB, "boot-1", "2025-01-01T00:00:00+00:00", "1.0")
+    client = FakeClient(marker, '{"hub": "rejected", "canary": "rejected"}')
+    verdict = firewall.check(client, FACTS, HOST_HUB, image="img", run=FakeIptables(None))
+    assert verdict.blocking == [
+        "a container on the users' network cannot reach the hub API at 172.17.0.1:8081 (rejected)"]
+    assert verdict.problems == verdict.blocking
