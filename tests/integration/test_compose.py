@@ -76,8 +76,9 @@ def compose_env() -> dict[str, str]:
 
 def run(cmd: list[str], timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     started = time.monotonic()
-    result = subprocess.run(
-        cmd, cwd=REPO, env=compose_env(), capture_output=True, text=True, timeout=timeout
+    result = subprocess.run(  # no terminal, as from cron or a script
+        cmd, cwd=REPO, env=compose_env(), capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
     print(f"$ {' '.join(cmd)}  ({time.monotonic() - started:.1f} s, rc {result.returncode})")
     if check and result.returncode != 0:
@@ -355,4 +356,45 @@ def test_compose_stack_keeps_servers_across_hub_restarts(client):
     assert client.volumes.get(HUB_DATA)  # the hub's database and cookie secret, for the next `up`
     assert client.containers.get(SERVER_CONTAINER).status == "running"
 
+    # --- the README's audit command, as a script runs it (no -T, no terminal)
+    up_again = compose("up", "-d", timeout=600)
+    wait_for("the hub answers again", lambda: requests.get(f"{BASE}/hub/api/", timeout=3).ok, timeout=120)
+    audit = compose("exec", "hub", "hardened-spawner", "check", "--config",
+                    "/srv/jupyterhub/jupyterhub_config.py", SERVER_CONTAINER, check=False)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "the input device is not a TTY" not in audit.stderr
+    compose("down", "--timeout", "20")
+    assert up_again.returncode == 0
+
+    # --- taking the stack away for good: servers first, then the rules
+    refused = compose("firewall-remove", check=False)
+    assert refused.returncode != 0
+    assert "users' servers still run on" in refused.stderr and "scripts/compose.sh stop-servers" in refused.stderr
+    assert f"-N HS-FWD-{bridge}" in iptables_rules()
+    compose("stop-servers")
+    assert not client.containers.list(all=True, filters={"name": f"^{SERVER_CONTAINER}$"})
+    assert client.volumes.get(WORKSPACE)  # the workspace stays
+    compose("firewall-remove")
+    assert f"-N HS-FWD-{bridge}" not in iptables_rules()
+
     print("timings:", ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+
+
+def test_setup_never_builds_a_stand_in_for_a_missing_base_image(client):
+    """A BASE_IMAGE the admin named (a CUDA PyTorch base) that is not there is pulled, or
+    setup stops saying what to pull: never a Debian stand-in tagged with that name."""
+    missing, image = f"{PROJECT}-missing/pytorch:0-cuda", f"{PROJECT}-never-built:latest"
+    done = subprocess.run(
+        [str(REPO / "scripts" / "setup.sh")], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "BASE_IMAGE": missing, "SINGLEUSER_IMAGE": image}, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 1, done.stdout[-2000:]
+    assert (
+        f"setup.sh: error: the base image {missing} is not on this engine and cannot be pulled. "
+        f"Pull it where a registry answers (docker pull {missing}), or docker load it from a "
+        "saved copy, then run this again; or unset BASE_IMAGE for the CPU-only Debian base "
+        f"{LOCAL_BASE}." in done.stderr
+    ), done.stderr
+    for name in (missing, image):
+        with pytest.raises(docker.errors.ImageNotFound):
+            client.images.get(name)
