@@ -1070,15 +1070,27 @@ class HardenedSpawner(DockerSpawner):
         self.audit.emit("server-started", **self._audit_fields())
         return ip, port
 
+    def _another_hubs(self, container: dict) -> bool:
+        other = (container["Config"].get("Labels") or {}).get(labels.HUB)
+        return bool(other and self.hub_id and other != self.hub_id)
+
+    async def _own_container(self) -> dict | None:
+        """This server's container found by its name, unless another hub's database started it
+        (two hubs whose names were left the same): that one is never ours to stop or remove."""
+        found = await self.get_object()
+        if found is not None and self._another_hubs(found):
+            self.object_id = ""
+            return None
+        return found
+
     async def _refuse_another_hubs_server(self) -> None:
         """DockerSpawner removes a container in the way of a new one; never one that another
-        hub on this engine runs (two hubs whose names were left the same)."""
+        hub on this engine runs."""
         try:
             found = await self.docker("inspect_container", self.container_name)
         except docker.errors.NotFound:
             return
-        other = (found["Config"].get("Labels") or {}).get(labels.HUB)
-        if found["State"]["Running"] and other and self.hub_id and other != self.hub_id:
+        if found["State"]["Running"] and self._another_hubs(found):
             raise SpawnRefused(
                 f"A server named {self.container_name} already runs on this engine for another hub "
                 "(another hub database), so yours cannot take its place. Two hubs on one engine "
@@ -1211,7 +1223,7 @@ class HardenedSpawner(DockerSpawner):
 
     async def stop(self, now=False):
         if not self.object_id:  # a server whose start the hub never saw finish
-            await self.get_object()  # finds its container by name, if there is one
+            await self._own_container()
         if self.object_id:
             await super().stop(now=now)
         await self._release_gpus()
@@ -1232,7 +1244,7 @@ class HardenedSpawner(DockerSpawner):
         hub can trust (its address was never recorded either): it is removed now, and the
         server reported gone, instead of the hub waiting out http_timeout for it."""
         reason = "the hub stopped in the middle of this server's spawn"
-        if await self.get_object():
+        if await self._own_container():
             self.log.warning("Removing %s's container %s: %s", self._log_name, self.object_name, reason)
             await self.remove_object()
             self.audit.emit("orphan-removed", **self._audit_fields(reason=reason))

@@ -432,3 +432,30 @@ def test_rules_that_block_this_hubs_api_refuse_the_spawn_at_once(engine, tmp_pat
         assert hub.spawn("bl-hana").ready
     finally:
         firewall("remove", "--network", network)
+
+
+# --- two hubs on one engine ----------------------------------------------------------------
+
+
+def test_a_hub_never_takes_the_place_of_another_hubs_running_server(engine, tmp_path, cleanup):
+    hubs, prefixes = cleanup
+    prefix = f"{TEST_PREFIX}-two"
+    prefixes.append(prefix)
+    first = running_hub(tmp_path / "first", names("two"), UID_BASE + 980_000)
+    second = running_hub(tmp_path / "second", names("two"), UID_BASE + 985_000)  # same names, left as they were
+    hubs += [first, second]
+    for hub in (first, second):
+        hub.create_user("tw-ivy")
+    assert first.spawn("tw-ivy").ready
+    [server] = engine.containers.list(filters={"label": f"{labels.OWNER}=tw-ivy"})
+    refused = second.spawn("tw-ivy")
+    assert not refused.ready
+    assert refused.message == (
+        f"Spawn failed: A server named {server.name} already runs on this engine for another hub "
+        "(another hub database), so yours cannot take its place. Two hubs on one engine need names "
+        "of their own: the hub admin must set HardenedSpawner.name_template, "
+        "HardenedSpawner.workspace_volume_name and HardenedSpawner.network_name to values no other "
+        f"hub uses (or, if that hub is gone for good, remove it: docker rm -f {server.name})."
+    )
+    assert engine.containers.get(server.name).id == server.id  # untouched, still the first's
+    assert run_as_user(first, "tw-ivy", "print('still mine')") == "still mine"
