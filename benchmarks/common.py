@@ -281,7 +281,7 @@ def timed_spawn(hub: hubtools.Hub, user: str, options: dict | None = None, timeo
                              "" if event.get("ready") else event.get("message", ""), steps,
                              posted_at)
         return Spawn(user, False, time.monotonic() - start, "progress stream ended early", steps)
-    except Exception as e:  # noqa: BLE001 - a dropped stream is a failed spawn, not a crash
+    except Exception as e:
         return Spawn(user, False, time.monotonic() - start, f"{type(e).__name__}: {e}", steps)
 
 
@@ -306,7 +306,7 @@ def anatomy(client: docker.DockerClient, hub: hubtools.Hub, spawn: Spawn) -> dic
             if LISTENING in line:
                 listening = _epoch(line.split(" ", 1)[0])
                 break
-    except Exception:  # noqa: BLE001 - the anatomy is a diagnosis, never a failure
+    except Exception:
         return None
     ready = spawn.posted_at + spawn.seconds
     return {
@@ -411,7 +411,7 @@ def concurrent(fn, args_list: list[tuple]) -> list:
         gate.wait()
         try:
             results[i] = fn(*args)
-        except Exception as e:  # noqa: BLE001 - recorded, reported
+        except Exception as e:
             results[i] = e
 
     threads = [threading.Thread(target=work, args=(i, a)) for i, a in enumerate(args_list)]

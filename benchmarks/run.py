@@ -90,12 +90,12 @@ def main(argv=None, default_phases=tuple(PHASES)) -> int:
             t = time.monotonic()
             try:
                 results[phase] = PHASES[phase](bench)
-            except Exception:  # noqa: BLE001 - recorded; the other measurements still run
+            except Exception:
                 failed = True
                 results["errors"][phase] = traceback.format_exc()
                 log(f"{phase} failed:\n{results['errors'][phase]}")
             results.setdefault("phase_seconds", {})[phase] = round(time.monotonic() - t, 1)
-    except Exception:  # noqa: BLE001 - recorded; the engine is still cleaned up
+    except Exception:
         failed = True
         results["errors"]["setup"] = traceback.format_exc()
         log(results["errors"]["setup"])

@@ -91,7 +91,7 @@ if __name__ == "__main__":
     batch = int(sys.argv[2]) if len(sys.argv) > 2 else 32
     try:
         result = main(seconds, batch)
-    except BaseException as e:  # noqa: BLE001 - the error is the result
+    except BaseException as e:
         # a worker's error arrives wrapped, its own message on the last line
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         message = lines[-1] if len(lines) > 1 else f"{type(e).__name__}: {e}"

@@ -50,8 +50,8 @@ class _RaiseOnError:
     """Handler mixin: write errors reach AuditTrail.emit (logging would print
     and swallow them, so a full disk would lose the trail silently)."""
 
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
-        raise  # noqa: PLE0704 (called from the handler's `except` block)
+    def handleError(self, record: logging.LogRecord) -> None:
+        raise
 
 
 class _StdHandler(_RaiseOnError, logging.StreamHandler):
@@ -62,7 +62,7 @@ class _StdHandler(_RaiseOnError, logging.StreamHandler):
         self._name = name
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return getattr(sys, self._name)
 
 

@@ -25,7 +25,7 @@ if _Base is not None:
 
 else:
 
-    class SpawnRefused(web.HTTPError):
+    class SpawnRefused(web.HTTPError):  # type: ignore[no-redef]  # the same name on JupyterHub 5
         def __init__(self, message, *, reason, log_message="", status_code=400):
             super().__init__(status_code, "%s", log_message or message)
             self.reason = reason

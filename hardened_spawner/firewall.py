@@ -151,7 +151,7 @@ def ipv6_parent(tables6: Tables | None) -> str:
 def resolve(host: str) -> str:
     """An address for a host name, IPv4 first (the hub's name on the users' network)."""
     infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    return min(infos, key=lambda info: info[0] != socket.AF_INET)[4][0]
+    return str(min(infos, key=lambda info: info[0] != socket.AF_INET)[4][0])
 
 
 def read_boot_id() -> str:
@@ -190,6 +190,8 @@ def ensure_network(client, name: str, bridge: str = "", isolation: bool = True,
             if e.status_code != 409:  # 409: another hub made it first
                 raise
         facts = load_network(client, name)
+        if facts is None:
+            raise NetworkConfigError(f"the users' network {name} was made but the engine does not show it")
     if require_hub_address and not facts.hub_address:
         raise NetworkConfigError(
             f"the users' network {name} exists but has no address reserved for the hub "
@@ -534,7 +536,7 @@ def keep_applied(client, settings: dict, policy: IsolationPolicy, interval: floa
                       file=out, flush=True)
         except (FirewallError, NetworkConfigError, OSError) as e:
             print(f"{_now()} could not apply the rules: {e}", file=out, flush=True)
-        except Exception as e:  # noqa: BLE001 - the engine's errors: keep trying, say why
+        except Exception as e:
             print(f"{_now()} could not apply the rules: {e!r}", file=out, flush=True)
         if status_file:
             _mark_status(status_file, not problems)
@@ -640,7 +642,7 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
                               "policy": policy.summary(), "problems": problems,
                               "marker": read_marker(client, facts.name) if facts else None},
                              indent=2), file=out)
-        elif problems:
+        elif problems or facts is None:
             print("NOT in place:\n" + "\n".join(f"- {p}" for p in problems), file=out)
         else:
             print(f"in place for {facts.name} (bridge {facts.bridge}; {policy.summary()})", file=out)

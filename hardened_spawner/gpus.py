@@ -193,7 +193,7 @@ def discover_nvml(nvml=None) -> tuple[GpuDevice, ...]:
     """
     if nvml is None:
         try:
-            import pynvml as nvml
+            import pynvml
         except ImportError as err:
             raise GpuConfigError(
                 "gpu_inventory",
@@ -201,6 +201,7 @@ def discover_nvml(nvml=None) -> tuple[GpuDevice, ...]:
                 "Install it (pip install 'jupyterhub-hardened-spawner[nvml]'), "
                 "or list the devices in this setting instead.",
             ) from err
+        nvml = pynvml
     try:
         nvml.nvmlInit()
     except nvml.NVMLError as err:

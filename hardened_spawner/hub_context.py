@@ -28,9 +28,10 @@ import asyncio
 import json
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import docker.errors
 import requests.exceptions

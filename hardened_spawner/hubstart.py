@@ -51,7 +51,7 @@ def install_hub_start_checks(spawner_class) -> None:
             _start_in_background(spawner, app)
         return original(app)
 
-    init_tornado_settings._hardened_spawner_check = True
+    init_tornado_settings._hardened_spawner_check = True  # type: ignore[attr-defined]
     hub_class.init_tornado_settings = init_tornado_settings
 
 

@@ -202,9 +202,7 @@ _NOT_POSIX = re.compile(r"[^a-z0-9_-]+")
 #: in the generated passwd file (``root`` would leave UID 0 without a name),
 #: so such users get ``user<UID>`` instead.
 RESERVED_NAMES = frozenset(
-    """root daemon bin sys sync games man lp mail news uucp proxy www-data backup
-    list irc gnats nobody nogroup messagebus sshd jovyan ubuntu debian admin
-    operator halt shutdown ftp docker sudo wheel adm staff users""".split()
+    ["root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody", "nogroup", "messagebus", "sshd", "jovyan", "ubuntu", "debian", "admin", "operator", "halt", "shutdown", "ftp", "docker", "sudo", "wheel", "adm", "staff", "users"]
 )
 
 

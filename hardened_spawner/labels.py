@@ -24,5 +24,3 @@ ROLE_WORKSPACE = "workspace"
 ROLE_IDENTITY = "identity"
 ROLE_HELPER = "helper"
 ROLE_UID_CLAIM = "uid-claim"  # an empty volume per UID: who holds it, claimed atomically
-
-MANAGED_FILTER = {"label": [f"{MANAGED}=true"]}

@@ -68,11 +68,6 @@ NEVER_ALLOWED = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("f
 
 REJECT = {4: ("REJECT", "--reject-with", "icmp-admin-prohibited"),
           6: ("REJECT", "--reject-with", "icmp6-adm-prohibited")}
-#: What a connect() that our REJECT refuses fails with, in the probe (EHOSTUNREACH,
-#: EACCES): distinct from "refused" (nobody listening, no rule) and from a timeout
-#: (dropped by something else, such as Docker's own inter-container rule).
-REJECTED_ERRNOS = (113, 13)
-
 IFNAMSIZ = 15  # longest Linux interface name
 _IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -182,16 +177,8 @@ def network_create_spec(network_name: str, bridge: str, isolation: bool, version
     options = {BRIDGE_OPTION: bridge}
     if isolation:
         options[ICC_OPTION] = "false"  # the engine drops container-to-container traffic
-    spec = {
-        "name": network_name,
-        "driver": "bridge",
-        "options": options,
-        "labels": {
-            labels.MANAGED: "true",
-            labels.ROLE: ROLE_NETWORK,
-            labels.VERSION: version,
-        },
-    }
+    network_labels = {labels.MANAGED: "true", labels.ROLE: ROLE_NETWORK, labels.VERSION: version}
+    spec: dict = {"name": network_name, "driver": "bridge", "options": options, "labels": network_labels}
     if subnet:
         layout = reserved_layout(subnet)
         # docker-py's IPAMConfig is this dict; built here so this module needs no docker
@@ -201,7 +188,7 @@ def network_create_spec(network_name: str, bridge: str, isolation: bool, version
                         "Gateway": layout["gateway"]}],
             "Options": {},
         }
-        spec["labels"][HUB_ADDRESS] = layout["hub_address"]
+        network_labels[HUB_ADDRESS] = layout["hub_address"]
     return spec
 
 
@@ -445,7 +432,7 @@ def family_plan(family: int, bridge: str, subnets: tuple[str, ...], policy: Isol
     hub = policy.hub_ip if ipaddress.ip_address(policy.hub_ip).version == family else None
     hub_on_bridge = hub is not None and _in_any(hub, subnets)
     trusted = [ip for ip in policy.trusted if ipaddress.ip_address(ip).version == family]
-    if hub_on_bridge:
+    if hub is not None and hub_on_bridge:
         trusted = [hub] + [ip for ip in trusted if ip != hub]
     allow = [c for c in policy.allow_cidrs if ipaddress.ip_network(c).version == family]
     dns = [ip for ip in policy.allow_dns if ipaddress.ip_address(ip).version == family]
@@ -456,7 +443,7 @@ def family_plan(family: int, bridge: str, subnets: tuple[str, ...], policy: Isol
 
     def openings(chain):
         rules = []
-        if hub and not hub_on_bridge:
+        if hub is not None and not hub_on_bridge:
             rules.append(r(chain, "hub-api", dst=_host(hub), proto="tcp", dport=policy.hub_port))
         for ip in dns:
             rules += [r(chain, "dns", dst=_host(ip), proto=p, dport=53) for p in ("udp", "tcp")]
@@ -467,7 +454,7 @@ def family_plan(family: int, bridge: str, subnets: tuple[str, ...], policy: Isol
     forward = [r(fwd, "established", match=_ESTABLISHED)]
     forward += [r(fwd, "from-hub" if ip == hub else "from-trusted", src=_host(ip), in_=bridge,
                   out=bridge) for ip in trusted]
-    if hub_on_bridge:
+    if hub is not None and hub_on_bridge:
         forward.append(r(fwd, "hub-api", dst=_host(hub), in_=bridge, out=bridge, proto="tcp",
                          dport=policy.hub_port))
     forward.append(r(fwd, "between-servers", in_=bridge, out=bridge, target=reject))
@@ -574,7 +561,7 @@ def plan_problems(plan: FamilyPlan, tables: Tables) -> list[str]:
 def _stale(bridge: str, tables: Tables, keep: Iterable[Rule], own_chains: Iterable[str]) -> list[str]:
     """`-D` lines for our tagged rules outside our chains that the plan does not keep,
     and for every extra copy of the ones it keeps."""
-    keep = {(r.chain, r.args) for r in keep}
+    kept = {(r.chain, r.args) for r in keep}
     own = set(own_chains)
     lines, seen = [], set()
     for chain in sorted(tables.rules):
@@ -583,7 +570,7 @@ def _stale(bridge: str, tables: Tables, keep: Iterable[Rule], own_chains: Iterab
         for args in tables.chain(chain):
             if not _owned(args, bridge):
                 continue
-            if (chain, args) in keep and (chain, args) not in seen:
+            if (chain, args) in kept and (chain, args) not in seen:
                 seen.add((chain, args))
                 continue
             lines.append(Rule(chain, args).line("-D"))
@@ -670,6 +657,8 @@ def attempt(port, timeout):
     except ConnectionRefusedError:
         return "refused"
     except OSError as e:
+        # what our REJECT gives (EHOSTUNREACH, EACCES): not "refused" (no listener, no rule)
+        # nor a timeout (dropped by something else, such as Docker's inter-container rule)
         return "rejected" if e.errno in (113, 13) else "error %s" % e.errno
 print(json.dumps({"hub": attempt(hub_port, 5), "canary": attempt(canary_port, 5)}))
 """

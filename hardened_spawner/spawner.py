@@ -40,8 +40,8 @@ from traitlets import (
 from . import firewall, labels, uid_claims
 from ._version import __version__
 from .audit import AuditLogError, get_audit_trail
-from .engine import gather_engine_facts, running_servers
 from .container import ServerInputs, WorkspaceMount, build_server_spec
+from .engine import gather_engine_facts, running_servers
 from .environment import hardened_environment
 from .errors import SpawnRefused
 from .gpu_broker import GpuBroker, holder_key
@@ -549,7 +549,7 @@ class HardenedSpawner(DockerSpawner):
             _as_trait_error(check_static_uids, self.uid_map, self.uid_min, self.uid_max)
         try:
             self.gpu_allocator()
-            self.audit  # opens the sink: a bad path fails now, not in a user's spawn
+            _ = self.audit  # opens the sink: a bad path fails now, not in a user's spawn
         except (GpuConfigError, AuditLogError, ValueError, OSError) as e:
             raise TraitError(str(e)) from None
 

@@ -6,4 +6,11 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$REPO/scripts/setup.sh" --gpu-stub
 cd "$REPO"
+# Lint and types first (the rule set is in pyproject.toml); only a whole run does them.
+if [ $# -eq 0 ]; then
+    echo "==> ruff check"
+    .venv/bin/ruff check .
+    echo "==> mypy"
+    .venv/bin/mypy
+fi
 exec .venv/bin/python -m pytest -ra "${@:-tests}"

@@ -125,7 +125,7 @@ class Hub:
             """
         ) + textwrap.dedent(self.extra_config)
 
-    def start(self, wait: bool = True) -> "Hub":
+    def start(self, wait: bool = True) -> Hub:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "jupyterhub_config.py"
         config.write_text(self.config_text())
@@ -208,7 +208,7 @@ class Hub:
         return r.json()["token"]
 
     def spawn(self, name: str, options: dict | None = None, timeout: float = 180,
-              server: str = "") -> "SpawnResult":
+              server: str = "") -> SpawnResult:
         """Request a server (a named one with ``server``) and follow its progress stream to
         the end, as the spawn page does."""
         r = self.api("POST", _server_path(name, server), json=options or {})
@@ -301,7 +301,7 @@ class Kernel:
         ws_url = f"ws{self.base[4:]}/api/kernels/{self.id}/channels"
         self.ws = websocket.create_connection(ws_url, header=[f"Authorization: token {self.token}"], timeout=120)
 
-    def execute(self, code: str, timeout: float = 120) -> "Execution":
+    def execute(self, code: str, timeout: float = 120) -> Execution:
         msg_id = uuid.uuid4().hex
         if not self.ws.connected:
             self._connect()

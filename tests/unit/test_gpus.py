@@ -350,7 +350,7 @@ def test_parse_static_inventory_rejects(entry):
             "raise gpu_max_users_per_gpu to let them share it without isolation.",
         ),
         (
-            GpuPolicy(pins={u: ("GPU-a",) for u in ("ann", "bo", "cy")}, max_users_per_gpu=2),
+            GpuPolicy(pins=dict.fromkeys(("ann", "bo", "cy"), ("GPU-a",)), max_users_per_gpu=2),
             FOUR,
             "gpu_pins",
             "ann, bo and cy are pinned to GPU-a, but at most 2 may hold a device "

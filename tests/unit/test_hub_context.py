@@ -48,7 +48,7 @@ def race(function, threads: int = THREADS) -> list:
         barrier.wait()
         try:
             results[i] = function()
-        except Exception as e:  # noqa: BLE001 - reported below
+        except Exception as e:
             errors.append(e)
 
     workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
@@ -134,7 +134,7 @@ def test_an_engine_that_does_not_answer_is_asked_again_later():
     context = HubContext(connect, threads=2, address="unix:///run/nothing.sock")
     for _ in range(2):
         with pytest.raises(EngineUnavailable) as err:
-            context.client
+            _ = context.client
         assert str(err.value) == (
             "Cannot reach the Docker engine at unix:///run/nothing.sock: Error while fetching server "
             "API version: refused. Is the engine running, and may this account use it (the docker "

@@ -410,7 +410,7 @@ def test_parse_tables():
 def test_apply_script_on_a_clean_engine():
     (plan,) = rule_plan(FACTS, HOST_HUB)
     script = apply_script(plan, "hs-u", parse_tables(DOCKER_ONLY))
-    body = [line for line in script.splitlines()]
+    body = script.splitlines()
     assert body[:3] == ["*filter", ":HS-FWD-hs-u - [0:0]", ":HS-IN-hs-u - [0:0]"]
     assert body[-4:] == JUMPS + ["COMMIT"]
     assert body[3:-4] == [line for line in lines(plan) if line.startswith("-A ")]
