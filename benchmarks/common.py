@@ -190,18 +190,19 @@ class Bench:
         return f"{self.prefix}-{tag}{i}"
 
     def start_hubs(self) -> None:
-        hubtools.TEST_PREFIX = self.prefix  # the harness names engine objects with it
         self.ensure_network(f"{self.prefix}-plain")
         work = self.settings.workdir
         self.plain = BenchHub(
             workdir=work / "plain",
             extra_config=plain_config(self.prefix),
             uid_min=self.settings.uid_base,
+            prefix=self.prefix,
         ).start(wait=False)
         self.hardened = BenchHub(
             workdir=work / "hardened",
             extra_config=hardened_config(self.gpu_pool),
             uid_min=self.settings.uid_base + 10000,
+            prefix=self.prefix,
         ).start(wait=False)
         self.plain.wait_api()
         self.hardened.wait_api()

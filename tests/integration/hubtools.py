@@ -61,6 +61,8 @@ class Hub:
     workdir: Path
     extra_config: str = ""
     uid_min: int = 300000
+    #: names the hub's containers, workspaces and users' network (the benchmarks use their own)
+    prefix: str = TEST_PREFIX
     port: int = field(default_factory=free_port)
     hub_port: int = field(default_factory=free_port)
     proxy_api_port: int = field(default_factory=free_port)
@@ -116,9 +118,9 @@ class Hub:
             c.Spawner.start_timeout = 120
             c.HardenedSpawner.image = "{SINGLEUSER_IMAGE}"
             c.HardenedSpawner.uid_min = {self.uid_min}
-            c.HardenedSpawner.name_template = "{TEST_PREFIX}-{{username}}--{{servername}}"
-            c.HardenedSpawner.workspace_volume_name = "{TEST_PREFIX}-workspace-{{username}}"
-            c.HardenedSpawner.network_name = "{TEST_PREFIX}-users"
+            c.HardenedSpawner.name_template = "{self.prefix}-{{username}}--{{servername}}"
+            c.HardenedSpawner.workspace_volume_name = "{self.prefix}-workspace-{{username}}"
+            c.HardenedSpawner.network_name = "{self.prefix}-users"
             c.HardenedSpawner.mem_limit = "2G"
             c.HardenedSpawner.cpu_limit = 1.0
             c.HardenedSpawner.audit_log = "{self.audit_path}"
