@@ -112,3 +112,26 @@ def _int(text) -> int | None:
         return int(text)
     except (TypeError, ValueError):
         return None
+
+
+async def ensure_workspace_volume(context: HubContext, name: str, volume_labels: dict) -> bool:
+    """The workspace volume, made (with its labels) if missing; True if it was just made."""
+    try:
+        await context.docker("inspect_volume", name)
+        return False
+    except docker.errors.NotFound:
+        await context.docker("create_volume", name=name, labels=volume_labels)
+        return True
+
+
+async def run_helper(context: HubContext, create: dict, host: dict) -> tuple[int, str]:
+    """Run the workspace helper container to its end: (exit status, output). Always removed."""
+    host_config = context.client.create_host_config(**host)
+    helper = await context.docker("create_container", host_config=host_config, **create)
+    try:
+        await context.docker("start", helper["Id"])
+        result = await context.docker("wait", helper["Id"], timeout=120)
+        output = (await context.docker("logs", helper["Id"])).decode(errors="replace")
+    finally:
+        await context.docker("remove_container", helper["Id"], force=True)
+    return result["StatusCode"], output

@@ -15,94 +15,55 @@ import hashlib
 import json
 import os
 from dataclasses import asdict
-from types import SimpleNamespace
 
 import docker.errors
 import docker.tls
 from docker.utils import kwargs_from_env
 from dockerspawner import DockerSpawner
-from jupyterhub.traitlets import ByteSpecification
 from jupyterhub.utils import maybe_future, url_path_join
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import (
-    Bool,
-    Callable,
-    Dict,
-    Integer,
-    List,
-    TraitError,
-    Unicode,
-    Union,
-    default,
-    validate,
-)
 
 from . import firewall, labels, uid_claims
 from ._version import __version__
-from .audit import AuditLogError, get_audit_trail
 from .container import ServerInputs, WorkspaceMount, build_server_spec
-from .engine import gather_engine_facts, running_servers
+from .engine import ensure_workspace_volume, gather_engine_facts, run_helper, running_servers
 from .environment import hardened_environment
 from .errors import SpawnRefused
 from .gpu_broker import GpuBroker, holder_key
-from .gpus import (
-    GpuAllocationError,
-    GpuAllocator,
-    GpuConfigError,
-    GpuPolicy,
-    discover_nvidia_smi,
-    discover_nvml,
-    parse_static_inventory,
-)
 from .guard import GuardPolicy, check_container, describe
 from .hub_context import (
     ENGINE_ERRORS,
-    EngineUnavailable,
     HubContext,
     IsolationCheck,
     engine_address,
     hub_context,
-    unreachable_message,
 )
 from .hubstart import install_hub_start_checks
 from .identity import (
-    IdentityError,
     check_policy_uid,
-    check_static_uids,
-    check_uid_range,
     derived_uid,
-    first_free_uid,
     make_identity,
     resolve_uid,
 )
 from .network import (
-    EGRESS_MODES,
     IsolationPolicy,
     NetworkConfigError,
     apply_command,
-    check_bridge_name,
     hub_endpoint,
     is_ip,
     network_facts,
-    parse_addresses,
-    parse_cidrs,
 )
 from .options import (
     OptionsError,
-    gpu_options_form,
     gpu_request,
-    parse_gpu_options,
-    unknown_options,
 )
 from .profile import (
-    ProfileError,
     SecurityProfile,
-    normalise_capability,
-    server_healthcheck,
 )
+from .readiness import wait_until_up
+from .refusals import Situation, as_refusal
+from .settings import HardenedSettings
 from .workspace import (
     PreparedMarker,
-    WorkspaceError,
     helper_container_spec,
     identity_file_sources,
     interpret_helper_result,
@@ -111,447 +72,10 @@ from .workspace import (
 
 _MIB = 1024 * 1024
 
-#: where a remembered UID came from, for messages
-_SOURCES = {"state": "database", "workspace": "workspace label"}
 
 
-class HardenedSpawner(DockerSpawner):
+class HardenedSpawner(HardenedSettings, DockerSpawner):
     """A DockerSpawner whose users each run as their own UID in a locked-down container."""
-
-    # --- identity -------------------------------------------------------
-
-    uid_min = Integer(
-        200000,
-        help="""Lowest UID handed out. A new user is offered `uid_min + hub user id` (their
-        private GID is the same number); when a label on the engine (someone's workspace,
-        from an earlier hub database too) already holds that UID, they get the next free
-        one. Keep the range above every account on the Docker host, so files in workspaces
-        never map to a host user.""",
-    ).tag(config=True)
-
-    uid_max = Integer(
-        999_999_999,
-        help="""Highest UID handed out. Only when every UID from `uid_min` to here is held is a
-        new user refused, with a message naming this setting.""",
-    ).tag(config=True)
-
-    uid_map = Union(
-        [Dict(), Callable()],
-        default_value={},
-        help="""Static UIDs instead of derived ones: a dict `{hub username: UID}`, or a
-        callable `f(spawner) -> UID` (may be async). Values must be >= 1000, unique,
-        and outside `uid_min`..`uid_max`. Users without an entry get derived UIDs.
-        A user who already has a UID keeps it even if this changes later: changing
-        it never silently moves anyone over their existing files (the hub logs a warning).""",
-    ).tag(config=True)
-
-    home_template = Unicode(
-        "/home/{username}",
-        help="""Where the workspace is mounted and HOME points; `{username}` is the
-        user's POSIX login name (the hub name made safe for /etc/passwd).""",
-    ).tag(config=True)
-
-    # --- workspace ------------------------------------------------------
-
-    workspace_volume_name = Unicode(
-        "jupyterhub-workspace-{username}",
-        help="""Name of each user's persistent workspace volume (DockerSpawner templates:
-        `{username}`, `{raw_username}`...). It is created if missing, owned by the
-        user's UID:GID with mode 0700 before the server starts, and never deleted.""",
-    ).tag(config=True)
-
-    workspace_host_path = Unicode(
-        "",
-        help="""If set, a host directory template used as the workspace instead of a named
-        volume (e.g. `/srv/workspaces/{username}`); it is created and prepared the same way.""",
-    ).tag(config=True)
-
-    workspace_allow_adopt = Bool(
-        False,
-        help="""Allow re-owning a workspace that belongs to another UID (recursively) to the
-        user's UID. Off by default: such a workspace is refused with a clear message,
-        because it may hold someone else's files.""",
-    ).tag(config=True)
-
-    # --- security profile -----------------------------------------------
-
-    cap_add = List(
-        Unicode(),
-        help="""Capabilities added back after dropping ALL. Empty by default (a non-root
-        process has no effective capabilities anyway). Only CHOWN, FOWNER, SETUID,
-        SETGID, KILL, NET_BIND_SERVICE and SYS_NICE may be added; others are an error.""",
-    ).tag(config=True)
-
-    pids_limit = Integer(
-        1024,
-        help="Most processes and threads in a server; stops fork bombs. Must be > 0.",
-    ).tag(config=True)
-
-    shm_size = ByteSpecification(
-        "1G",
-        help="""Size of /dev/shm. PyTorch DataLoader workers pass batches through it; Docker's
-        64M default crashes them. At least 64M. Never use `ipc_mode=host` instead.""",
-    ).tag(config=True)
-
-    tmp_size = ByteSpecification(
-        "1G",
-        help="Size of the /tmp tmpfs (counts against the memory limit when used).",
-    ).tag(config=True)
-
-    extra_tmpfs = Dict(
-        help="""More size-limited tmpfs mounts, `{path: size}` (e.g. `{"/var/tmp": "256M"}`),
-        for images that need other writable paths under the read-only root.""",
-    ).tag(config=True)
-
-    seccomp_profile = Unicode(
-        "",
-        help="""Path to a custom seccomp profile (JSON) on the hub's filesystem. Empty keeps
-        the engine's default profile, which is always on; `unconfined` is refused.""",
-    ).tag(config=True)
-
-    apparmor_profile = Unicode(
-        "docker-default",
-        help="""AppArmor profile for servers, applied where the engine supports AppArmor
-        (it reports it in `docker info`); ignored, with a log line, elsewhere.""",
-    ).tag(config=True)
-
-    healthcheck = Dict(
-        help="""The servers' healthcheck, in docker-py form (`test`, `interval`, ... in ns).
-        Default: the server's own /api, asked from inside the container every 30 s.""",
-    ).tag(config=True)
-
-    # --- GPUs -----------------------------------------------------------
-
-    gpu_inventory = Union(
-        [Unicode(), List()],
-        default_value="none",
-        help="""Where the GPUs come from: `"nvml"` (needs nvidia-ml-py), `"nvidia-smi"`,
-        `"none"`, or a static list of UUID strings or dicts `{uuid, index, name, parent_uuid}`.""",
-    ).tag(config=True)
-
-    gpu_pool = List(
-        Unicode(),
-        allow_none=True,
-        default_value=None,
-        help="UUIDs of the devices that may be assigned; None means every device in the inventory.",
-    ).tag(config=True)
-
-    gpu_default_per_user = Integer(
-        0, help="GPUs a user gets when they do not choose (0 allowed)."
-    ).tag(config=True)
-
-    gpu_max_per_user = Integer(
-        1, help="Most GPUs one user may hold, across all of their servers (named servers share it)."
-    ).tag(config=True)
-
-    gpu_group_max = Dict(
-        help="`{group: max GPUs}`; a user's limit is the highest entry among their groups."
-    ).tag(config=True)
-
-    gpu_pins = Dict(
-        help="""`{username: [UUID, ...]}`: devices reserved for a user, always given to them (to
-        one of their servers at a time)."""
-    ).tag(config=True)
-
-    gpu_max_users_per_gpu = Integer(
-        1,
-        help="""1 = exclusive (default). More lets that many servers share one GPU, with NO
-        isolation between them (memory, compute and faults are shared).""",
-    ).tag(config=True)
-
-    # --- audit and engine -----------------------------------------------
-
-    audit_log = Unicode(
-        "",
-        help="""Where the audit trail goes: a file path (JSON lines, appended), `stdout`,
-        `stderr` or `-`, or empty for none.""",
-    ).tag(config=True)
-
-    docker_threads = Integer(
-        16,
-        help="""Threads for Docker API calls, shared by all users. DockerSpawner uses one,
-        so one slow call delays every user's spawn.""",
-    ).tag(config=True)
-
-    # --- network isolation (see hardened_spawner.network) -------------------
-
-    network_isolation = Bool(
-        True,
-        help="""Keep users' servers apart. The users' network (`network_name`) is created with
-        Docker's `enable_icc=false` and a fixed bridge name, and the hub checks at start and
-        before spawns (every `firewall_check_interval` seconds) that the rules of
-        `hardened-spawner firewall apply` are in place: no traffic between servers, the hub
-        API reachable, link-local and private ranges and the host blocked, egress per
-        `egress`. False: a plain network and no checks (every user reaches every server).""",
-    ).tag(config=True)
-
-    egress = Unicode(
-        "internet",
-        help="""Where servers may connect besides the hub: `internet` (public addresses; the
-        default) or `none` (only the hub API, and `egress_allow_cidrs`). Link-local
-        (169.254.0.0/16, fe80::/10, cloud metadata), private ranges (RFC 1918, 100.64.0.0/10,
-        fc00::/7) and the Docker host itself are blocked in both modes.""",
-    ).tag(config=True)
-
-    egress_allow_cidrs = List(
-        Unicode(),
-        help="""Ranges servers may reach although they are private, opened on purpose (a
-        dataset server, a package mirror: `["10.20.30.0/24"]`). Also open in egress `none`.
-        Link-local ranges and `0.0.0.0/0` are refused.""",
-    ).tag(config=True)
-
-    egress_allow_dns = List(
-        Unicode(),
-        help="""DNS resolvers in a blocked range that servers' name lookups go to (Docker's
-        resolver forwards from the container's network; see the host's /etc/resolv.conf),
-        opened on port 53 only. Without them, egress `internet` reaches addresses but not names.""",
-    ).tag(config=True)
-
-    network_bridge_name = Unicode(
-        "",
-        help="""The bridge interface of the users' network when the spawner creates it (rules
-        match `-i <bridge>`). Empty: `hs-<network_name>` shortened to 15 characters
-        (`hs-users` for the default network).""",
-    ).tag(config=True)
-
-    network_hub_address = Unicode(
-        "",
-        help="""The IP address servers reach the hub API at, for the firewall rules. Empty: the
-        host of the hub's API URL (`c.JupyterHub.hub_connect_ip`), resolved by the hub.""",
-    ).tag(config=True)
-
-    network_trusted_addresses = List(
-        Unicode(),
-        help="""Addresses on the users' network, besides the hub, that may open connections to
-        servers: a proxy running in its own container. Give them fixed addresses.""",
-    ).tag(config=True)
-
-    firewall_required = Bool(
-        False,
-        help="""Refuse spawns while the isolation rules are missing or differ from these
-        settings. False (default): spawn anyway and log a loud warning naming the problem
-        and the command that fixes it.""",
-    ).tag(config=True)
-
-    firewall_check_method = Unicode(
-        "auto",
-        help="""How the hub checks the rules: `iptables` (compare with `iptables -S`: a hub on the
-        host, as root), `probe` (the marker `firewall apply` leaves on the engine, and a
-        throwaway container on the users' network that must reach the hub API and be
-        rejected elsewhere: needs no privileges) or `auto` (iptables when readable).""",
-    ).tag(config=True)
-
-    firewall_check_interval = Integer(
-        60,
-        help="""Seconds a check of the rules is reused for before a spawn checks again. With
-        `firewall_required`, a check that found rules missing is never reused: each spawn
-        checks again, so spawns resume as soon as the rules are back.""",
-    ).tag(config=True)
-
-    # --- DockerSpawner defaults that hardening changes ------------------
-
-    remove = Bool(
-        True,
-        help="""Always True: each start gets a fresh container, so no server ever restarts
-        with stale GPUs or an old policy. The workspace volume persists anyway.""",
-    ).tag(config=True)
-
-    @default("mem_limit")
-    def _default_mem_limit(self):
-        return 8 * 1024 * _MIB
-
-    @default("cpu_limit")
-    def _default_cpu_limit(self):
-        return 4.0
-
-    @default("network_name")
-    def _default_network_name(self):
-        return "hardened-spawner-users"
-
-    @default("name_template")
-    def _default_name_template(self):
-        return "jupyter-{username}--{servername}" if self.name else "jupyter-{username}"
-
-    @default("healthcheck")
-    def _default_healthcheck(self):
-        return server_healthcheck()
-
-    @default("options_form")
-    def _default_options_form(self):
-        return gpu_options_form
-
-    @default("options_from_form")
-    def _default_options_from_form(self):
-        return parse_gpu_options
-
-    @default("apply_user_options")
-    def _default_apply_user_options(self):
-        # JupyterHub >= 5.3 warns about user options no hook consumes; ours are read
-        # (and checked, with a message on the spawn page) when the server starts
-        return _note_unknown_options
-
-    # --- validation: bad config fails at hub start, naming the setting ---
-
-    @validate("remove")
-    def _validate_remove(self, proposal):
-        if not proposal.value:
-            raise TraitError(
-                "HardenedSpawner.remove must stay True: a kept container would restart "
-                "with stale GPUs and an old policy. Workspaces persist anyway."
-            )
-        return True
-
-    @validate("uid_min")
-    def _validate_uid_min(self, proposal):
-        _as_trait_error(check_uid_range, proposal.value, proposal.value + 1)
-        return proposal.value
-
-    @validate("cap_add")
-    def _validate_cap_add(self, proposal):
-        try:
-            return [normalise_capability(c) for c in proposal.value]
-        except ProfileError as e:
-            raise TraitError(str(e)) from None
-
-    @validate("pids_limit", "docker_threads")
-    def _validate_positive(self, proposal):
-        if proposal.value < 1:
-            raise TraitError(
-                f"HardenedSpawner.{proposal.trait.name} must be at least 1, not {proposal.value}."
-            )
-        return proposal.value
-
-    @validate("shm_size", "tmp_size")
-    def _validate_scratch_size(self, proposal):
-        if proposal.value < 64 * _MIB:
-            raise TraitError(
-                f"HardenedSpawner.{proposal.trait.name} is {proposal.value} bytes; use at "
-                "least 64M (e.g. '1G')."
-            )
-        return proposal.value
-
-    @validate("extra_tmpfs")
-    def _validate_extra_tmpfs(self, proposal):
-        sizes = {}
-        for path, size in proposal.value.items():
-            if not path.startswith("/") or path.rstrip("/") in ("", "/dev/shm", "/tmp"):
-                raise TraitError(
-                    f"HardenedSpawner.extra_tmpfs: {path!r} must be an absolute path other "
-                    "than /, /tmp and /dev/shm (those have tmp_size and shm_size)."
-                )
-            try:
-                sizes[path] = ByteSpecification().validate(self, size)
-            except TraitError:
-                raise TraitError(
-                    f"HardenedSpawner.extra_tmpfs[{path!r}] = {size!r} is not a size like '256M'."
-                ) from None
-        return sizes
-
-    @validate("seccomp_profile")
-    def _validate_seccomp(self, proposal):
-        if not proposal.value:
-            return ""
-        if proposal.value.strip() == "unconfined":
-            raise TraitError("HardenedSpawner.seccomp_profile: 'unconfined' is never allowed.")
-        try:
-            with open(proposal.value) as f:
-                json.load(f)
-        except (OSError, ValueError) as e:
-            raise TraitError(
-                f"HardenedSpawner.seccomp_profile: cannot read a JSON profile from "
-                f"{proposal.value!r} ({e})."
-            ) from None
-        return proposal.value
-
-    @validate("mem_limit")
-    def _validate_mem_limit(self, proposal):
-        if proposal.value is None or proposal.value < 128 * _MIB:
-            raise TraitError(
-                f"HardenedSpawner.mem_limit must be set and at least 128M, not {proposal.value!r}."
-            )
-        return proposal.value
-
-    @validate("cpu_limit")
-    def _validate_cpu_limit(self, proposal):
-        if proposal.value is None or proposal.value <= 0:
-            raise TraitError(f"HardenedSpawner.cpu_limit must be > 0, not {proposal.value!r}.")
-        return proposal.value
-
-    @validate("gpu_default_per_user", "gpu_max_per_user", "gpu_max_users_per_gpu")
-    def _validate_gpu_numbers(self, proposal):
-        low = 1 if proposal.trait.name == "gpu_max_users_per_gpu" else 0
-        if proposal.value < low:
-            raise TraitError(
-                f"HardenedSpawner.{proposal.trait.name} must be at least {low}, not {proposal.value}."
-            )
-        return proposal.value
-
-    @validate("network_name")
-    def _validate_network_name(self, proposal):
-        if proposal.value in ("bridge", "host", "none", "default", ""):
-            raise TraitError(
-                f"HardenedSpawner.network_name {proposal.value!r} is not allowed: servers run on a "
-                "network the spawner manages (default 'hardened-spawner-users'), never on Docker's "
-                "own networks, where nothing keeps them apart."
-            )
-        return proposal.value
-
-    @validate("egress")
-    def _validate_egress(self, proposal):
-        if proposal.value not in EGRESS_MODES:
-            raise TraitError(
-                f"HardenedSpawner.egress must be one of {', '.join(EGRESS_MODES)}, not {proposal.value!r}."
-            )
-        return proposal.value
-
-    @validate("egress_allow_cidrs")
-    def _validate_allow_cidrs(self, proposal):
-        return list(_network_setting(parse_cidrs, proposal))
-
-    @validate("egress_allow_dns", "network_trusted_addresses")
-    def _validate_addresses(self, proposal):
-        return list(_network_setting(parse_addresses, proposal))
-
-    @validate("network_hub_address")
-    def _validate_hub_address(self, proposal):
-        if proposal.value:
-            _network_setting(parse_addresses, proposal, [proposal.value])
-        return proposal.value
-
-    @validate("network_bridge_name")
-    def _validate_bridge_name(self, proposal):
-        if proposal.value:
-            _network_setting(check_bridge_name, proposal, proposal.value)
-        return proposal.value
-
-    @validate("firewall_check_method")
-    def _validate_check_method(self, proposal):
-        if proposal.value not in ("auto", "iptables", "probe"):
-            raise TraitError(
-                "HardenedSpawner.firewall_check_method must be 'auto', 'iptables' or 'probe', "
-                f"not {proposal.value!r}."
-            )
-        return proposal.value
-
-    @validate("firewall_check_interval")
-    def _validate_check_interval(self, proposal):
-        if proposal.value < 0:
-            raise TraitError("HardenedSpawner.firewall_check_interval must be >= 0 seconds.")
-        return proposal.value
-
-    def check_config(self) -> None:
-        """Checks across settings, run once at hub start (see `_check_at_hub_start`)."""
-        _as_trait_error(check_uid_range, self.uid_min, self.uid_max)
-        # DockerSpawner's own default is "bridge": setting that value from config
-        # changes nothing traitlets notices, so @validate never sees it
-        self._validate_network_name(SimpleNamespace(value=self.network_name))
-        if isinstance(self.uid_map, dict):
-            _as_trait_error(check_static_uids, self.uid_map, self.uid_min, self.uid_max)
-        try:
-            self.gpu_allocator()
-            _ = self.audit  # opens the sink: a bad path fails now, not in a user's spawn
-        except (GpuConfigError, AuditLogError, ValueError, OSError) as e:
-            raise TraitError(str(e)) from None
 
     # --- hub-wide shared pieces (one `HubContext` per set of engine settings) ---
 
@@ -589,36 +113,6 @@ class HardenedSpawner(DockerSpawner):
     def executor(self):
         """A pool shared by all users, so one slow Docker call does not queue the others."""
         return self.context.executor
-
-    @property
-    def audit(self):
-        return get_audit_trail(self.audit_log, self.log)
-
-    def gpu_allocator(self) -> GpuAllocator:
-        source = self.gpu_inventory
-        if isinstance(source, list):
-            inventory = parse_static_inventory(source)
-        elif source == "nvml":
-            inventory = discover_nvml()
-        elif source == "nvidia-smi":
-            inventory = discover_nvidia_smi()
-        elif source == "none":
-            inventory = ()
-        else:
-            raise GpuConfigError(
-                "gpu_inventory", f"{source!r} is not 'nvml', 'nvidia-smi', 'none' or a list."
-            )
-        return GpuAllocator(inventory, self._gpu_policy())
-
-    def _gpu_policy(self) -> GpuPolicy:
-        return GpuPolicy(
-            default_per_user=self.gpu_default_per_user,
-            max_per_user=self.gpu_max_per_user,
-            group_max=dict(self.gpu_group_max),
-            pins={user: tuple(devices) for user, devices in self.gpu_pins.items()},
-            max_users_per_gpu=self.gpu_max_users_per_gpu,
-            pool=None if self.gpu_pool is None else tuple(self.gpu_pool),
-        )
 
     @property
     def gpus(self) -> GpuBroker:
@@ -863,91 +357,38 @@ class HardenedSpawner(DockerSpawner):
             if decision.warning:
                 self.log.warning(decision.warning)
             uid = decision.uid
+            request = uid_claims.UidRequest(
+                self.user.name, workspace, derived_uid(self.user.id, self.uid_min, self.uid_max),
+                self.uid_min, self.uid_max, __version__,
+            )
             if uid is None:
-                uid = await self.context.run(self._claim_free_uid, workspace)
+                uid = await self.context.run(uid_claims.claim_free_uid, self.client, request, self.log)
             else:
-                await self.context.run(self._claim_known_uid, uid, decision.source, workspace)
+                await self.context.run(uid_claims.claim_known_uid, self.client, uid, decision.source,
+                                       request, self.log)
         self._uid = uid
         return make_identity(self.user.name, uid, self.home_template)
-
-    def _claim_free_uid(self, workspace: str) -> int:
-        """(On a Docker thread) the first free UID from the derived one on, claimed."""
-        holders = uid_claims.uid_holders(self.client)
-        taken = {uid for uid, owners in holders.items() if owners - {self.user.name}}
-        preferred = derived_uid(self.user.id, self.uid_min, self.uid_max)
-        while True:
-            uid = first_free_uid(preferred, self.uid_min, self.uid_max, taken)
-            if uid_claims.claim(self.client, uid, self.user.name, workspace, __version__):
-                if uid != preferred:
-                    self.log.info("%s gets UID %s: %s is held by another user's files",
-                                  self.user.name, uid, preferred)
-                return uid
-            taken.add(uid)  # claimed by another hub in the meantime
-
-    def _claim_known_uid(self, uid: int, source: str, workspace: str) -> None:
-        """(On a Docker thread) no other user's files may carry this UID; then claim it."""
-        others = uid_claims.uid_holders(self.client).get(uid, set()) - {self.user.name, ""}
-        if not others and uid_claims.claim(self.client, uid, self.user.name, workspace, __version__):
-            return
-        self.log.error("UID %s of %s (from %s) is also held by %s", uid, self.user.name, source,
-                       ", ".join(sorted(others)) or "another hub's claim")
-        if source == "policy":
-            raise IdentityError(
-                f"UID {uid}, which HardenedSpawner.uid_map gives you, is already used by another "
-                "user's workspace, so it cannot be yours too. Ask your hub admin to fix "
-                "HardenedSpawner.uid_map."
-            )
-        raise IdentityError(
-            f"Your UID {uid} (remembered by the hub's {_SOURCES[source]}) is also carried by "
-            "another user's workspace, so the hub cannot tell whose files are whose. Ask your "
-            "hub admin to check the owner labels of the workspaces with that UID (the hub log "
-            "names them)."
-        )
 
     async def _prepare_workspace(self, identity, image_id: str) -> WorkspaceMount:
         source, is_host_path = self._workspace_source()
         mount = WorkspaceMount(source, identity.home, host_path=is_host_path)
-        created = False
-        if not is_host_path:
-            try:
-                await self.docker("inspect_volume", source)
-            except docker.errors.NotFound:
-                await self.docker(
-                    "create_volume",
-                    name=source,
-                    labels=volume_labels(self.user.name, identity, __version__),
-                )
-                created = True
+        created = not is_host_path and await ensure_workspace_volume(
+            self.context, source, volume_labels(self.user.name, identity, __version__)
+        )
         marker = PreparedMarker(source, identity.uid, image_id).as_state()
         if created or marker != self._prepared:
             self._report(30, "Preparing your workspace")
-            await self._run_helper(identity, mount)
+            create, host = helper_container_spec(
+                image=self.image, volume=mount.source, identity=identity, owner=self.user.name,
+                allow_adopt=self.workspace_allow_adopt, version=__version__,
+            )
+            if mount.host_path:
+                host["mounts"][0] = {"Type": "bind", "Source": mount.source, "Target": "/workspace"}
+            status, output = await run_helper(self.context, create, host)
+            action = interpret_helper_result(status, output, volume=mount.source, uid=identity.uid)
+            self.log.info("Workspace %s for %s: %s", mount.source, self.user.name, action)
             self._prepared = marker
         return mount
-
-    async def _run_helper(self, identity, mount: WorkspaceMount) -> None:
-        create, host = helper_container_spec(
-            image=self.image,
-            volume=mount.source,
-            identity=identity,
-            owner=self.user.name,
-            allow_adopt=self.workspace_allow_adopt,
-            version=__version__,
-        )
-        if mount.host_path:
-            host["mounts"][0] = {"Type": "bind", "Source": mount.source, "Target": "/workspace"}
-        host_config = self.client.create_host_config(**host)
-        helper = await self.docker("create_container", host_config=host_config, **create)
-        try:
-            await self.docker("start", helper["Id"])
-            result = await self.docker("wait", helper["Id"], timeout=120)
-            output = (await self.docker("logs", helper["Id"])).decode(errors="replace")
-        finally:
-            await self.docker("remove_container", helper["Id"], force=True)
-        action = interpret_helper_result(
-            result["StatusCode"], output, volume=mount.source, uid=identity.uid
-        )
-        self.log.info("Workspace %s for %s: %s", mount.source, self.user.name, action)
 
     async def _assign_gpus(self) -> tuple[tuple[str, ...], str]:
         try:
@@ -1000,47 +441,7 @@ class HardenedSpawner(DockerSpawner):
             self._event_signal.set()
 
     def _as_refusal(self, e: Exception) -> SpawnRefused:
-        if isinstance(e, SpawnRefused):
-            return e
-        if isinstance(e, IdentityError):
-            return SpawnRefused(str(e), reason="identity", status_code=403)
-        if isinstance(e, WorkspaceError):
-            return SpawnRefused(str(e), reason="workspace", status_code=409)
-        if isinstance(e, docker.errors.ImageNotFound):
-            return SpawnRefused(
-                f"The image {self.image} is not on this server. Ask your hub admin to build "
-                "or load it (HardenedSpawner.image).",
-                reason="image",
-                status_code=404,
-            )
-        if isinstance(e, docker.errors.APIError) and e.status_code == 400:
-            self.log.error("The engine refused %s's server: %s", self._log_name, e.explanation)
-            return SpawnRefused(
-                f"The Docker engine refused your server's settings ({e.explanation}). "
-                "Your hub admin needs to fix the HardenedSpawner configuration.",
-                reason="engine",
-                status_code=500,
-            )
-        if isinstance(e, GpuAllocationError):
-            return SpawnRefused(e.user_message, reason="gpu", status_code=409)
-        if isinstance(e, (EngineUnavailable, *ENGINE_ERRORS)) and not isinstance(e, docker.errors.APIError):
-            detail = str(e) if isinstance(e, EngineUnavailable) else unreachable_message(self.context.address, e)
-            self.log.error("The Docker engine failed %s's spawn: %s", self._log_name, detail)
-            return SpawnRefused(
-                "The Docker engine that runs the servers is not answering, so your server could "
-                "not be started. Nothing of yours was changed. Try again in a minute; if it keeps "
-                "happening, tell your hub admin (the hub log has the details).",
-                reason="engine-unavailable",
-                # 4xx: an engine outage must not count toward consecutive_failure_limit
-                status_code=424,
-            )
-        self.log.exception("Unexpected error starting %s", self._log_name)
-        return SpawnRefused(
-            "Your server could not be started because of an internal error; "
-            "the hub admin can find the details in the hub log.",
-            reason="error",
-            status_code=500,
-        )
+        return as_refusal(e, Situation(self.image, self.context.address), self.log, self._log_name)
 
     async def _start(self):
         self._report(5, "Checking your identity")
@@ -1066,7 +467,8 @@ class HardenedSpawner(DockerSpawner):
         await self._refuse_another_hubs_server()
         ip, port = await super().start()
         self._report(70, "Waiting for your server to answer")
-        await self._wait_until_up(ip, port)
+        url = url_path_join(f"http://{ip}:{port}", self.server.base_url, "api")
+        await wait_until_up(self.context, self.container_id, url, self.http_timeout, self._log_name)
         self.audit.emit("server-started", **self._audit_fields())
         return ip, port
 
@@ -1151,53 +553,6 @@ class HardenedSpawner(DockerSpawner):
         value = self._eval_if_callable(value)
         return self._render_templates(await maybe_future(value))
 
-    async def _wait_until_up(self, ip: str, port: int) -> None:
-        """Return once the server answers; raise with its own last words if it dies first.
-
-        The hub would otherwise wait out http_timeout and show a bare 500. The
-        server is asked often (backing off from 0.1 s to 1 s); the engine is
-        asked whether the container still runs only every 2 s, since dozens of
-        servers may be starting at once.
-        """
-        url = url_path_join(f"http://{ip}:{port}", self.server.base_url, "api")
-        client = AsyncHTTPClient()
-        clock = asyncio.get_running_loop().time
-        deadline = clock() + self.http_timeout
-        delay, next_state_check = 0.1, clock()
-        while clock() < deadline:
-            if clock() >= next_state_check:
-                state = (await self.docker("inspect_container", self.container_id))["State"]
-                if not state["Running"]:
-                    raise await self._died_during_start(state)
-                next_state_check = clock() + 2
-            try:
-                response = await client.fetch(
-                    HTTPRequest(url, connect_timeout=1, request_timeout=2, follow_redirects=False),
-                    raise_error=False,
-                )
-                if response.code < 500:
-                    return
-            except (OSError, HTTPClientError):  # not listening yet, or gone
-                pass
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        raise SpawnRefused(
-            f"Your server started but did not answer within {self.http_timeout} seconds. "
-            "Try again; if it keeps happening, ask your hub admin to look at the server's log.",
-            reason="timeout",
-            status_code=500,
-            log_message=f"{self._log_name} did not answer at {url} within {self.http_timeout}s",
-        )
-
-    async def _died_during_start(self, state: dict) -> SpawnRefused:
-        logs = (await self.docker("logs", self.container_id, tail=15)).decode(errors="replace")
-        tail = "\n".join(line[:300] for line in logs.strip().splitlines()[-15:])
-        message = (
-            f"Your server stopped while starting (exit code {state.get('ExitCode')}"
-            f"{', out of memory' if state.get('OOMKilled') else ''}). Its last output:\n{tail}"
-        )
-        return SpawnRefused(message, reason="container-died", status_code=500)
-
     # --- stop and poll ---------------------------------------------------
 
     async def _release_gpus(self) -> None:
@@ -1281,28 +636,6 @@ def _security_summary(profile: SecurityProfile) -> dict:
     summary["seccomp_profile"] = "custom" if profile.seccomp_profile else "engine-default"
     summary.update(read_only_root=True, no_new_privileges=True, cap_drop=["ALL"], privileged=False)
     return summary
-
-
-def _as_trait_error(check, *args) -> None:
-    try:
-        check(*args)
-    except IdentityError as e:
-        raise TraitError(str(e)) from None
-
-
-def _note_unknown_options(spawner, user_options: dict) -> None:
-    unknown = unknown_options(user_options)
-    if unknown:
-        spawner.log.warning("Ignoring unknown user options for %s: %s", spawner._log_name, ", ".join(unknown))
-
-
-def _network_setting(check, proposal, value=None):
-    """Run a `network` check on a setting; its error names the setting."""
-    try:
-        return check(proposal.value if value is None else value,
-                      f"HardenedSpawner.{proposal.trait.name}")
-    except NetworkConfigError as e:
-        raise TraitError(str(e)) from None
 
 
 # JupyterHub imports this module while it builds its app: check the config at its start

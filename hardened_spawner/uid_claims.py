@@ -17,9 +17,12 @@ hub's Docker threads.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import docker.errors
 
 from . import labels
+from .identity import IdentityError, first_free_uid
 
 _MANAGED = {"label": [f"{labels.MANAGED}=true"]}
 #: the workspace (volume name or host path) a claim was made for
@@ -77,3 +80,54 @@ def claim(client, uid: int, owner: str, workspace: str, version: str) -> bool:
             raise
     found = client.inspect_volume(claim_name(uid)).get("Labels") or {}
     return found.get(labels.OWNER) == owner and found.get(WORKSPACE) == workspace
+
+
+@dataclass(frozen=True)
+class UidRequest:
+    """Who wants a UID, for which workspace, and the range and first offer to use."""
+
+    owner: str
+    workspace: str
+    offer: int  # uid_min + hub user id, wrapped into the range
+    uid_min: int
+    uid_max: int
+    version: str
+
+
+def claim_free_uid(client, request: UidRequest, log) -> int:
+    """The first UID from the offer on that no one else's labels hold, claimed."""
+    holders = uid_holders(client)
+    taken = {uid for uid, owners in holders.items() if owners - {request.owner}}
+    while True:
+        uid = first_free_uid(request.offer, request.uid_min, request.uid_max, taken)
+        if claim(client, uid, request.owner, request.workspace, request.version):
+            if uid != request.offer:
+                log.info("%s gets UID %s: %s is held by another user's files", request.owner, uid, request.offer)
+            return uid
+        taken.add(uid)  # claimed by another hub in the meantime
+
+
+#: where a remembered UID came from, for messages
+_SOURCES = {"state": "database", "workspace": "workspace label"}
+
+
+def claim_known_uid(client, uid: int, source: str, request: UidRequest, log) -> None:
+    """No other user's files may carry this UID (from `resolve_uid`'s ``source``); then it is
+    claimed. A collision with a static UID names `uid_map`; any other never blames a setting."""
+    others = uid_holders(client).get(uid, set()) - {request.owner, ""}
+    if not others and claim(client, uid, request.owner, request.workspace, request.version):
+        return
+    log.error("UID %s of %s (from %s) is also held by %s", uid, request.owner, source,
+              ", ".join(sorted(others)) or "another hub's claim")
+    if source == "policy":
+        raise IdentityError(
+            f"UID {uid}, which HardenedSpawner.uid_map gives you, is already used by another "
+            "user's workspace, so it cannot be yours too. Ask your hub admin to fix "
+            "HardenedSpawner.uid_map."
+        )
+    raise IdentityError(
+        f"Your UID {uid} (remembered by the hub's {_SOURCES[source]}) is also carried by "
+        "another user's workspace, so the hub cannot tell whose files are whose. Ask your "
+        "hub admin to check the owner labels of the workspaces with that UID (the hub log "
+        "names them)."
+    )

@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+from hardened_spawner.settings import HardenedSettings
 from hardened_spawner.spawner import HardenedSpawner
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -16,7 +17,7 @@ def test_every_setting_is_in_the_readme_table():
     own = {
         name
         for name in HardenedSpawner.class_trait_names(config=True)
-        if name in vars(HardenedSpawner) or f"_default_{name}" in vars(HardenedSpawner)
+        if name in vars(HardenedSettings) or f"_default_{name}" in vars(HardenedSettings)
     }
     assert own, "found no settings: the introspection above is broken"
     missing = own - documented_settings()
@@ -25,5 +26,5 @@ def test_every_setting_is_in_the_readme_table():
 
 def test_every_setting_has_help_text():
     for name in HardenedSpawner.class_trait_names(config=True):
-        if name in vars(HardenedSpawner):
+        if name in vars(HardenedSettings):
             assert HardenedSpawner.class_traits()[name].help.strip(), name

@@ -258,3 +258,36 @@ def test_check_config_refuses(settings, message):
 )
 def test_check_config_accepts(settings):
     assert _spawner(**settings).check_config() is None
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (
+            {"links": {"db": "db"}},
+            "DockerSpawner.links = {'db': 'db'} is not supported by HardenedSpawner: legacy links "
+            "join a server to containers outside the users' network. Remove it; servers reach other "
+            "services through the network (HardenedSpawner.egress_allow_cidrs).",
+        ),
+        (
+            {"mounts": [{"Type": "bind", "Source": "/data", "Target": "/data"}]},
+            "DockerSpawner.mounts = [{'Type': 'bind', 'Source': '/data', 'Target': '/data'}] is not "
+            "supported by HardenedSpawner: use DockerSpawner.volumes (and read_only_volumes) "
+            "instead, which the guard checks like every other mount.",
+        ),
+        (
+            {"use_internal_ip": False},
+            "DockerSpawner.use_internal_ip = False is not supported by HardenedSpawner: servers are "
+            "reached at their address on the users' network; a published port (what False would "
+            "need) is refused by the guard. Remove the setting.",
+        ),
+    ],
+    ids=["links", "mounts", "use-internal-ip"],
+)
+def test_dockerspawner_settings_the_spawner_would_ignore_stop_the_hub(settings, message):
+    with pytest.raises(TraitError, match=_exactly(message)):
+        _spawner(**settings).check_config()
+
+
+def test_the_default_use_internal_ip_is_fine():
+    assert _spawner().use_internal_ip is True
