@@ -17,9 +17,7 @@ with literal dicts and no engine. The decisions and renderings are pure, in
 from __future__ import annotations
 
 import logging
-import os
 import sys
-from types import SimpleNamespace
 from typing import TextIO
 
 import docker.errors
@@ -27,14 +25,13 @@ from traitlets import Bool, Unicode
 from traitlets.config import Application, Config
 from traitlets.config.loader import (
     ArgumentError,
-    ConfigFileNotFound,
-    PyFileConfigLoader,
 )
 
 from . import labels
 from ._version import __version__
 from .gpus import GpuAllocator, GpuConfigError
 from .hub_context import ENGINE_ERRORS, EngineUnavailable, unreachable_message
+from .hubconfig import DEFAULT_CONFIG_FILE, CannotCheck, build_spawner, default_config_file, load_hub_config
 from .inspection import (
     ContainerReport,
     NetworkReport,
@@ -53,55 +50,11 @@ from .workspace import IDENTITY_VOLUME
 EXIT_OK = 0
 EXIT_CANNOT_CHECK = 2
 
-DEFAULT_CONFIG_FILE = "jupyterhub_config.py"
 
 MANAGED_SERVERS = {"label": [f"{labels.MANAGED}=true", f"{labels.ROLE}={labels.ROLE_SERVER}"]}
 
-#: A stand-in for the hub user the spawner is built for: DockerSpawner's
-#: observers render name templates with it; nothing here acts for a user.
-_STAND_IN_USER = {"name": "hardened-spawner-cli", "id": 0, "admin": False, "groups": []}
 
 _ENGINE_ERRORS = (EngineUnavailable, *ENGINE_ERRORS)
-
-
-class CannotCheck(Exception):
-    """The command cannot do its work; the message says why and what to do."""
-
-
-# --- plain functions: configuration ---------------------------------------
-
-
-def default_config_file(cwd: str = ".") -> str:
-    """The hub's config file in ``cwd`` if there is one, else "" (the spawner's defaults)."""
-    return DEFAULT_CONFIG_FILE if os.path.isfile(os.path.join(cwd, DEFAULT_CONFIG_FILE)) else ""
-
-
-def load_hub_config(path: str) -> Config:
-    """The hub's ``jupyterhub_config.py``, loaded as the hub loads it (``c = get_config()``)."""
-    if not path:
-        return Config()
-    directory, filename = os.path.split(os.path.abspath(path))
-    try:
-        return PyFileConfigLoader(filename, path=directory).load_config()
-    except ConfigFileNotFound:
-        raise CannotCheck(f"The config file {path} does not exist.") from None
-    except Exception as e:
-        raise CannotCheck(f"Loading the config file {path} failed: {e!r}") from None
-
-
-def build_spawner(config: Config, log: logging.Logger | None = None):
-    """A HardenedSpawner with the hub's settings, the way the hub checks its
-    config at start: every validator runs, so bad settings fail here too."""
-    from traitlets import TraitError
-
-    from .spawner import HardenedSpawner
-
-    try:
-        return HardenedSpawner(
-            config=config, log=log or logging.getLogger(__name__), user=SimpleNamespace(**_STAND_IN_USER)
-        )
-    except TraitError as e:
-        raise CannotCheck(f"Invalid HardenedSpawner configuration: {e}") from None
 
 
 def engine_client(spawner):
@@ -162,7 +115,7 @@ def network_report(client, spawner, config: Config) -> NetworkReport:
     """The users' network isolation, checked as the hub checks it (`firewall.verify`),
     with the hub's address from its config."""
     from . import firewall
-    from .network import NetworkConfigError, apply_command, settings_from_config
+    from .network import NetworkConfigError, apply_command, hub_endpoint_from_config, isolation_settings
 
     name = spawner.network_name
     if not spawner.network_isolation:
@@ -170,7 +123,8 @@ def network_report(client, spawner, config: Config) -> NetworkReport:
             "HardenedSpawner.network_isolation is False: users' servers can reach each other, "
             "the cloud metadata service and private networks.",), "set it to True")
     try:
-        policy = firewall.policy_from_settings(settings_from_config(config))
+        endpoint = hub_endpoint_from_config(config.get("JupyterHub") or {})
+        policy = firewall.policy_from_settings(isolation_settings(spawner, *endpoint))
     except NetworkConfigError as e:
         return NetworkReport(name, "none", (f"cannot tell what the rules must allow: {e}",))
     fix = "as root on the Docker host: " + apply_command(name, policy)
@@ -356,7 +310,7 @@ class GpusCommand(AdminCommand):
 
 class FirewallCommand(Application):
     """``hardened-spawner firewall apply|status|remove``: the rules that isolate users'
-    servers. It parses its own options (see `firewall.main`, ``--help``)."""
+    servers. It parses its own options (see `firewall_command.main`, ``--help``)."""
 
     name = "firewall"
     description = """Install, check or remove the iptables rules isolating users' servers
@@ -366,7 +320,7 @@ class FirewallCommand(Application):
         self.firewall_argv = list(argv or [])
 
     def start(self) -> int:  # type: ignore[override]  # main() returns it as the exit status
-        from .firewall import main as firewall_main
+        from .firewall_command import main as firewall_main
 
         return firewall_main(self.firewall_argv)
 

@@ -740,28 +740,20 @@ def hub_blocked(plan: FamilyPlan, tables: Tables) -> list[str]:
 # --- settings from a jupyterhub_config.py ---------------------------------------------
 
 
-def settings_from_config(config: Mapping) -> dict:
-    """The firewall's settings from a loaded JupyterHub config (``c.HardenedSpawner``,
-    then ``c.DockerSpawner``, then ``c.JupyterHub`` for the hub's address)."""
-    def spawner(name, default=None):
-        for section in ("HardenedSpawner", "DockerSpawner"):
-            values = config.get(section) or {}
-            if name in values:
-                return values[name]
-        return default
-
-    jupyterhub = config.get("JupyterHub") or {}
-    host, port = hub_endpoint_from_config(jupyterhub)
+def isolation_settings(spawner, hub_host: str, hub_port: int) -> dict:
+    """The isolation settings of a validated spawner, for `firewall.policy_from_settings`:
+    the one place they are read, by the hub (with its API URL), by `hardened-spawner check`
+    and by `hardened-spawner firewall -f` (with the hub's address from its config)."""
     return {
-        "network": spawner("network_name", "hardened-spawner-users"),
-        "bridge": spawner("network_bridge_name", ""),
-        "isolation": bool(spawner("network_isolation", True)),
-        "hub_ip": spawner("network_hub_address", "") or host,
-        "hub_port": int(port),
-        "egress": spawner("egress", "internet"),
-        "allow": list(spawner("egress_allow_cidrs", []) or []),
-        "allow_dns": list(spawner("egress_allow_dns", []) or []),
-        "trusted": list(spawner("network_trusted_addresses", []) or []),
+        "network": spawner.network_name,
+        "bridge": spawner.network_bridge_name,
+        "isolation": bool(spawner.network_isolation),
+        "hub_ip": spawner.network_hub_address or hub_host,
+        "hub_port": int(hub_port),
+        "egress": spawner.egress,
+        "allow": list(spawner.egress_allow_cidrs),
+        "allow_dns": list(spawner.egress_allow_dns),
+        "trusted": list(spawner.network_trusted_addresses),
     }
 
 

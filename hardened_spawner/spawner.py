@@ -49,7 +49,7 @@ from .network import (
     NetworkConfigError,
     apply_command,
     hub_endpoint,
-    is_ip,
+    isolation_settings,
     network_facts,
 )
 from .options import (
@@ -174,19 +174,10 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
             return facts
 
     async def _hub_policy(self) -> IsolationPolicy:
-        """What the rules must allow for this hub, from its settings and its API URL."""
-        host, port = hub_endpoint(self.hub.api_url)
-        host = self.network_hub_address or host
-        if not is_ip(host):  # e.g. the hub's name on the users' network, in compose
-            host = await self.context.run(firewall.resolve, host)
-        return IsolationPolicy(
-            hub_ip=host,
-            hub_port=port,
-            egress=self.egress,
-            allow_cidrs=tuple(self.egress_allow_cidrs),
-            allow_dns=tuple(self.egress_allow_dns),
-            trusted=tuple(self.network_trusted_addresses),
-        )
+        """What the rules must allow for this hub, from its settings and its API URL (the
+        same function `check` and `firewall -f` use; a host name is resolved there)."""
+        settings = isolation_settings(self, *hub_endpoint(self.hub.api_url))
+        return await self.context.run(firewall.policy_from_settings, settings)
 
     async def _isolation_problems(self, force: bool = False) -> IsolationCheck:
         """What is missing of the isolation, reused for `firewall_check_interval` seconds

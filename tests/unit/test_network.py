@@ -12,7 +12,7 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from hardened_spawner import firewall, labels
+from hardened_spawner import firewall, firewall_command, labels
 from hardened_spawner.network import (
     IsolationPolicy,
     NetworkConfigError,
@@ -38,7 +38,7 @@ from hardened_spawner.network import (
     probe_spec,
     remove_script,
     rule_plan,
-    settings_from_config,
+    isolation_settings,
 )
 from hardened_spawner.spawner import HardenedSpawner
 
@@ -273,19 +273,20 @@ def test_hub_endpoint_from_config(jupyterhub, expected):
     assert hub_endpoint_from_config(jupyterhub) == expected
 
 
-def test_settings_from_config():
+def test_isolation_settings_come_from_the_validated_spawner():
     config = Config()
-    config.JupyterHub.hub_connect_ip = "172.17.0.1"
-    config.JupyterHub.hub_port = 8099
     config.DockerSpawner.network_name = "from-docker-spawner"
     config.HardenedSpawner.network_name = "users"
     config.HardenedSpawner.egress = "none"
     config.HardenedSpawner.egress_allow_cidrs = ["10.20.0.0/16"]
-    assert settings_from_config(config) == {
+    spawner = HardenedSpawner(config=config)
+    assert isolation_settings(spawner, "172.17.0.1", 8099) == {
         "network": "users", "bridge": "", "isolation": True, "hub_ip": "172.17.0.1",
         "hub_port": 8099, "egress": "none", "allow": ["10.20.0.0/16"], "allow_dns": [],
         "trusted": [],
     }
+    config.HardenedSpawner.network_hub_address = "10.1.2.3"  # overrides the hub's API host
+    assert isolation_settings(HardenedSpawner(config=config), "172.17.0.1", 8099)["hub_ip"] == "10.1.2.3"
 
 
 def test_apply_command_names_every_setting():
@@ -709,8 +710,8 @@ def test_firewall_command_settings_from_a_config_file(tmp_path):
         "c.HardenedSpawner.network_name = 'users'\n"
         "c.HardenedSpawner.egress_allow_cidrs = ['10.20.0.0/16']\n"
     )
-    args = firewall._parser().parse_args(["status", "-f", str(config), "--egress", "none"])
-    settings = firewall._settings(args)
+    args = firewall_command._parser().parse_args(["status", "-f", str(config), "--egress", "none"])
+    settings = firewall_command._settings(args)
     assert firewall.policy_from_settings(settings) == IsolationPolicy("172.17.0.1", 8099, "none", ("10.20.0.0/16",))
     assert settings["network"] == "users"
     with pytest.raises(NetworkConfigError, match="pass --hub-ip"):
@@ -898,8 +899,8 @@ def test_keep_applied_puts_the_rules_back_and_survives_errors(monkeypatch):
         applied.append(settings["network"])
         return FACTS, []
 
-    monkeypatch.setattr(firewall, "current_problems", current)
-    monkeypatch.setattr(firewall, "apply_and_mark", apply_and_mark)
+    monkeypatch.setattr(firewall_command, "current_problems", current)
+    monkeypatch.setattr(firewall_command, "apply_and_mark", apply_and_mark)
 
     class StopAfter(threading.Event):
         rounds = 0
@@ -910,8 +911,8 @@ def test_keep_applied_puts_the_rules_back_and_survives_errors(monkeypatch):
 
     out = io.StringIO()
     states = []
-    monkeypatch.setattr(firewall, "_mark_status", lambda path, in_place: states.append(in_place))
-    firewall.keep_applied(None, {"network": "users"}, HOST_HUB, 5, out, StopAfter(), "/run/ok")
+    monkeypatch.setattr(firewall_command, "_mark_status", lambda path, in_place: states.append(in_place))
+    firewall_command.keep_applied(None, {"network": "users"}, HOST_HUB, 5, out, StopAfter(), "/run/ok")
     assert applied == ["users"]
     assert states == [True, True, False, True]
     lines = out.getvalue().splitlines()
@@ -954,16 +955,16 @@ def test_rules_go_to_the_backend_that_holds_the_engines_chains():
 
 def test_status_file_exists_while_the_rules_are_in_place(tmp_path):
     path = tmp_path / "in-place"
-    firewall._mark_status(str(path), True)
+    firewall_command._mark_status(str(path), True)
     assert path.read_text().endswith("\n")
-    firewall._mark_status(str(path), False)
+    firewall_command._mark_status(str(path), False)
     assert not path.exists()
-    firewall._mark_status(str(path), False)  # already gone: fine
+    firewall_command._mark_status(str(path), False)  # already gone: fine
 
 
 @pytest.mark.parametrize("argv", [["apply", "--watch", "0"], ["status", "--watch", "30"]])
 def test_watch_is_checked_before_anything_runs(argv, capsys):
-    assert firewall.main(argv) == 2
+    assert firewall_command.main(argv) == 2
     assert capsys.readouterr().err == (
         "hardened-spawner firewall: --watch goes with apply, and needs a positive number of seconds\n"
     )
@@ -1006,3 +1007,45 @@ def test_a_probe_that_cannot_reach_the_hub_blocks_it(monkeypatch):
     assert verdict.blocking == [
         "a container on the users' network cannot reach the hub API at 172.17.0.1:8081 (rejected)"]
     assert verdict.problems == verdict.blocking
+
+
+# --- one source for the isolation settings (issue 12) ---------------------------------------
+
+
+def _three_policies(tmp_path, monkeypatch, allow: list[str]) -> list[IsolationPolicy]:
+    """The policy as the hub, `hardened-spawner check` and `firewall -f` build it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from hardened_spawner import cli
+    from hardened_spawner.hub_context import reset_hub_contexts
+
+    config_file = tmp_path / "jupyterhub_config.py"
+    config_file.write_text(
+        "c = get_config()\n"
+        "c.JupyterHub.hub_connect_ip = '172.17.0.1'\n"
+        "c.JupyterHub.hub_port = 8099\n"
+        "c.HardenedSpawner.network_name = 'users'\n"
+        "c.HardenedSpawner.egress = 'none'\n"
+        f"c.HardenedSpawner.egress_allow_cidrs = {allow!r}\n"
+    )
+    config = cli.load_hub_config(str(config_file))
+    spawner = cli.build_spawner(config)
+    spawner.hub = SimpleNamespace(api_url="http://172.17.0.1:8099/hub/api")
+    reset_hub_contexts()
+    hub = asyncio.run(spawner._hub_policy())
+    seen = []
+    monkeypatch.setattr(firewall, "load_network", lambda client, name: FACTS)
+    monkeypatch.setattr(firewall, "verify", lambda client, facts, policy, **kw: seen.append(policy) or ("iptables", []))
+    cli.network_report(None, spawner, config)
+    args = firewall_command._parser().parse_args(["status", "-f", str(config_file)])
+    command = firewall.policy_from_settings(firewall_command._settings(args))
+    reset_hub_contexts()
+    return [hub, seen[0], command]
+
+
+def test_the_hub_check_and_firewall_build_one_policy_and_follow_a_setting(tmp_path, monkeypatch):
+    before = _three_policies(tmp_path, monkeypatch, ["10.20.0.0/16"])
+    assert before == [IsolationPolicy("172.17.0.1", 8099, "none", ("10.20.0.0/16",))] * 3
+    after = _three_policies(tmp_path, monkeypatch, ["10.30.0.0/16", "192.168.7.0/24"])
+    assert after == [IsolationPolicy("172.17.0.1", 8099, "none", ("10.30.0.0/16", "192.168.7.0/24"))] * 3
