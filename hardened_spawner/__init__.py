@@ -1,4 +1,12 @@
-"""A least-privilege DockerSpawner for shared GPU servers."""
+"""A least-privilege DockerSpawner for shared GPU servers.
+
+Importing this package, or any of its modules, changes nothing outside it. The one
+change it makes to JupyterHub is made here, when the hub asks for the spawner class
+(the ``hardened`` entry point, or ``hardened_spawner.HardenedSpawner``): JupyterHub has no
+start hook for spawners, so `hubstart.install_hub_start_checks` wraps the hub's
+``init_tornado_settings`` to check the configuration (and stop the hub on a bad setting)
+before anything is served. A hub that uses another spawner class is not affected.
+"""
 
 from ._version import __version__
 
@@ -9,7 +17,9 @@ def __getattr__(name):
     # Imported on demand, so the pure policy modules (and their unit tests)
     # do not pull in JupyterHub, DockerSpawner and docker-py.
     if name == "HardenedSpawner":
+        from .hubstart import install_hub_start_checks
         from .spawner import HardenedSpawner
 
+        install_hub_start_checks(HardenedSpawner)
         return HardenedSpawner
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

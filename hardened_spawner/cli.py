@@ -20,20 +20,25 @@ import logging
 import sys
 from typing import TextIO
 
-import docker.errors
 from traitlets import Bool, Unicode
 from traitlets.config import Application, Config
 from traitlets.config.loader import (
     ArgumentError,
 )
 
-from . import labels
 from ._version import __version__
+from .checks import (
+    _ENGINE_ERRORS,
+    audit_containers,
+    cannot_reach_message,
+    engine_client,
+    network_report,
+)
+from .engine import MANAGED_SERVERS
+from .errors import CannotCheck
 from .gpus import GpuAllocator, GpuConfigError
-from .hub_context import ENGINE_ERRORS, EngineUnavailable, unreachable_message
-from .hubconfig import DEFAULT_CONFIG_FILE, CannotCheck, build_spawner, default_config_file, load_hub_config
+from .hubconfig import DEFAULT_CONFIG_FILE, build_spawner, default_config_file, load_hub_config
 from .inspection import (
-    ContainerReport,
     NetworkReport,
     check_as_json,
     check_as_table,
@@ -41,101 +46,18 @@ from .inspection import (
     gpu_report,
     gpus_as_json,
     gpus_as_table,
-    hub_start_log_lines,
     network_as_text,
-    report_container,
 )
-from .workspace import IDENTITY_VOLUME
 
 EXIT_OK = 0
 EXIT_CANNOT_CHECK = 2
 
 
-MANAGED_SERVERS = {"label": [f"{labels.MANAGED}=true", f"{labels.ROLE}={labels.ROLE_SERVER}"]}
 
 
-_ENGINE_ERRORS = (EngineUnavailable, *ENGINE_ERRORS)
-
-
-def engine_client(spawner):
-    """The spawner's own docker-py client (same DOCKER_HOST, TLS and client_kwargs as the hub)."""
-    try:
-        return spawner.client
-    except _ENGINE_ERRORS as e:
-        raise CannotCheck(cannot_reach_message(spawner, e)) from None
-
-
-def cannot_reach_message(spawner, error: Exception) -> str:
-    if isinstance(error, EngineUnavailable):
-        return str(error)
-    return unreachable_message(spawner.context.address, error)
 
 
 # --- plain functions: check ------------------------------------------------
-
-
-def identity_mountpoint(client) -> str | None:
-    """Where the engine keeps the generated passwd/group files; None before any spawn."""
-    try:
-        return client.inspect_volume(IDENTITY_VOLUME)["Mountpoint"]
-    except docker.errors.NotFound:
-        return None
-
-
-def audit_containers(
-    client,
-    allowed_cap_add: frozenset[str],
-    *,
-    everything: bool = False,
-    names: tuple[str, ...] = (),
-    running_only: bool = False,
-) -> list[ContainerReport]:
-    """Reports for the managed server containers, or every container
-    (``everything``), or just the ones named (names or ids); stopped ones too
-    unless ``running_only``."""
-    if names:
-        ids = list(names)
-    else:
-        filters = None if everything else MANAGED_SERVERS
-        ids = [c["Id"] for c in client.containers(all=not running_only, filters=filters)]
-    mountpoint = identity_mountpoint(client)
-    reports = []
-    for container_id in ids:
-        try:
-            inspect = client.inspect_container(container_id)
-        except docker.errors.NotFound:
-            if names:
-                raise CannotCheck(f"There is no container {container_id}.") from None
-            continue  # removed since the listing: nothing left to check
-        reports.append(report_container(inspect, allowed_cap_add, mountpoint))
-    return sorted(reports, key=lambda r: (r.name, r.id))
-
-
-def network_report(client, spawner, config: Config) -> NetworkReport:
-    """The users' network isolation, checked as the hub checks it (`firewall.verify`),
-    with the hub's address from its config."""
-    from . import firewall
-    from .network import NetworkConfigError, apply_command, hub_endpoint_from_config, isolation_settings
-
-    name = spawner.network_name
-    if not spawner.network_isolation:
-        return NetworkReport(name, "none", (
-            "HardenedSpawner.network_isolation is False: users' servers can reach each other, "
-            "the cloud metadata service and private networks.",), "set it to True")
-    try:
-        endpoint = hub_endpoint_from_config(config.get("JupyterHub") or {})
-        policy = firewall.policy_from_settings(isolation_settings(spawner, *endpoint))
-    except NetworkConfigError as e:
-        return NetworkReport(name, "none", (f"cannot tell what the rules must allow: {e}",))
-    fix = "as root on the Docker host: " + apply_command(name, policy)
-    facts = firewall.load_network(client, name)
-    if facts is None:
-        return NetworkReport(name, "none", (
-            f"the users' network {name} does not exist yet (the hub creates it when it starts)",), fix)
-    method, problems = firewall.verify(
-        client, facts, policy, method=spawner.firewall_check_method, image=spawner.image
-    )
-    return NetworkReport(name, method, tuple(problems), fix if problems else "")
 
 
 def run_check(
@@ -158,30 +80,6 @@ def run_check(
         if network is not None:
             out.write(network_as_text(network))
     return check_exit_status(reports, network)
-
-
-def audit_at_hub_start(spawner, log: logging.Logger) -> None:
-    """Check the managed server containers already there when the hub starts and log what
-    is found. Runs in a thread while the hub starts; never raises."""
-    try:
-        client = engine_client(spawner)
-        # running servers only: stopped ones are removed at their next start anyway,
-        # and inspecting hundreds of them would slow the hub's start
-        reports = audit_containers(client, frozenset(spawner.cap_add), running_only=True)
-    except CannotCheck as e:
-        log.warning("Could not check the existing server containers at hub start: %s", e)
-        return
-    except _ENGINE_ERRORS as e:
-        log.warning(
-            "Could not check the existing server containers at hub start: %s",
-            cannot_reach_message(spawner, e),
-        )
-        return
-    except Exception:
-        log.exception("Checking the existing server containers at hub start failed")
-        return
-    for level, message in hub_start_log_lines(reports):
-        log.log(level, message)
 
 
 # --- plain functions: gpus -------------------------------------------------

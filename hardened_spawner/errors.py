@@ -9,6 +9,12 @@ JupyterHub 5 a 4xx `HTTPError` carrying ``jupyterhub_message`` does the same.
 
 from tornado import web
 
+
+class CannotCheck(Exception):
+    """An admin command (or the hub's own start-up check) cannot do its work; the message
+    says why and what to do."""
+
+
 try:
     from jupyterhub.spawner import SpawnException as _Base
 except ImportError:  # JupyterHub 5

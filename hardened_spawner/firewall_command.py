@@ -22,6 +22,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from .errors import CannotCheck
 from .firewall import (
     _COMMAND,
     FirewallError,
@@ -40,7 +41,7 @@ from .firewall import (
     status,
     write_marker,
 )
-from .hubconfig import CannotCheck, build_spawner, load_hub_config
+from .hubconfig import build_spawner, load_hub_config
 from .network import (
     EGRESS_MODES,
     IsolationPolicy,

@@ -273,6 +273,13 @@ def parse_static_inventory(entries: Iterable[str | Mapping]) -> tuple[GpuDevice,
 
 def validate_policy(policy: GpuPolicy, inventory: Sequence[GpuDevice]) -> None:
     """Raise GpuConfigError for the first setting that would make allocation wrong or surprising."""
+    seen = _check_counts(policy, inventory)
+    _check_pins(policy, inventory, seen)
+
+
+def _check_counts(policy: GpuPolicy, inventory: Sequence[GpuDevice]) -> dict[str, int]:
+    """The inventory lists each device once, counts are counts, the pool is in the inventory;
+    returns how often each UUID is listed."""
     seen: dict[str, int] = {}
     for device in inventory:
         seen[device.uuid] = seen.get(device.uuid, 0) + 1
@@ -317,6 +324,12 @@ def validate_policy(policy: GpuPolicy, inventory: Sequence[GpuDevice]) -> None:
             f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not in the inventory "
             f"(known: {known}). Fix the UUIDs or remove them from the pool.",
         )
+    return seen
+
+
+def _check_pins(policy: GpuPolicy, inventory: Sequence[GpuDevice], seen: dict[str, int]) -> None:
+    """Pins name known devices, no more users than may share one, never a GPU and its slice."""
+    known = ", ".join(seen)
     pinned: dict[str, list[str]] = {}
     for user, devices in policy.pins.items():
         for uuid in devices:

@@ -10,6 +10,7 @@ spawn before the container exists and audits running containers afterwards
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .identity import MIN_SAFE_UID
@@ -117,111 +118,204 @@ def _dedicated_ids(user: str) -> bool:
     return len(ids) == 2 and all(i.isdigit() and int(i) >= MIN_SAFE_UID for i in ids)
 
 
-def check_container(config: dict, host_config: dict, policy: GuardPolicy) -> list[Violation]:
-    """Every way ``config``/``host_config`` break the policy; empty means allowed."""
-    v: list[Violation] = []
+# --- the rules: one small function each, with its check ids and CIS items ------------
 
-    def refuse(check, key, setting, problem, fix):
-        v.append(Violation(check, key, setting, problem, fix))
 
+Judge = Callable[[dict, dict, GuardPolicy], Iterator[Violation]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule of the policy: what it reports (check ids), which items of the CIS Docker
+    Benchmark each id fails, and the function that judges a spec."""
+
+    checks: tuple[str, ...]
+    cis: Mapping[str, tuple[str, ...]]
+    judge: Judge
+    #: for a rule whose CIS item depends on the spec (the host-namespace keys)
+    cis_of: Callable[[Violation, dict], tuple[str, ...]] | None = None
+
+    def cis_items(self, violation: Violation, host_config: dict) -> tuple[str, ...]:
+        if self.cis_of is not None:
+            return self.cis_of(violation, host_config)
+        return tuple(self.cis.get(violation.check, ()))
+
+
+#: every rule, in the order its violations are reported
+RULES: list[Rule] = []
+
+
+def rule(*checks: str, cis: Mapping[str, tuple[str, ...]] | None = None,
+         cis_of: Callable[[Violation, dict], tuple[str, ...]] | None = None) -> Callable[[Judge], Judge]:
+    def register(judge: Judge) -> Judge:
+        RULES.append(Rule(checks, dict(cis or {}), judge, cis_of))
+        return judge
+    return register
+
+
+def rule_for(check: str) -> Rule:
+    """The rule that reports ``check``."""
+    for found in RULES:
+        if check in found.checks:
+            return found
+    raise KeyError(check)
+
+
+@rule("privileged", cis={"privileged": ("5.5",)})
+def _privileged(config, host_config, policy):
     if host_config.get("Privileged"):
-        refuse(
+        yield Violation(
             "privileged", "HostConfig.Privileged", "extra_host_config['privileged']",
             "The container would run privileged, with every capability and every host device",
             "remove 'privileged'; it is never allowed",
         )
-    for key, kwarg in (
-        ("NetworkMode", "network_mode"),
-        ("PidMode", "pid_mode"),
-        ("IpcMode", "ipc_mode"),
-        ("UTSMode", "uts_mode"),
-        ("UsernsMode", "userns_mode"),
-    ):
+
+
+#: HostConfig key -> (docker-py argument, the CIS item for sharing the host's namespace)
+_NAMESPACES = {
+    "NetworkMode": ("network_mode", "5.10"),
+    "PidMode": ("pid_mode", "5.16"),
+    "IpcMode": ("ipc_mode", "5.17"),
+    "UTSMode": ("uts_mode", "5.21"),
+    "UsernsMode": ("userns_mode", "5.31"),
+}
+
+
+def _namespace_cis(violation: Violation, host_config: dict) -> tuple[str, ...]:
+    # sharing another container's namespace (not the host's) is none of the benchmark's items
+    key = violation.key.removeprefix("HostConfig.")
+    return (_NAMESPACES[key][1],) if host_config.get(key) == "host" else ()
+
+
+@rule("host-namespace", cis={"host-namespace": tuple(cis for _, cis in _NAMESPACES.values())},
+      cis_of=_namespace_cis)
+def _host_namespaces(config, host_config, policy):
+    for key, (kwarg, _) in _NAMESPACES.items():
         mode = host_config.get(key) or ""
         if mode == "host" or mode.startswith("container:"):
-            refuse(
+            yield Violation(
                 "host-namespace", f"HostConfig.{key}", f"extra_host_config['{kwarg}']",
                 f"The container would share {'the host' if mode == 'host' else 'another container'}'s "
                 f"{kwarg.split('_')[0]} namespace ({mode!r})",
                 f"remove '{kwarg}' so the container gets its own namespace",
             )
+
+
+@rule("docker-socket", "sensitive-mount", cis={"docker-socket": ("5.32",), "sensitive-mount": ("5.6",)})
+def _host_paths(config, host_config, policy):
     for source, read_only in _host_mounts(host_config):
         if source in policy.allowed_bind_sources and read_only:
             continue
         if _is_socket(source):
-            refuse(
+            yield Violation(
                 "docker-socket", "HostConfig.Binds/Mounts", "volumes or extra_host_config",
                 f"The engine socket {source} would be mounted; whoever holds it is root on the host",
                 "remove that mount",
             )
         elif _is_sensitive(source):
-            refuse(
+            yield Violation(
                 "sensitive-mount", "HostConfig.Binds/Mounts", "volumes or extra_host_config",
                 f"The host path {source} would be mounted into a user's container",
                 "mount a dedicated data directory instead of a system path",
             )
+
+
+@rule("mount-propagation", cis={"mount-propagation": ("5.20",)})
+def _mount_propagation(config, host_config, policy):
     propagating = _shared_propagation(host_config)
     if propagating:
-        refuse(
+        yield Violation(
             "mount-propagation", "HostConfig.Binds/Mounts", "volumes or extra_host_config",
             f"Mounts made inside the container would propagate to the host ({', '.join(propagating)}: "
             "shared propagation)",
             "remove the 'shared'/'rshared' mount option",
         )
+
+
+@rule("volumes-from")
+def _volumes_from(config, host_config, policy):
     if host_config.get("VolumesFrom"):
-        refuse(
+        yield Violation(
             "volumes-from", "HostConfig.VolumesFrom", "extra_host_config['volumes_from']",
             "Another container's volumes would be mounted, possibly another user's workspace",
             "remove 'volumes_from'",
         )
+
+
+@rule("devices", cis={"devices": ("5.18",)})
+def _devices(config, host_config, policy):
     if host_config.get("Devices"):
-        refuse(
+        yield Violation(
             "devices", "HostConfig.Devices", "extra_host_config['devices']",
             "Host devices would be mapped into the container",
             "remove 'devices'; GPUs are assigned by the spawner (gpu_* settings)",
         )
+
+
+@rule("gpu-count")
+def _gpu_count(config, host_config, policy):
     for request in host_config.get("DeviceRequests") or []:
         if request.get("Count") or not request.get("DeviceIDs"):
-            refuse(
+            yield Violation(
                 "gpu-count", "HostConfig.DeviceRequests", "extra_host_config['device_requests']",
                 "A GPU request by count or 'all' would hand out devices nobody assigned",
                 "remove 'device_requests'; the spawner assigns explicit GPUs",
             )
+
+
+@rule("published-ports", cis={"published-ports": ("5.8", "5.9", "5.14")})
+def _published(config, host_config, policy):
     published = _published_ports(host_config)
     if published or host_config.get("PublishAllPorts"):
-        refuse(
+        yield Violation(
             "published-ports", "HostConfig.PortBindings", "extra_host_config['port_bindings']",
             "Ports would be published on the host ("
             + (", ".join(published) or "every exposed port")
             + "), reachable without the proxy's authentication and past the network isolation",
             "remove 'port_bindings' and 'publish_all_ports'; the proxy reaches servers on the users' network",
         )
+
+
+@rule("default-bridge", cis={"default-bridge": ("5.30",)})
+def _default_bridge(config, host_config, policy):
     if (host_config.get("NetworkMode") or "") in ("bridge", "default"):
-        refuse(
+        yield Violation(
             "default-bridge", "HostConfig.NetworkMode", "HardenedSpawner.network_name",
             "The container would run on Docker's default bridge, where nothing keeps users apart",
             "use the users' network the spawner manages (network_name)",
         )
+
+
+@rule("cgroup-parent", cis={"cgroup-parent": ("5.25",)})
+def _cgroup_parent(config, host_config, policy):
     if host_config.get("CgroupParent"):
-        refuse(
+        yield Violation(
             "cgroup-parent", "HostConfig.CgroupParent", "extra_host_config['cgroup_parent']",
             f"The container would be placed in the cgroup {host_config['CgroupParent']!r}, "
             "outside the engine's accounting of its limits",
             "remove 'cgroup_parent'",
         )
+
+
+@rule("restart-policy", cis={"restart-policy": ("5.15",)})
+def _restart_policy(config, host_config, policy):
     restart = host_config.get("RestartPolicy") or {}
     if restart.get("Name") in ("always", "unless-stopped") or (
         restart.get("Name") == "on-failure" and not 0 < (restart.get("MaximumRetryCount") or 0) <= 5
     ):
-        refuse(
+        yield Violation(
             "restart-policy", "HostConfig.RestartPolicy", "extra_host_config['restart_policy']",
             f"The engine would restart the server on its own ({restart.get('Name')}"
             + (f":{restart.get('MaximumRetryCount')}" if restart.get("Name") == "on-failure" else "")
             + "), behind the hub's back: a server the hub stopped, with GPUs it gave to someone else",
             "remove 'restart_policy'; the hub starts and stops servers",
         )
+
+
+@rule("cap-drop", "cap-add", cis={"cap-drop": ("5.4",), "cap-add": ("5.4",)})
+def _capabilities(config, host_config, policy):
     if "ALL" not in [c.upper() for c in host_config.get("CapDrop") or []]:
-        refuse(
+        yield Violation(
             "cap-drop", "HostConfig.CapDrop", "extra_host_config['cap_drop']",
             "Not all capabilities would be dropped",
             "keep cap_drop=['ALL']",
@@ -231,92 +325,144 @@ def check_container(config: dict, host_config: dict, policy: GuardPolicy) -> lis
         - policy.allowed_cap_add
     )
     if extra_caps:
-        refuse(
+        yield Violation(
             "cap-add", "HostConfig.CapAdd", "HardenedSpawner.cap_add or extra_host_config['cap_add']",
             f"Capabilities outside the allowlist would be added: {', '.join(extra_caps)}",
             "add capabilities only through HardenedSpawner.cap_add, from its allowlist",
         )
+
+
+@rule("group-add")
+def _group_add(config, host_config, policy):
     if host_config.get("GroupAdd"):
-        refuse(
+        yield Violation(
             "group-add", "HostConfig.GroupAdd", "extra_host_config['group_add']",
             f"Supplementary groups would be added: {', '.join(map(str, host_config['GroupAdd']))}",
             "remove 'group_add'; each user has only their private group",
         )
+
+
+@rule("user", cis={"user": ("4.1",)})
+def _user(config, host_config, policy):
     user = config.get("User") or ""
     if not _dedicated_ids(user):
-        refuse(
+        yield Violation(
             "user", "Config.User", "extra_create_kwargs['user']",
             f"The server would run as {user or 'the image default user'!r}, "
             f"not as a dedicated UID:GID >= {MIN_SAFE_UID}",
             "do not override 'user'; the spawner sets the user's own UID:GID",
         )
+
+
+@rule("allow-root")
+def _allow_root(config, host_config, policy):
     if "--allow-root" in (config.get("Cmd") or []) + (config.get("Entrypoint") or []):
-        refuse(
+        yield Violation(
             "allow-root", "Config.Cmd", "HardenedSpawner.cmd / args",
             "The server command contains --allow-root",
             "remove --allow-root from cmd and args",
         )
+
+
+@rule("read-only-root", cis={"read-only-root": ("5.13",)})
+def _read_only_root(config, host_config, policy):
     if not host_config.get("ReadonlyRootfs"):
-        refuse(
+        yield Violation(
             "read-only-root", "HostConfig.ReadonlyRootfs", "extra_host_config['read_only']",
             "The root filesystem would be writable",
             "keep read_only=True; writable places are the workspace and the tmpfs mounts",
         )
-    opts = [o.replace(":", "=", 1) for o in host_config.get("SecurityOpt") or []]
-    nnp = [o for o in opts if o.startswith("no-new-privileges")]
+
+
+def _security_options(host_config: dict) -> list[str]:
+    return [o.replace(":", "=", 1) for o in host_config.get("SecurityOpt") or []]
+
+
+@rule("no-new-privileges", cis={"no-new-privileges": ("5.26",)})
+def _no_new_privileges(config, host_config, policy):
+    nnp = [o for o in _security_options(host_config) if o.startswith("no-new-privileges")]
     # the engine applies options in order: the last no-new-privileges wins
     if not nnp or nnp[-1] not in ("no-new-privileges", "no-new-privileges=true"):
-        refuse(
+        yield Violation(
             "no-new-privileges", "HostConfig.SecurityOpt", "extra_host_config['security_opt']",
             "no-new-privileges is not set, so setuid programs could raise privileges",
             "keep 'no-new-privileges:true' in security_opt",
         )
-    for unconfined, what in (
-        ("seccomp=unconfined", "seccomp"),
-        ("apparmor=unconfined", "AppArmor"),
-        ("systempaths=unconfined", "masking of /proc and /sys paths"),
-        ("label=disable", "SELinux labelling"),
-    ):
+
+
+_UNCONFINED = (
+    ("seccomp=unconfined", "seccomp"),
+    ("apparmor=unconfined", "AppArmor"),
+    ("systempaths=unconfined", "masking of /proc and /sys paths"),
+    ("label=disable", "SELinux labelling"),
+)
+
+
+@rule(*(option.split("=")[0] + "-unconfined" for option, _ in _UNCONFINED),
+      cis={"seccomp-unconfined": ("5.22",), "apparmor-unconfined": ("5.2",), "label-unconfined": ("5.3",)})
+def _unconfined(config, host_config, policy):
+    opts = _security_options(host_config)
+    for unconfined, what in _UNCONFINED:
         if unconfined in opts:
-            refuse(
+            yield Violation(
                 unconfined.split("=")[0] + "-unconfined", "HostConfig.SecurityOpt",
                 "extra_host_config['security_opt']",
                 f"{what} would be switched off ({unconfined})",
                 f"remove '{unconfined}'",
             )
+
+
+@rule("memory", "oom-kill-disable", cis={"memory": ("5.11",)})
+def _memory(config, host_config, policy):
     if not host_config.get("Memory"):
-        refuse(
+        yield Violation(
             "memory", "HostConfig.Memory", "HardenedSpawner.mem_limit",
             "No memory limit: one user could exhaust the host's memory",
             "set mem_limit",
         )
     if host_config.get("OomKillDisable"):
-        refuse(
+        yield Violation(
             "oom-kill-disable", "HostConfig.OomKillDisable", "extra_host_config['oom_kill_disable']",
             "The OOM killer would be disabled for this container",
             "remove 'oom_kill_disable'",
         )
+
+
+@rule("cpu")
+def _cpu(config, host_config, policy):
     if (host_config.get("NanoCpus") or 0) <= 0 and (host_config.get("CpuQuota") or 0) <= 0:
-        refuse(
+        yield Violation(
             "cpu", "HostConfig.NanoCpus", "HardenedSpawner.cpu_limit",
             "No CPU limit: one user could take every core",
             "set cpu_limit",
         )
+
+
+@rule("pids", cis={"pids": ("5.29",)})
+def _pids(config, host_config, policy):
     pids = host_config.get("PidsLimit")
     if not pids or pids < 0:
-        refuse(
+        yield Violation(
             "pids", "HostConfig.PidsLimit", "HardenedSpawner.pids_limit",
             "No process limit: a fork bomb could exhaust the host's process table",
             "set pids_limit",
         )
+
+
+@rule("healthcheck", cis={"healthcheck": ("5.27",)})
+def _healthcheck(config, host_config, policy):
     healthcheck = config.get("Healthcheck") or {}
     if policy.require_healthcheck and (not healthcheck.get("Test") or healthcheck["Test"] == ["NONE"]):
-        refuse(
+        yield Violation(
             "healthcheck", "Config.Healthcheck", "HardenedSpawner.healthcheck",
             "The container has no healthcheck",
             "keep the default healthcheck",
         )
-    return v
+
+
+def check_container(config: dict, host_config: dict, policy: GuardPolicy) -> list[Violation]:
+    """Every way ``config``/``host_config`` break the policy; empty means allowed."""
+    return [violation for found in RULES for violation in found.judge(config, host_config, policy)]
 
 
 def describe(violations: list[Violation]) -> str:

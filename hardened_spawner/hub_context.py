@@ -33,8 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import docker
 import docker.errors
+import docker.tls
 import requests.exceptions
+from docker.utils import kwargs_from_env
 
 #: the errors docker-py raises when the engine cannot be reached or goes away
 ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
@@ -58,6 +61,27 @@ def unreachable_message(address: str, error: BaseException) -> str:
         f"Cannot reach the Docker engine at {address}: {error}. Is the engine running, and "
         "may this account use it (the docker group, DOCKER_HOST, DockerSpawner.client_kwargs)?"
     )
+
+
+_ENGINE_ENVIRONMENT = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
+
+
+def engine_settings(tls_config: dict, client_kwargs: dict) -> dict:
+    """What the engine client is made from (the context's key): DockerSpawner's settings
+    and the environment docker-py reads."""
+    return {"tls_config": tls_config, "client_kwargs": client_kwargs,
+            "env": {k: os.environ.get(k) for k in _ENGINE_ENVIRONMENT}}
+
+
+def connect(tls_config: dict, client_kwargs: dict, threads: int):
+    """The engine client, as DockerSpawner makes it, with a connection for every Docker
+    thread (docker-py keeps 10, and drops the rest after each call)."""
+    kwargs: dict[str, Any] = {"version": "auto", "max_pool_size": threads}
+    if tls_config:
+        kwargs["tls"] = docker.tls.TLSConfig(**tls_config)
+    kwargs.update(kwargs_from_env())
+    kwargs.update(client_kwargs)
+    return docker.APIClient(**kwargs)
 
 
 @dataclass

@@ -15,15 +15,13 @@ from traitlets import TraitError
 from traitlets.config import Config
 from traitlets.config.loader import ConfigFileNotFound, PyFileConfigLoader
 
+from .errors import CannotCheck
+
 DEFAULT_CONFIG_FILE = "jupyterhub_config.py"
 
 #: A stand-in for the hub user the spawner is built for: DockerSpawner's
 #: observers render name templates with it; nothing here acts for a user.
 _STAND_IN_USER = {"name": "hardened-spawner-cli", "id": 0, "admin": False, "groups": []}
-
-
-class CannotCheck(Exception):
-    """The command cannot do its work; the message says why and what to do."""
 
 
 def default_config_file(cwd: str = ".") -> str:

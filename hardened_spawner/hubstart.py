@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 from traitlets import TraitError
 
+from . import checks
 from .hub_context import EngineUnavailable
 
 
@@ -90,11 +91,9 @@ async def _hub_start_work(spawner, app, context) -> None:
 
 async def _audit(spawner, log, context) -> None:
     """Check the managed server containers already on the engine and log what is found
-    (`cli.audit_at_hub_start`), on the hub's Docker threads, with the hub's client."""
-    from .cli import audit_at_hub_start
-
+    (`checks.audit_at_hub_start`), on the hub's Docker threads, with the hub's client."""
     try:
-        await context.run(audit_at_hub_start, spawner, log)
+        await context.run(checks.audit_at_hub_start, spawner, log)
     except Exception:
         log.exception("Checking the existing server containers at hub start failed")
 
@@ -131,12 +130,12 @@ async def _check_isolation(spawner, app) -> None:
         return
     try:
         spawner.hub = app.hub
-        await spawner._engine_facts()  # creates the users' network if it is missing
+        await spawner.engine_facts()  # creates the users' network if it is missing
         # the probe container must find the hub API listening, which it is not yet
-        policy = await spawner._hub_policy()
+        policy = await spawner.hub_policy()
         if not await _listening(policy.hub_ip, policy.hub_port):
             app.log.warning("The hub API at %s:%s is not answering after %s s; checking the "
                             "network isolation anyway", policy.hub_ip, policy.hub_port, API_WAIT)
-        await spawner._isolation_problems(force=True)
+        await spawner.check_isolation(force=True)
     except Exception:
         app.log.exception("Checking the users' network isolation at hub start failed")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from . import labels
 from .gpu_broker import holder_key, holdings_from_containers
 from .gpus import GpuAllocator, GpuSummary, _index_key
-from .guard import GuardPolicy, Violation, check_container
+from .guard import GuardPolicy, Violation, check_container, rule_for
 from .workspace import identity_file_sources
 
 #: The benchmark whose item numbers the reports quote.
@@ -59,51 +59,14 @@ CIS_ITEMS = {
     "5.32": "the Docker socket is not mounted",
 }
 
-_CIS_BY_CHECK = {
-    "user": ("4.1",),
-    "apparmor-unconfined": ("5.2",),
-    "label-unconfined": ("5.3",),
-    "cap-drop": ("5.4",),
-    "cap-add": ("5.4",),
-    "privileged": ("5.5",),
-    "sensitive-mount": ("5.6",),
-    "published-ports": ("5.8", "5.9", "5.14"),
-    "restart-policy": ("5.15",),
-    "mount-propagation": ("5.20",),
-    "cgroup-parent": ("5.25",),
-    "default-bridge": ("5.30",),
-    "memory": ("5.11",),
-    "read-only-root": ("5.13",),
-    "devices": ("5.18",),
-    "seccomp-unconfined": ("5.22",),
-    "no-new-privileges": ("5.26",),
-    "healthcheck": ("5.27",),
-    "pids": ("5.29",),
-    "docker-socket": ("5.32",),
-}
-# the guard's "host-namespace" check covers five items, one per HostConfig key;
-# sharing another container's namespace (not the host's) is none of them
-_CIS_BY_NAMESPACE = {
-    "HostConfig.NetworkMode": "5.10",
-    "HostConfig.PidMode": "5.16",
-    "HostConfig.IpcMode": "5.17",
-    "HostConfig.UTSMode": "5.21",
-    "HostConfig.UsernsMode": "5.31",
-}
-
-
 def _cis_key(item: str) -> tuple[int, ...]:
     return tuple(int(part) for part in item.split("."))
 
 
 def cis_items_of(violation: Violation, host_config: dict) -> tuple[str, ...]:
-    """The CIS items one violation fails; () for rules of ours the benchmark lacks."""
-    if violation.check == "host-namespace":
-        field = violation.key.removeprefix("HostConfig.")
-        if host_config.get(field) == "host":
-            return (_CIS_BY_NAMESPACE[violation.key],)
-        return ()
-    return _CIS_BY_CHECK.get(violation.check, ())
+    """The CIS items one violation fails, as its guard rule says; () for rules of ours the
+    benchmark lacks."""
+    return rule_for(violation.check).cis_items(violation, host_config)
 
 
 # --- check ----------------------------------------------------------------

@@ -478,12 +478,17 @@ def family_plan(family: int, bridge: str, subnets: tuple[str, ...], policy: Isol
     host += openings(inp)
     host.append(r(inp, "host", target=reject))
 
-    jumps = (
-        r(parent, "jump", in_=bridge, target=(fwd,)),
-        r(parent, "jump", out=bridge, target=(fwd,)),
-        r("INPUT", "jump", in_=bridge, target=(inp,)),
+    return FamilyPlan(family, ((fwd, tuple(forward)), (inp, tuple(host))), _jumps(bridge, parent))
+
+
+def _jumps(bridge: str, parent: str) -> tuple[Rule, ...]:
+    """Into our chains: forwarded traffic in or out of the bridge, and traffic to the host."""
+    fwd, inp = forward_chain(bridge), input_chain(bridge)
+    return (
+        _rule(parent, bridge, "jump", in_=bridge, target=(fwd,)),
+        _rule(parent, bridge, "jump", out=bridge, target=(fwd,)),
+        _rule("INPUT", bridge, "jump", in_=bridge, target=(inp,)),
     )
-    return FamilyPlan(family, ((fwd, tuple(forward)), (inp, tuple(host))), jumps)
 
 
 def rule_plan(facts: NetworkFacts, policy: IsolationPolicy,

@@ -104,6 +104,21 @@ def render_host_config(profile: SecurityProfile) -> dict:
     }
 
 
+def audit_summary(profile: SecurityProfile) -> dict:
+    """The effective settings, for the audit trail: the profile's fields and the fixed
+    hardening, as `render_host_config` applies them (the seccomp JSON itself is too big)."""
+    rendered = render_host_config(profile)
+    summary = asdict(profile)
+    summary["seccomp_profile"] = "custom" if profile.seccomp_profile else "engine-default"
+    summary.update(
+        read_only_root=rendered["read_only"],
+        no_new_privileges="no-new-privileges:true" in rendered["security_opt"],
+        cap_drop=rendered["cap_drop"],
+        privileged=rendered["privileged"],
+    )
+    return summary
+
+
 def render_healthcheck(profile: SecurityProfile) -> dict | None:
     """The container's healthcheck in docker-py's ``Healthcheck`` shape."""
     return dict(profile.healthcheck) if profile.healthcheck else None

@@ -47,7 +47,7 @@ from .network import (
     parse_cidrs,
 )
 from .options import gpu_options_form, parse_gpu_options, unknown_options
-from .profile import ProfileError, normalise_capability, server_healthcheck
+from .profile import ProfileError, SecurityProfile, normalise_capability, server_healthcheck
 
 _MIB = 1024 * 1024
 
@@ -518,6 +518,25 @@ class HardenedSettings(HasTraits):
             raise TraitError(str(e)) from None
 
     # --- derived from the settings alone --------------------------------
+
+    def security_profile(self, facts: dict) -> SecurityProfile:
+        """The servers' security profile from these settings and the engine's facts (its
+        CPUs cap cpu_limit; AppArmor only where the engine has it)."""
+        seccomp = ""
+        if self.seccomp_profile:
+            with open(self.seccomp_profile) as f:
+                seccomp = json.dumps(json.load(f), separators=(",", ":"))
+        return SecurityProfile(
+            mem_limit=self.mem_limit,
+            cpu_limit=min(self.cpu_limit, facts["cpus"] or self.cpu_limit),
+            pids_limit=self.pids_limit,
+            shm_size=self.shm_size,
+            tmpfs={"/tmp": self.tmp_size, **self.extra_tmpfs},
+            cap_add=tuple(sorted(self.cap_add)),
+            seccomp_profile=seccomp,
+            apparmor_profile=self.apparmor_profile if facts["apparmor"] else "",
+            healthcheck=self.healthcheck or None,
+        )
 
     @property
     def audit(self) -> AuditTrail:

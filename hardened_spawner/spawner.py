@@ -11,18 +11,13 @@ identity -> GPUs -> workspace -> container spec -> guard -> create -> start -> w
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import os
-from dataclasses import asdict
 
 import docker.errors
-import docker.tls
-from docker.utils import kwargs_from_env
 from dockerspawner import DockerSpawner
 from jupyterhub.utils import maybe_future, url_path_join
 
-from . import firewall, labels, uid_claims
+from . import firewall, hub_database, isolation_check, labels, uid_claims
 from ._version import __version__
 from .container import ServerInputs, WorkspaceMount, build_server_spec
 from .engine import ensure_workspace_volume, gather_engine_facts, run_helper, running_servers
@@ -30,35 +25,11 @@ from .environment import hardened_environment
 from .errors import SpawnRefused
 from .gpu_broker import GpuBroker, holder_key
 from .guard import GuardPolicy, check_container, describe
-from .hub_context import (
-    ENGINE_ERRORS,
-    HubContext,
-    IsolationCheck,
-    engine_address,
-    hub_context,
-)
-from .hubstart import install_hub_start_checks
-from .identity import (
-    check_policy_uid,
-    derived_uid,
-    make_identity,
-    resolve_uid,
-)
-from .network import (
-    IsolationPolicy,
-    NetworkConfigError,
-    apply_command,
-    hub_endpoint,
-    isolation_settings,
-    network_facts,
-)
-from .options import (
-    OptionsError,
-    gpu_request,
-)
-from .profile import (
-    SecurityProfile,
-)
+from .hub_context import HubContext, IsolationCheck, connect, engine_address, engine_settings, hub_context
+from .identity import check_policy_uid, derived_uid, make_identity, resolve_uid
+from .network import IsolationPolicy, NetworkConfigError, hub_endpoint, isolation_settings
+from .options import OptionsError, gpu_request
+from .profile import audit_summary
 from .readiness import wait_until_up
 from .refusals import Situation, as_refusal
 from .settings import HardenedSettings
@@ -70,9 +41,6 @@ from .workspace import (
     volume_labels,
 )
 
-_MIB = 1024 * 1024
-
-
 
 class HardenedSpawner(HardenedSettings, DockerSpawner):
     """A DockerSpawner whose users each run as their own UID in a locked-down container."""
@@ -83,26 +51,14 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
     def context(self) -> HubContext:
         """Everything the hub's spawners share: see `hub_context`. Found once per spawner."""
         if self._context is None:
-            settings = {
-                "tls_config": self.tls_config,
-                "client_kwargs": self.client_kwargs,
-                "env": {k: os.environ.get(k) for k in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")},
-            }
-            self._context = hub_context(settings, self.docker_threads, self._connect_engine,
-                                        address=engine_address(self.client_kwargs))
+            self._context = hub_context(
+                engine_settings(self.tls_config, self.client_kwargs), self.docker_threads,
+                lambda: connect(self.tls_config, self.client_kwargs, self.docker_threads),
+                address=engine_address(self.client_kwargs),
+            )
         return self._context
 
     _context: HubContext | None = None
-
-    def _connect_engine(self):
-        """The engine client, as DockerSpawner makes it, with a pool for every Docker thread
-        (docker-py keeps 10 connections, and drops the rest after each call)."""
-        kwargs = {"version": "auto", "max_pool_size": self.docker_threads}
-        if self.tls_config:
-            kwargs["tls"] = docker.tls.TLSConfig(**self.tls_config)
-        kwargs.update(kwargs_from_env())
-        kwargs.update(self.client_kwargs)
-        return docker.APIClient(**kwargs)
 
     @property
     def client(self):
@@ -118,13 +74,13 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
     def gpus(self) -> GpuBroker:
         """The GPU table for this inventory and policy, one per hub."""
         key = json.dumps([self.gpu_inventory, repr(self._gpu_policy())], default=repr)
-        hub_id, known = self.hub_id, self._servers_in_database
+        hub_id, db = self.hub_id, getattr(self.user, "db", None)
         audit, log = self.audit, self.log
         context = self.context
 
         def build() -> GpuBroker:
             async def running() -> list[dict]:
-                return await running_servers(context, hub_id, known, audit, log)
+                return await running_servers(context, hub_id, lambda: hub_database.servers_in_database(db), audit, log)
 
             return GpuBroker(self.gpu_allocator(), running, self.log)
 
@@ -132,25 +88,9 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
 
     @property
     def hub_id(self) -> str:
-        """Which hub database this is (a digest of its URL), labelled on every server: a
-        restarted hub removes the servers of its own database that it no longer knows."""
-        db = getattr(self.user, "db", None)
-        if db is None:
-            return ""
-        url = db.get_bind().url.render_as_string(hide_password=True)
-        return hashlib.sha256(url.encode()).hexdigest()[:16]
+        return hub_database.hub_id(getattr(self.user, "db", None))
 
-    def _servers_in_database(self) -> set[tuple[str, str]] | None:
-        """(user, server name) of every server the hub's database says is running or starting."""
-        db = getattr(self.user, "db", None)
-        if db is None:
-            return None
-        from jupyterhub import orm
-
-        rows = db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None)).all()
-        return {(row.user.name, row.name or "") for row in rows}
-
-    async def _engine_facts(self) -> dict:
+    async def engine_facts(self) -> dict:
         """Facts about the engine every spawn needs, asked once per hub process and users'
         network: AppArmor support, the identity volume's host path, the network itself.
         Nothing is kept when the engine does not answer: the next spawn asks again."""
@@ -173,90 +113,30 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
                 context.engine_facts[self.network_name] = facts
             return facts
 
-    async def _hub_policy(self) -> IsolationPolicy:
+    async def hub_policy(self) -> IsolationPolicy:
         """What the rules must allow for this hub, from its settings and its API URL (the
         same function `check` and `firewall -f` use; a host name is resolved there)."""
         settings = isolation_settings(self, *hub_endpoint(self.hub.api_url))
         return await self.context.run(firewall.policy_from_settings, settings)
 
-    async def _isolation_problems(self, force: bool = False) -> IsolationCheck:
-        """What is missing of the isolation, reused for `firewall_check_interval` seconds
-        (per users' network and policy)."""
-        context = self.context
-        async with context.isolation_lock:
-            now = asyncio.get_running_loop().time()
-            policy, why = None, ""
-            try:
-                policy = await self._hub_policy()
-            except (NetworkConfigError, OSError) as e:
-                why = str(e)
-            key = (self.network_name, policy.summary() if policy else "")
-            cached = context.isolation.get(key)
-            # a refusal is not reused: the rules may be back by now (after a reboot the
-            # engine restarts the hub and the compose firewall keeper at the same time)
-            refusing = bool(cached and (cached.blocking or (cached.problems and self.firewall_required)))
-            if cached and not force and not refusing and now - cached.when < self.firewall_check_interval:
-                return cached
-            if policy is None:
-                check = IsolationCheck(now, "none", (f"the isolation could not be checked: {why}",))
-            else:
-                check = await self._check_isolation(now, policy)
-            context.isolation[key] = check
-            self._log_isolation(check, cached)
-            return check
-
-    async def _check_isolation(self, now: float, policy: IsolationPolicy) -> IsolationCheck:
+    async def check_isolation(self, force: bool = False) -> IsolationCheck:
+        """What is missing of the users' network's isolation (see `isolation_check`)."""
+        policy, why = None, ""
         try:
-            facts = network_facts(await self.docker("inspect_network", self.network_name))
-        except ENGINE_ERRORS as e:
-            return IsolationCheck(now, "none", (f"the isolation could not be checked: {e}",))
-        client = self.client
-        verdict = await self.context.run(
-            lambda: firewall.check(
-                client, facts, policy, method=self.firewall_check_method, image=self.image
-            )
+            policy = await self.hub_policy()
+        except (NetworkConfigError, OSError) as e:
+            why = str(e)
+        return await isolation_check.current_check(
+            self.context, self.network_name, policy, why, method=self.firewall_check_method,
+            image=self.image, interval=self.firewall_check_interval, required=self.firewall_required,
+            log=self.log, force=force,
         )
-        problems = list(verdict.problems)
-        if problems:
-            problems.append("Fix: as root on the Docker host, run: " + apply_command(self.network_name, policy))
-        return IsolationCheck(now, verdict.method, tuple(problems), tuple(verdict.blocking))
-
-    def _log_isolation(self, check: IsolationCheck, before: IsolationCheck | None) -> None:
-        if check.problems:
-            self.log.warning(
-                "NETWORK ISOLATION IS NOT IN PLACE for the users' network %s (checked by %s): "
-                "users' servers may reach each other, the cloud metadata service, private "
-                "networks or the host.\n  - %s",
-                self.network_name, check.method, "\n  - ".join(check.problems),
-            )
-        elif not before or before.problems:
-            self.log.info("Network isolation of %s is in place (checked by %s)",
-                          self.network_name, check.method)
 
     async def _require_isolation(self) -> None:
-        if not self.network_isolation:
-            return
-        check = await self._isolation_problems()
-        if check.blocking:
-            fix = [p for p in check.problems if p.startswith("Fix: ")]
-            raise SpawnRefused(
-                "Your server was not started: the network rules in place on this server stop "
-                "servers from reaching this hub, so it could never finish starting. The hub admin "
-                f"must update them ({(fix or ['see the hub log'])[0]}).",
-                reason="network",
-                status_code=424,
-                log_message=f"Refused {self._log_name}: the isolation rules block this hub's API: "
-                + "; ".join(check.blocking + check.problems),
-            )
-        if check.problems and self.firewall_required:
-            raise SpawnRefused(
-                "Your server was not started: the network isolation this hub requires is not in "
-                "place. The hub admin can find the details in the hub log.",
-                reason="network",
-                status_code=424,
-                log_message=f"Refused {self._log_name}: network isolation missing: "
-                + "; ".join(check.problems),
-            )
+        if self.network_isolation:
+            refusal = isolation_check.refusal(await self.check_isolation(), self.firewall_required, self._log_name)
+            if refusal is not None:
+                raise refusal
 
     # --- state: the UID and the prepared workspace outlive each server ---
 
@@ -396,23 +276,6 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
             self.audit.emit("gpus-assigned", **self._audit_fields(devices=list(uuids)))
         return uuids, since.isoformat()
 
-    def _profile(self, facts: dict) -> SecurityProfile:
-        seccomp = ""
-        if self.seccomp_profile:
-            with open(self.seccomp_profile) as f:
-                seccomp = json.dumps(json.load(f), separators=(",", ":"))
-        return SecurityProfile(
-            mem_limit=self.mem_limit,
-            cpu_limit=min(self.cpu_limit, facts["cpus"] or self.cpu_limit),
-            pids_limit=self.pids_limit,
-            shm_size=self.shm_size,
-            tmpfs={"/tmp": self.tmp_size, **self.extra_tmpfs},
-            cap_add=tuple(sorted(self.cap_add)),
-            seccomp_profile=seccomp,
-            apparmor_profile=self.apparmor_profile if facts["apparmor"] else "",
-            healthcheck=self.healthcheck or None,
-        )
-
     async def start(self):
         self._events: list[dict] = []
         self._event_signal = asyncio.Event()
@@ -436,7 +299,7 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
 
     async def _start(self):
         self._report(5, "Checking your identity")
-        facts = await self._engine_facts()
+        facts = await self.engine_facts()
         await self._require_isolation()
         image = self.image
         if self.user_options.get("image"):
@@ -451,7 +314,7 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
         self._report(15, "Assigning GPUs")
         self._gpu_uuids, self._gpus_since = await self._assign_gpus()
         workspace = await self._prepare_workspace(identity, self._image_id)
-        self._server_profile = self._profile(facts)
+        self._server_profile = self.security_profile(facts)
         self._workspace = workspace
         self._identity_files = identity_file_sources(facts["identity_mountpoint"], identity.uid)
         self._report(55, "Creating your server container")
@@ -612,22 +475,10 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
             "image": self.image,
             "image_digest": getattr(self, "_image_digest", None),
             "policy_fingerprint": profile.fingerprint() if profile else None,
-            "security": _security_summary(profile) if profile else {},
+            "security": audit_summary(profile) if profile else {},
             "devices": list(self._gpus_held),
             "container_id": self.object_id or None,
             "container_name": self.object_name,
         }
         fields.update(extra)
         return fields
-
-
-def _security_summary(profile: SecurityProfile) -> dict:
-    """The effective settings, for the audit trail (the seccomp JSON itself is too big)."""
-    summary = asdict(profile)
-    summary["seccomp_profile"] = "custom" if profile.seccomp_profile else "engine-default"
-    summary.update(read_only_root=True, no_new_privileges=True, cap_drop=["ALL"], privileged=False)
-    return summary
-
-
-# JupyterHub imports this module while it builds its app: check the config at its start
-install_hub_start_checks(HardenedSpawner)

@@ -12,7 +12,7 @@ import threading
 import docker.errors
 import pytest
 
-from hardened_spawner import cli, hubstart, inspection
+from hardened_spawner import checks, cli, hubstart, inspection
 from hardened_spawner.gpus import GpuAllocator, GpuDevice, GpuPolicy, GpuSummary
 from hardened_spawner.inspection import (
     CIS_ITEMS,
@@ -565,8 +565,8 @@ def test_a_container_removed_while_auditing_is_skipped():
 
 
 def test_before_any_spawn_there_is_no_identity_volume():
-    assert cli.identity_mountpoint(FakeEngine([], identity_volume=False)) is None
-    assert cli.identity_mountpoint(FakeEngine([])) == MOUNTPOINT
+    assert checks.identity_mountpoint(FakeEngine([], identity_volume=False)) is None
+    assert checks.identity_mountpoint(FakeEngine([])) == MOUNTPOINT
 
 
 def test_run_check_prints_and_returns_the_exit_status():
@@ -606,6 +606,7 @@ def engine(monkeypatch):
     """main() talks to this stand-in instead of the spawner's docker client."""
     fake = FakeEngine([GOOD, NAIVE, BY_HAND])
     monkeypatch.setattr(cli, "engine_client", lambda spawner: fake)
+    monkeypatch.setattr(checks, "engine_client", lambda spawner: fake)  # the hub-start audit's
     monkeypatch.setattr(cli, "network_report", lambda client, spawner, config: NETWORK_OK)
     return fake
 
@@ -773,7 +774,7 @@ class Log:
 
 def test_audit_at_hub_start_logs_a_warning_per_bad_container_and_a_summary(engine):
     log = Log()
-    cli.audit_at_hub_start(HardenedSpawner(), log)
+    checks.audit_at_hub_start(HardenedSpawner(), log)
     assert [level for level, _ in log.lines] == [logging.WARNING, logging.INFO]
     assert log.lines[0][1].startswith("Container jupyter-mallory (owner mallory) breaks the security policy: privileged,")
     assert log.lines[1][1] == "Checked 2 managed server containers at hub start: 1 OK, 1 breaking the security policy."
@@ -783,7 +784,7 @@ def test_audit_at_hub_start_never_raises(monkeypatch):
     log = Log()
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/no-engine.sock")
     monkeypatch.setattr(HardenedSpawner, "_client", None)
-    cli.audit_at_hub_start(HardenedSpawner(), log)
+    checks.audit_at_hub_start(HardenedSpawner(), log)
     assert len(log.lines) == 1
     assert log.lines[0][1].startswith(
         "Could not check the existing server containers at hub start: Cannot reach the Docker engine"
@@ -792,9 +793,9 @@ def test_audit_at_hub_start_never_raises(monkeypatch):
     def broken(spawner):
         raise KeyError("surprise")
 
-    monkeypatch.setattr(cli, "engine_client", broken)
+    monkeypatch.setattr(checks, "engine_client", broken)
     log = Log()
-    cli.audit_at_hub_start(HardenedSpawner(), log)
+    checks.audit_at_hub_start(HardenedSpawner(), log)
     assert log.lines == [(logging.ERROR, "Checking the existing server containers at hub start failed")]
 
 
@@ -808,7 +809,7 @@ async def test_the_hub_start_audit_runs_on_the_hubs_docker_threads_and_never_rai
         seen.append((spawner, threading.current_thread().name))
         raise RuntimeError("the engine exploded")
 
-    monkeypatch.setattr(cli, "audit_at_hub_start", failing_audit)
+    monkeypatch.setattr(checks, "audit_at_hub_start", failing_audit)
     log = Log()
     probe = HardenedSpawner()
     await hubstart._audit(probe, log, context)

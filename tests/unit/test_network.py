@@ -24,6 +24,7 @@ from hardened_spawner.network import (
     check_bridge_name,
     hub_endpoint,
     hub_endpoint_from_config,
+    isolation_settings,
     marker_labels,
     marker_problems,
     network_create_spec,
@@ -38,7 +39,6 @@ from hardened_spawner.network import (
     probe_spec,
     remove_script,
     rule_plan,
-    isolation_settings,
 )
 from hardened_spawner.spawner import HardenedSpawner
 
@@ -1033,7 +1033,7 @@ def _three_policies(tmp_path, monkeypatch, allow: list[str]) -> list[IsolationPo
     spawner = cli.build_spawner(config)
     spawner.hub = SimpleNamespace(api_url="http://172.17.0.1:8099/hub/api")
     reset_hub_contexts()
-    hub = asyncio.run(spawner._hub_policy())
+    hub = asyncio.run(spawner.hub_policy())
     seen = []
     monkeypatch.setattr(firewall, "load_network", lambda client, name: FACTS)
     monkeypatch.setattr(firewall, "verify", lambda client, facts, policy, **kw: seen.append(policy) or ("iptables", []))
