@@ -62,7 +62,25 @@ def metrics(hub) -> dict[str, float]:
     return {k: float(v) for k, v in found.items()}
 
 
+def running(hub, user) -> bool:
+    return bool(hub.api("GET", f"/users/{user}").json()["servers"])
+
+
+def ensure(hub, start: dict[str, int] | None = None, stop: tuple[str, ...] = ()) -> None:
+    """What a test needs, whatever ran before it: these servers stopped, these running with
+    this many GPUs (started now if they are not)."""
+    for user in stop:
+        if running(hub, user):
+            hub.stop_server(user)
+    for user, gpus in (start or {}).items():
+        hub.create_user(user)
+        if not running(hub, user):
+            result = hub.spawn(user, {"gpus": gpus})
+            assert result.ready, result.message
+
+
 def test_users_get_what_they_ask_for_within_quota(gpu_hub, engine):
+    ensure(gpu_hub, stop=("gabe", "gina", "nogpu", "after"))
     for user in ("gabe", "gina", "nogpu"):
         gpu_hub.create_user(user)
     assert gpu_hub.spawn("gabe", {"gpus": 1}).ready
@@ -91,14 +109,18 @@ def test_over_quota_is_a_clear_refusal(gpu_hub, engine):
 
 
 def test_stopping_frees_the_device(gpu_hub, engine):
+    ensure(gpu_hub, start={"gabe": 1})
+    held, before = assigned(engine, "gabe"), metrics(gpu_hub)["assigned"]
+    assert len(held) == 1
     gpu_hub.stop_server("gabe")
-    assert metrics(gpu_hub)["assigned"] == 2
+    assert metrics(gpu_hub)["assigned"] == before - 1
     released = [e for e in gpu_hub.audit_events() if e["event"] == "gpus-released" and e["user"] == "gabe"]
-    assert released and released[-1]["devices"] == DEVICES[:1]
+    assert released and released[-1]["devices"] == held
 
 
 def test_thirty_users_racing_for_four_gpus_never_share(gpu_hub, engine):
     """gina holds 2 and nogpu holds none: 2 devices are left for 30 simultaneous requests."""
+    ensure(gpu_hub, start={"gina": 2, "nogpu": 0}, stop=("gabe", "after"))
     users = [f"racer{i:02d}" for i in range(30)]
     for user in users:
         gpu_hub.create_user(user)
@@ -121,6 +143,7 @@ def test_thirty_users_racing_for_four_gpus_never_share(gpu_hub, engine):
 
 def test_assignments_survive_a_hub_crash(gpu_hub, engine):
     """SIGKILL the hub with servers running: the engine's labels are the truth."""
+    ensure(gpu_hub, start={"gina": 2}, stop=("after",))
     before = assigned(engine, "gina")
     container_id = container(engine, "gina").id
     gpu_hub.kill()

@@ -1,0 +1,196 @@
+"""The spawner's JupyterHub hooks (start, progress, stop, poll, state) and its refusal
+paths, driven against the fake engine: no Docker needed. The integration tests do the
+same against the real engine, a real hub and the real proxy."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from fake_engine import FakeEngine
+from jupyterhub.objects import Hub, Server
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from hardened_spawner import labels
+from hardened_spawner import spawner as spawner_module
+from hardened_spawner.errors import SpawnRefused
+from hardened_spawner.guard import GuardPolicy, check_container
+from hardened_spawner.hub_context import reset_hub_contexts
+from hardened_spawner.spawner import HardenedSpawner
+
+GPUS = ["GPU-a", "GPU-b"]
+
+
+class Answer(web.RequestHandler):
+    def get(self, *args):
+        self.write({"version": "fake"})
+
+
+@pytest.fixture
+async def server_port():
+    """A single-user server stand-in: answers /user/<name>/api as jupyterhub-singleuser does."""
+    sockets = bind_sockets(0, "127.0.0.1")
+    http = HTTPServer(web.Application([(r"/.*", Answer)]))
+    http.add_sockets(sockets)
+    yield sockets[0].getsockname()[1]
+    http.stop()
+
+
+@pytest.fixture
+def engine(monkeypatch):
+    reset_hub_contexts()
+    fake = FakeEngine()
+    monkeypatch.setattr(spawner_module, "connect", lambda *args: fake)
+    yield fake
+    reset_hub_contexts()
+
+
+def make_spawner(port: int, name: str = "alice", user_id: int = 1, **settings) -> HardenedSpawner:
+    user = SimpleNamespace(name=name, id=user_id, admin=False, groups=[], url=f"/user/{name}/", db=None)
+    spawner = HardenedSpawner(
+        user=user,
+        hub=Hub(ip="127.0.0.1", port=8081, base_url="/hub/"),
+        network_isolation=False,
+        image="hardened-spawner-singleuser:latest",
+        gpu_inventory=GPUS,
+        **settings,
+    )
+    spawner.server = Server(base_url=f"/user/{name}/")
+    spawner.api_token = "a-token"
+    spawner.port = port
+    return spawner
+
+
+async def test_start_decides_the_spec_lets_the_guard_judge_it_and_waits_for_the_server(engine, server_port):
+    spawner = make_spawner(server_port, gpu_default_per_user=1)
+    ip, port = await spawner.start()
+    assert (ip, port) == ("127.0.0.1", server_port)
+    [server] = engine.servers()
+    config = server["Config"]
+    assert config["User"] == "200001:200001"
+    assert check_container(config, config["HostConfig"], GuardPolicy(
+        allowed_bind_sources=frozenset(spawner._identity_files))) == []
+    assert server["Labels"][labels.GPUS] == "GPU-a"
+    assert "NVIDIA_VISIBLE_DEVICES=GPU-a" in config["Env"]
+    # the workspace was made for the user, and the UID claimed on the engine
+    assert engine.volume_state["jupyterhub-workspace-alice"]["Labels"][labels.UID] == "200001"
+    assert engine.volume_state["hardened-spawner-uid-200001"]["Labels"][labels.OWNER] == "alice"
+    assert spawner.get_state()["uid"] == 200001
+    events = [e["message"] async for e in spawner.progress()]
+    assert events == ["Checking your identity", "Assigning GPUs", "Preparing your workspace",
+                      "Creating your server container", "Waiting for your server to answer"]
+
+
+async def test_a_second_start_keeps_the_uid_and_skips_the_prepared_workspace(engine, server_port):
+    spawner = make_spawner(server_port)
+    await spawner.start()
+    await spawner.stop()
+    state = spawner.get_state()
+    spawner.clear_state()
+    again = make_spawner(server_port)
+    again.load_state(state)
+    await again.start()
+    assert again.get_state()["uid"] == 200001
+    assert "Preparing your workspace" not in [e["message"] async for e in again.progress()]
+
+
+async def test_stop_removes_the_container_and_frees_the_gpus(engine, server_port):
+    spawner = make_spawner(server_port, gpu_default_per_user=1)
+    await spawner.start()
+    assert await spawner.gpus.held_by("alice") == ("GPU-a",)
+    await spawner.stop()
+    assert engine.servers() == []
+    assert await spawner.gpus.held_by("alice") == ()
+
+
+async def test_poll_running_then_died(engine, server_port):
+    spawner = make_spawner(server_port, gpu_default_per_user=1)
+    await spawner.start()
+    assert await spawner.poll() is None
+    engine.servers()[0]["Running"] = False
+    status = await spawner.poll()
+    assert status.startswith("ExitCode=0")
+    assert await spawner.gpus.held_by("alice") == ()  # released when it died
+
+
+async def test_poll_of_a_spawn_the_hub_never_saw_finish_removes_what_it_left(engine, server_port):
+    first = make_spawner(server_port)
+    await first.start()
+    # a new hub process: the database has the server, but no container id was ever saved
+    orphan = make_spawner(server_port)
+    assert await orphan.poll() == "the hub stopped in the middle of this server's spawn"
+    assert engine.servers() == []
+
+
+async def test_a_policy_breaking_escape_hatch_is_refused_and_no_container_is_made(engine, server_port):
+    spawner = make_spawner(server_port, gpu_default_per_user=1, extra_host_config={"privileged": True})
+    with pytest.raises(SpawnRefused) as refused:
+        await spawner.start()
+    assert refused.value.reason == "policy" and refused.value.status_code == 403
+    assert refused.value.jupyterhub_message.startswith(
+        "The server was not started because its container would break the security policy:\n"
+        "- The container would run privileged"
+    )
+    assert engine.servers() == []
+    assert await spawner.gpus.held_by("alice") == ()  # given back
+
+
+async def test_an_engine_that_goes_away_is_a_clear_refusal(engine, server_port):
+    spawner = make_spawner(server_port)
+    await spawner.engine_facts()
+    engine.down = True
+    with pytest.raises(SpawnRefused) as refused:
+        await spawner.start()
+    assert refused.value.reason == "engine-unavailable" and refused.value.status_code == 424
+    engine.down = False
+    assert await spawner.start() == ("127.0.0.1", server_port)  # the next spawn gets in
+
+
+async def test_a_server_that_dies_while_starting_shows_its_last_words(engine, server_port):
+    engine.dies_on_start = True
+    spawner = make_spawner(server_port)
+    with pytest.raises(SpawnRefused) as refused:
+        await spawner.start()
+    assert refused.value.reason == "container-died"
+    assert refused.value.jupyterhub_message == (
+        "Your server stopped while starting (exit code 1). Its last output:\n[I] starting\n[E] Traceback: boom"
+    )
+
+
+async def test_a_missing_image_names_the_setting(engine, server_port):
+    spawner = make_spawner(server_port)
+    spawner.image = "nowhere/pytorch:cuda"
+    spawner.pull_policy = "never"
+    with pytest.raises(SpawnRefused) as refused:
+        await spawner.start()
+    assert refused.value.reason == "image"
+    assert refused.value.jupyterhub_message == (
+        "The image nowhere/pytorch:cuda is not on this server. Ask your hub admin to build or "
+        "load it (HardenedSpawner.image)."
+    )
+
+
+async def test_busy_gpus_are_refused_with_the_count(engine, server_port):
+    holders = [make_spawner(server_port, name=n, user_id=i, gpu_default_per_user=1)
+               for i, n in enumerate(["ann", "ben"], start=1)]
+    for holder in holders:
+        await holder.start()
+    late = make_spawner(server_port, name="cat", user_id=3, gpu_default_per_user=1)
+    late.user_options = {"gpus": 1}
+    with pytest.raises(SpawnRefused) as refused:
+        await late.start()
+    assert refused.value.reason == "gpu"
+    assert "2 of 2 GPUs are busy" in refused.value.jupyterhub_message
+
+
+async def test_two_new_users_racing_never_get_one_uid(engine, server_port):
+    # an earlier database's workspace holds the UID the first new user would be offered
+    engine.create_volume("jupyterhub-workspace-old", labels={labels.MANAGED: "true", labels.OWNER: "old",
+                                                             labels.UID: "200001"})
+    spawners = [make_spawner(server_port, name=n, user_id=1) for n in ("dan", "eve")]  # ids start over
+    await asyncio.gather(*(s.start() for s in spawners))
+    uids = sorted(s.get_state()["uid"] for s in spawners)
+    assert uids == [200002, 200003]
