@@ -63,7 +63,8 @@ def metrics(hub) -> dict[str, float]:
 
 
 def running(hub, user) -> bool:
-    return bool(hub.api("GET", f"/users/{user}").json()["servers"])
+    r = hub.api("GET", f"/users/{user}")
+    return r.status_code != 404 and bool(r.json()["servers"])
 
 
 def ensure(hub, start: dict[str, int] | None = None, stop: tuple[str, ...] = ()) -> None:
