@@ -90,3 +90,16 @@ def as_refusal(error: BaseException, situation: Situation, log, name: str) -> Sp
             return SpawnRefused(row.message(error, situation), reason=row.reason, status_code=row.status_code)
     log.exception("Unexpected error starting %s", name)
     return SpawnRefused(INTERNAL, reason="error", status_code=500)
+
+
+def name_taken(container_name: str) -> SpawnRefused:
+    """Another hub's running server has the name this one would take."""
+    return SpawnRefused(
+        f"A server named {container_name} already runs on this engine for another hub "
+        "(another hub database), so yours cannot take its place. Two hubs on one engine "
+        "need names of their own: the hub admin must set HardenedSpawner.name_template, "
+        "HardenedSpawner.workspace_volume_name and HardenedSpawner.network_name to values no "
+        f"other hub uses (or, if that hub is gone for good, remove it: docker rm -f {container_name}).",
+        reason="name-taken",
+        status_code=409,
+    )

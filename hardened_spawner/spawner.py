@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 
 import docker.errors
 from dockerspawner import DockerSpawner
@@ -26,12 +27,12 @@ from .errors import SpawnRefused
 from .gpu_broker import GpuBroker, holder_key
 from .guard import GuardPolicy, check_container, describe
 from .hub_context import HubContext, IsolationCheck, connect, engine_address, engine_settings, hub_context
-from .identity import check_policy_uid, derived_uid, make_identity, resolve_uid
+from .identity import Identity, check_policy_uid, derived_uid, make_identity, resolve_uid
 from .network import IsolationPolicy, NetworkConfigError, hub_endpoint, isolation_settings
 from .options import OptionsError, gpu_request
-from .profile import audit_summary
+from .profile import SecurityProfile, audit_summary
 from .readiness import wait_until_up
-from .refusals import Situation, as_refusal
+from .refusals import Situation, as_refusal, name_taken
 from .settings import HardenedSettings
 from .workspace import (
     PreparedMarker,
@@ -42,8 +43,24 @@ from .workspace import (
 )
 
 
+@dataclass(frozen=True)
+class StartPlan:
+    """What one start decided before the container is created: `create_object` and the
+    audit read it, nothing else carries it from step to step."""
+
+    identity: Identity
+    gpu_uuids: tuple[str, ...]
+    gpus_since: str
+    profile: SecurityProfile
+    workspace: WorkspaceMount
+    identity_files: dict[str, str]
+    image_digest: str
+
+
 class HardenedSpawner(HardenedSettings, DockerSpawner):
     """A DockerSpawner whose users each run as their own UID in a locked-down container."""
+
+    _plan: StartPlan | None = None
 
     # --- hub-wide shared pieces (one `HubContext` per set of engine settings) ---
 
@@ -301,30 +318,49 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
         self._report(5, "Checking your identity")
         facts = await self.engine_facts()
         await self._require_isolation()
-        image = self.image
         if self.user_options.get("image"):
-            image = self.image = await self.check_allowed(self.user_options["image"])
-        await self.pull_image(image)
-        image_info = await self.docker("inspect_image", image)
-        self._image_id = image_info["Id"]
-        self._image_digest = (image_info.get("RepoDigests") or [image_info["Id"]])[0]
+            self.image = await self.check_allowed(self.user_options["image"])
+        await self.pull_image(self.image)
+        image = await self.docker("inspect_image", self.image)
         identity = await self._resolve_identity()
-        self._identity = identity
         # GPUs before the workspace: a busy pool refuses at once, before any container runs
         self._report(15, "Assigning GPUs")
-        self._gpu_uuids, self._gpus_since = await self._assign_gpus()
-        workspace = await self._prepare_workspace(identity, self._image_id)
-        self._server_profile = self.security_profile(facts)
-        self._workspace = workspace
-        self._identity_files = identity_file_sources(facts["identity_mountpoint"], identity.uid)
+        gpu_uuids, gpus_since = await self._assign_gpus()
+        workspace = await self._prepare_workspace(identity, image["Id"])
+        self._plan = StartPlan(
+            identity=identity,
+            gpu_uuids=gpu_uuids,
+            gpus_since=gpus_since,
+            profile=self.security_profile(facts),
+            workspace=workspace,
+            identity_files=identity_file_sources(facts["identity_mountpoint"], identity.uid),
+            image_digest=(image.get("RepoDigests") or [image["Id"]])[0],
+        )
         self._report(55, "Creating your server container")
-        await self._refuse_another_hubs_server()
-        ip, port = await super().start()
+        ip, port = await self._create_and_start()
         self._report(70, "Waiting for your server to answer")
         url = url_path_join(f"http://{ip}:{port}", self.server.base_url, "api")
         await wait_until_up(self.context, self.container_id, url, self.http_timeout, self._log_name)
         self.audit.emit("server-started", **self._audit_fields())
         return ip, port
+
+    async def _create_and_start(self) -> tuple[str, int]:
+        """What `DockerSpawner.start` does after its image check and pull (done once, above):
+        remove a container left in the way (never one another hub runs), create, start."""
+        found = await self.get_object()
+        if found is not None and self._another_hubs(found):
+            self.object_id = ""  # not ours: the cleanup after this refusal must not touch it
+            if found["State"]["Running"]:
+                raise name_taken(self.container_name)
+            self.object_id = found["Id"]
+        if found is not None:
+            self.log.warning("Removing the container left in the way: %s", self.container_name)
+            await self.remove_object()
+        self.object_id = (await self.create_object())[self.object_id_key]
+        await self.start_object()
+        if self.post_start_cmd:
+            await self.post_start_exec()
+        return await self.get_ip_and_port()
 
     def _another_hubs(self, container: dict) -> bool:
         other = (container["Config"].get("Labels") or {}).get(labels.HUB)
@@ -339,39 +375,21 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
             return None
         return found
 
-    async def _refuse_another_hubs_server(self) -> None:
-        """DockerSpawner removes a container in the way of a new one; never one that another
-        hub on this engine runs."""
-        try:
-            found = await self.docker("inspect_container", self.container_name)
-        except docker.errors.NotFound:
-            return
-        if found["State"]["Running"] and self._another_hubs(found):
-            raise SpawnRefused(
-                f"A server named {self.container_name} already runs on this engine for another hub "
-                "(another hub database), so yours cannot take its place. Two hubs on one engine "
-                "need names of their own: the hub admin must set HardenedSpawner.name_template, "
-                "HardenedSpawner.workspace_volume_name and HardenedSpawner.network_name to values no "
-                f"other hub uses (or, if that hub is gone for good, remove it: docker rm -f "
-                f"{self.container_name}).",
-                reason="name-taken",
-                status_code=409,
-            )
-
     async def create_object(self):
         """Decide the whole spec, let the guard judge it, and only then create."""
+        plan = self._plan
         inputs = ServerInputs(
             image=self.image,
             command=await self.get_command(),
-            environment={**self.get_env(), **hardened_environment(self._identity, self._gpu_uuids)},
+            environment={**self.get_env(), **hardened_environment(plan.identity, plan.gpu_uuids)},
             owner=self.user.name,
             server_name=self.name,
-            identity=self._identity,
-            profile=self._server_profile,
-            workspace=self._workspace,
-            identity_files=self._identity_files,
-            gpu_uuids=self._gpu_uuids,
-            gpus_since=self._gpus_since,
+            identity=plan.identity,
+            profile=plan.profile,
+            workspace=plan.workspace,
+            identity_files=plan.identity_files,
+            gpu_uuids=plan.gpu_uuids,
+            gpus_since=plan.gpus_since,
             network_name=self.network_name,
             port=self.port,
             version=__version__,
@@ -387,7 +405,8 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
             self.log.warning("%s: %s overrides a value the spawner set", self._log_name, key)
         host_config = self.client.create_host_config(**spec.host)
         config = self.client.create_container_config(**spec.create, host_config=host_config)
-        violations = check_container(config, config["HostConfig"], self._guard_policy())
+        policy = GuardPolicy(frozenset(self.cap_add), frozenset(plan.identity_files))
+        violations = check_container(config, config["HostConfig"], policy)
         if violations:
             raise SpawnRefused(
                 describe(violations),
@@ -396,12 +415,6 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
                 log_message=f"Refused {self._log_name}: " + "; ".join(map(str, violations)),
             )
         return await self.docker("create_container_from_config", config, self.container_name)
-
-    def _guard_policy(self) -> GuardPolicy:
-        return GuardPolicy(
-            allowed_cap_add=frozenset(self.cap_add),
-            allowed_bind_sources=frozenset(self._identity_files),
-        )
 
     async def _resolved(self, value):
         value = self._eval_if_callable(value)
@@ -465,7 +478,8 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
 
     def _audit_fields(self, **extra) -> dict:
         handler = getattr(self, "handler", None)
-        profile = getattr(self, "_server_profile", None)
+        plan = self._plan
+        profile = plan.profile if plan else None
         fields = {
             "user": self.user.name,
             "server_name": self.name,
@@ -473,7 +487,7 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
             "gid": self._uid,
             "client_ip": handler.request.remote_ip if handler is not None else None,
             "image": self.image,
-            "image_digest": getattr(self, "_image_digest", None),
+            "image_digest": plan.image_digest if plan else None,
             "policy_fingerprint": profile.fingerprint() if profile else None,
             "security": audit_summary(profile) if profile else {},
             "devices": list(self._gpus_held),

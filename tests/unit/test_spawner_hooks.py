@@ -72,7 +72,7 @@ async def test_start_decides_the_spec_lets_the_guard_judge_it_and_waits_for_the_
     config = server["Config"]
     assert config["User"] == "200001:200001"
     assert check_container(config, config["HostConfig"], GuardPolicy(
-        allowed_bind_sources=frozenset(spawner._identity_files))) == []
+        allowed_bind_sources=frozenset(spawner._plan.identity_files))) == []
     assert server["Labels"][labels.GPUS] == "GPU-a"
     assert "NVIDIA_VISIBLE_DEVICES=GPU-a" in config["Env"]
     # the workspace was made for the user, and the UID claimed on the engine
