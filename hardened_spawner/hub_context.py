@@ -11,9 +11,10 @@ hub died of a segmentation fault (issue 15).
 So everything the whole hub shares lives here, in one `HubContext` per set of
 engine settings:
 
-- the docker-py client, created once under a lock (at hub start, on the event
-  loop, before any thread exists) and never replaced: when the engine does not
-  answer, nothing is stored and the next call tries again;
+- the docker-py client, made once under a lock by whoever asks first (the
+  hub-start work, right after the hub built the context on its event loop) and
+  never replaced: when the engine does not answer, nothing is stored and the
+  next call tries again;
 - the thread pool for Docker calls;
 - the GPU brokers, the engine facts and the isolation checks, each keyed by the
   settings it depends on.
@@ -111,7 +112,7 @@ class HubContext:
         self.uid_lock = asyncio.Lock()
         #: facts about the engine, keyed by the users' network they were gathered for
         self.engine_facts: dict[str, dict] = {}
-        #: the last isolation check, keyed by (network name, the policy's digest)
+        #: the last isolation check, keyed by (network name, the policy's summary)
         self.isolation: dict[tuple[str, str], IsolationCheck] = {}
         #: GPU brokers, keyed by the inventory and policy they were built from
         self.brokers: dict[str, Any] = {}
