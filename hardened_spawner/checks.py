@@ -14,11 +14,10 @@ from traitlets.config import Config
 
 from .engine import MANAGED_SERVERS
 from .errors import CannotCheck
-from .hub_context import ENGINE_ERRORS, EngineUnavailable, unreachable_message
+from .hub_context import UNREACHABLE as _ENGINE_ERRORS
+from .hub_context import EngineUnavailable, unreachable_message
 from .inspection import ContainerReport, NetworkReport, hub_start_log_lines, report_container
 from .workspace import IDENTITY_VOLUME
-
-_ENGINE_ERRORS = (EngineUnavailable, *ENGINE_ERRORS)
 
 
 def engine_client(spawner):

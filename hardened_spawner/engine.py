@@ -15,12 +15,13 @@ from .workspace import IDENTITY_VOLUME
 MANAGED_SERVERS = {"label": [f"{labels.MANAGED}=true", f"{labels.ROLE}={labels.ROLE_SERVER}"]}
 
 
-async def ensure_volume(context: HubContext, name: str, volume_labels: dict) -> dict:
+async def ensure_volume(context: HubContext, name: str, volume_labels: dict) -> tuple[dict, bool]:
+    """The volume (made, with its labels, if missing) and whether it was just made."""
     try:
-        return await context.docker("inspect_volume", name)
+        return await context.docker("inspect_volume", name), False
     except docker.errors.NotFound:
         await context.docker("create_volume", name=name, labels=volume_labels)
-        return await context.docker("inspect_volume", name)
+        return await context.docker("inspect_volume", name), True
 
 
 async def ensure_network(context: HubContext, name: str, bridge: str, isolation: bool, log) -> None:
@@ -40,7 +41,7 @@ async def gather_engine_facts(context: HubContext, network: str, bridge: str, is
     """AppArmor support, the identity volume's host path and the engine's CPUs; makes the
     identity volume and the users' network if they are missing."""
     info = await context.docker("info")
-    identity = await ensure_volume(
+    identity, _ = await ensure_volume(
         context, IDENTITY_VOLUME, {labels.MANAGED: "true", labels.ROLE: labels.ROLE_IDENTITY}
     )
     await ensure_network(context, network, bridge, isolation, log)
@@ -112,16 +113,6 @@ def _int(text) -> int | None:
         return int(text)
     except (TypeError, ValueError):
         return None
-
-
-async def ensure_workspace_volume(context: HubContext, name: str, volume_labels: dict) -> bool:
-    """The workspace volume, made (with its labels) if missing; True if it was just made."""
-    try:
-        await context.docker("inspect_volume", name)
-        return False
-    except docker.errors.NotFound:
-        await context.docker("create_volume", name=name, labels=volume_labels)
-        return True
 
 
 async def run_helper(context: HubContext, create: dict, host: dict) -> tuple[int, str]:

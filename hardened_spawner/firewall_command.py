@@ -54,12 +54,6 @@ from .network import (
     network_problems,
 )
 
-#: what every setting is without a config file
-DEFAULTS = {
-    "network": "hardened-spawner-users", "bridge": "", "isolation": True, "hub_ip": "",
-    "hub_port": 8081, "egress": "internet", "allow": [], "allow_dns": [], "trusted": [],
-}
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -93,15 +87,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args) -> dict:
-    """The command's settings: the spawner's (from ``-f``), then the options given."""
-    settings = dict(DEFAULTS)
-    if args.config:
-        try:
-            config = load_hub_config(args.config)
-            spawner = build_spawner(config)
-        except CannotCheck as e:
-            raise NetworkConfigError(str(e)) from None
-        settings.update(isolation_settings(spawner, *hub_endpoint_from_config(config.get("JupyterHub") or {})))
+    """The command's settings: the spawner's (from ``-f``, else its defaults), then the
+    options given. Without a config file the hub's address is unknown until --hub-ip."""
+    try:
+        config = load_hub_config(args.config or "")
+        spawner = build_spawner(config)
+    except CannotCheck as e:
+        raise NetworkConfigError(str(e)) from None
+    host, port = hub_endpoint_from_config(config.get("JupyterHub") or {})
+    settings = isolation_settings(spawner, host if args.config else "", port)
     for key, value in (
         ("network", args.network), ("bridge", args.bridge), ("hub_ip", args.hub_ip),
         ("hub_port", args.hub_port), ("egress", args.egress), ("allow", args.allow),

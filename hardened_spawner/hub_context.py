@@ -48,6 +48,10 @@ class EngineUnavailable(Exception):
     """The Docker engine does not answer; the message says where it was asked and why."""
 
 
+#: everything a call to the engine may raise because it is out of reach or refused
+UNREACHABLE = (EngineUnavailable, *ENGINE_ERRORS)
+
+
 def engine_address(client_kwargs: dict) -> str:
     """Where the engine is asked, for messages (the settings' base_url, DOCKER_HOST, or the default)."""
     return (

@@ -16,7 +16,7 @@ import docker.errors
 
 from .errors import SpawnRefused
 from .gpus import GpuAllocationError
-from .hub_context import ENGINE_ERRORS, EngineUnavailable, unreachable_message
+from .hub_context import UNREACHABLE, EngineUnavailable, unreachable_message
 from .identity import IdentityError
 from .workspace import WorkspaceError
 
@@ -67,7 +67,7 @@ TABLE: tuple[Row, ...] = (
         log=lambda e, s: f"The engine refused the server: {e.explanation}"),  # type: ignore[attr-defined]
     Row((GpuAllocationError,), lambda e, s: e.user_message, "gpu", 409),  # type: ignore[attr-defined]
     # 4xx: an engine outage must not count toward consecutive_failure_limit
-    Row((EngineUnavailable, *ENGINE_ERRORS), lambda e, s: ENGINE_GONE, "engine-unavailable", 424,
+    Row(UNREACHABLE, lambda e, s: ENGINE_GONE, "engine-unavailable", 424,
         matches=_engine_gone,
         log=lambda e, s: str(e) if isinstance(e, EngineUnavailable) else unreachable_message(s.engine_address, e)),
 )

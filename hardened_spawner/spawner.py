@@ -21,7 +21,7 @@ from jupyterhub.utils import maybe_future, url_path_join
 from . import firewall, hub_database, isolation_check, labels, uid_claims
 from ._version import __version__
 from .container import ServerInputs, WorkspaceMount, build_server_spec
-from .engine import ensure_workspace_volume, gather_engine_facts, run_helper, running_servers
+from .engine import ensure_volume, gather_engine_facts, run_helper, running_servers
 from .environment import hardened_environment
 from .errors import SpawnRefused
 from .gpu_broker import GpuBroker, holder_key
@@ -233,22 +233,21 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
         """
         async with self.context.uid_lock:
             workspace = self._workspace_source()[0]
-            claimed = await self.context.run(uid_claims.claimed_uid, self.client, self.user.name, workspace)
-            static = await self._static_uid()
+            remembered = await self._workspace_uid()
+            if self._uid is None and remembered is None:  # a claim is all a new workspace has
+                remembered = await self.context.run(uid_claims.claimed_uid, self.client, self.user.name, workspace)
+            offer, static = derived_uid(self.user.id, self.uid_min, self.uid_max), await self._static_uid()
             decision = resolve_uid(
                 self.user.name,
                 from_state=self._uid,
-                from_workspace=await self._workspace_uid() or claimed,
-                from_policy=derived_uid(self.user.id, self.uid_min, self.uid_max) if static is None else static,
+                from_workspace=remembered,
+                from_policy=offer if static is None else static,
                 static=static is not None,
             )
             if decision.warning:
                 self.log.warning(decision.warning)
             uid = decision.uid
-            request = uid_claims.UidRequest(
-                self.user.name, workspace, derived_uid(self.user.id, self.uid_min, self.uid_max),
-                self.uid_min, self.uid_max, __version__,
-            )
+            request = uid_claims.UidRequest(self.user.name, workspace, offer, self.uid_min, self.uid_max, __version__)
             if uid is None:
                 uid = await self.context.run(uid_claims.claim_free_uid, self.client, request, self.log)
             else:
@@ -260,9 +259,9 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
     async def _prepare_workspace(self, identity, image_id: str) -> WorkspaceMount:
         source, is_host_path = self._workspace_source()
         mount = WorkspaceMount(source, identity.home, host_path=is_host_path)
-        created = not is_host_path and await ensure_workspace_volume(
+        created = not is_host_path and (await ensure_volume(
             self.context, source, volume_labels(self.user.name, identity, __version__)
-        )
+        ))[1]
         marker = PreparedMarker(source, identity.uid, image_id).as_state()
         if created or marker != self._prepared:
             self._report(30, "Preparing your workspace")
@@ -348,12 +347,10 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
         """What `DockerSpawner.start` does after its image check and pull (done once, above):
         remove a container left in the way (never one another hub runs), create, start."""
         found = await self.get_object()
-        if found is not None and self._another_hubs(found):
-            self.object_id = ""  # not ours: the cleanup after this refusal must not touch it
-            if found["State"]["Running"]:
-                raise name_taken(self.container_name)
-            self.object_id = found["Id"]
         if found is not None:
+            if found["State"]["Running"] and self._another_hubs(found):
+                self.object_id = ""  # not ours: the cleanup after this refusal must not touch it
+                raise name_taken(self.container_name)
             self.log.warning("Removing the container left in the way: %s", self.container_name)
             await self.remove_object()
         self.object_id = (await self.create_object())[self.object_id_key]
