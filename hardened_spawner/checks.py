@@ -17,6 +17,9 @@ from .errors import CannotCheck
 from .hub_context import UNREACHABLE as _ENGINE_ERRORS
 from .hub_context import EngineUnavailable, unreachable_message
 from .inspection import ContainerReport, NetworkReport, hub_start_log_lines, report_container
+from .isolation import docker_network, verify
+from .isolation.errors import NetworkConfigError
+from .isolation.policy import apply_command, hub_endpoint_from_config, isolation_settings, policy_from_settings
 from .workspace import IDENTITY_VOLUME
 
 
@@ -71,28 +74,28 @@ def audit_containers(
     return sorted(reports, key=lambda r: (r.name, r.id))
 
 
-def network_report(client, spawner, config: Config) -> NetworkReport:
-    """The users' network isolation, checked as the hub checks it (`firewall.verify`),
-    with the hub's address from its config."""
-    from . import firewall
-    from .network import NetworkConfigError, apply_command, hub_endpoint_from_config, isolation_settings
+#: said by the hub at start and by `check` when the admin turned the isolation off
+ISOLATION_OFF = ("HardenedSpawner.network_isolation is False: users' servers can reach each other, "
+                 "the cloud metadata service and private networks.")
 
+
+def network_report(client, spawner, config: Config) -> NetworkReport:
+    """The users' network isolation, checked as the hub checks it (`isolation.verify`),
+    with the hub's address from its config."""
     name = spawner.network_name
     if not spawner.network_isolation:
-        return NetworkReport(name, "none", (
-            "HardenedSpawner.network_isolation is False: users' servers can reach each other, "
-            "the cloud metadata service and private networks.",), "set it to True")
+        return NetworkReport(name, "none", (ISOLATION_OFF,), "set it to True")
     try:
         endpoint = hub_endpoint_from_config(config.get("JupyterHub") or {})
-        policy = firewall.policy_from_settings(isolation_settings(spawner, *endpoint))
+        policy = policy_from_settings(isolation_settings(spawner, *endpoint))
     except NetworkConfigError as e:
         return NetworkReport(name, "none", (f"cannot tell what the rules must allow: {e}",))
     fix = "as root on the Docker host: " + apply_command(name, policy)
-    facts = firewall.load_network(client, name)
+    facts = docker_network.load_network(client, name)
     if facts is None:
         return NetworkReport(name, "none", (
             f"the users' network {name} does not exist yet (the hub creates it when it starts)",), fix)
-    method, problems = firewall.verify(
+    method, problems = verify.verify(
         client, facts, policy, method=spawner.firewall_check_method, image=spawner.image
     )
     return NetworkReport(name, method, tuple(problems), fix if problems else "")
@@ -106,14 +109,9 @@ def audit_at_hub_start(spawner, log: logging.Logger) -> None:
         # running servers only: stopped ones are removed at their next start anyway,
         # and inspecting hundreds of them would slow the hub's start
         reports = audit_containers(client, frozenset(spawner.cap_add), running_only=True)
-    except CannotCheck as e:
-        log.warning("Could not check the existing server containers at hub start: %s", e)
-        return
-    except _ENGINE_ERRORS as e:
-        log.warning(
-            "Could not check the existing server containers at hub start: %s",
-            cannot_reach_message(spawner, e),
-        )
+    except (CannotCheck, *_ENGINE_ERRORS) as e:
+        why = e if isinstance(e, CannotCheck) else cannot_reach_message(spawner, e)
+        log.warning("Could not check the existing server containers at hub start: %s", why)
         return
     except Exception:
         log.exception("Checking the existing server containers at hub start failed")

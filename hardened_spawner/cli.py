@@ -48,6 +48,7 @@ from .inspection import (
     gpus_as_table,
     network_as_text,
 )
+from .isolation.command import FirewallCommand
 
 EXIT_OK = 0
 EXIT_CANNOT_CHECK = 2
@@ -206,23 +207,6 @@ class GpusCommand(AdminCommand):
             raise CannotCheck(cannot_reach_message(spawner, e)) from None
 
 
-class FirewallCommand(Application):
-    """``hardened-spawner firewall apply|status|remove``: the rules that isolate users'
-    servers. It parses its own options (see `firewall_command.main`, ``--help``)."""
-
-    name = "firewall"
-    description = """Install, check or remove the iptables rules isolating users' servers
-    (as root on the Docker host)."""
-
-    def initialize(self, argv=None):
-        self.firewall_argv = list(argv or [])
-
-    def start(self) -> int:  # type: ignore[override]  # main() returns it as the exit status
-        from .firewall_command import main as firewall_main
-
-        return firewall_main(self.firewall_argv)
-
-
 class HardenedSpawnerApp(Application):
     name = "hardened-spawner"
     version = __version__
@@ -256,7 +240,7 @@ class HardenedSpawnerApp(Application):
         if self.subapp is None:
             self.print_subcommands()
             unknown = f"Unknown command {self.extra_args[0]!r}. " if self.extra_args else ""
-            print(f"{unknown}Usage: hardened-spawner {{check,gpus}} [options]", file=sys.stderr)
+            print(f"{unknown}Usage: hardened-spawner {{check,gpus,firewall}} [options]", file=sys.stderr)
             return EXIT_CANNOT_CHECK
         return self.subapp.start()
 
@@ -267,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
 
     app = HardenedSpawnerApp()
     try:
-        app.initialize(argv)
+        try:
+            app.initialize(argv)
+        except SystemExit as e:  # --help (0), or bad options traitlets has already reported
+            return EXIT_OK if e.code in (0, None) else EXIT_CANNOT_CHECK
         return app.start()
     except (ArgumentError, TraitError) as e:
         print(f"hardened-spawner: {e}", file=sys.stderr)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import docker.errors
 
-from . import firewall, labels
+from . import labels
 from .hub_context import HubContext
+from .isolation import docker_network
 from .workspace import IDENTITY_VOLUME
 
 MANAGED_SERVERS = {"label": [f"{labels.MANAGED}=true", f"{labels.ROLE}={labels.ROLE_SERVER}"]}
@@ -25,13 +26,13 @@ async def ensure_volume(context: HubContext, name: str, volume_labels: dict) -> 
 
 
 async def ensure_network(context: HubContext, name: str, bridge: str, isolation: bool, log) -> None:
-    """The users' network, made if missing the way `firewall.ensure_network` makes it for
+    """The users' network, made if missing the way `docker_network.ensure_network` makes it for
     every part of this project (no traffic between containers with isolation, room for a
     hub's fixed address)."""
     found = await context.docker("networks", names=[name])
     if not [n for n in found if n["Name"] == name]:
         client = context.client
-        facts = await context.run(firewall.ensure_network, client, name, bridge, isolation)
+        facts = await context.run(docker_network.ensure_network, client, name, bridge, isolation)
         log.info("Made the users' network %s (bridge %s, subnet %s)", facts.name, facts.bridge,
                  ", ".join(facts.subnets))
 

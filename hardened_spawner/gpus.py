@@ -362,6 +362,17 @@ def _check_pins(policy: GpuPolicy, inventory: Sequence[GpuDevice], seen: dict[st
 # --- allocation ----------------------------------------------------------
 
 
+def relatives(inventory: Iterable[GpuDevice]) -> dict[str, set[str]]:
+    """For each device, the devices that cannot be held at the same time as it: a MIG
+    slice and the whole GPU it is cut from, both ways."""
+    found: dict[str, set[str]] = {}
+    for d in inventory:
+        if d.parent_uuid:
+            found.setdefault(d.uuid, set()).add(d.parent_uuid)
+            found.setdefault(d.parent_uuid, set()).add(d.uuid)
+    return found
+
+
 class GpuAllocator:
     """The in-memory table of who holds which devices; the engine's labels are the truth
     it is rebuilt from after a restart. Not thread-safe: the caller serialises calls."""
@@ -374,11 +385,7 @@ class GpuAllocator:
         pool = self._known if policy.pool is None else set(policy.pool)
         in_order = sorted(inventory, key=lambda d: _index_key(d.index))
         self._pool = [d.uuid for d in in_order if d.uuid in pool]
-        self._relatives: dict[str, set[str]] = {}
-        for d in inventory:
-            if d.parent_uuid:
-                self._relatives.setdefault(d.uuid, set()).add(d.parent_uuid)
-                self._relatives.setdefault(d.parent_uuid, set()).add(d.uuid)
+        self._relatives = relatives(inventory)
         self._pinned_to = {uuid: user for user, devs in policy.pins.items() for uuid in devs}
         self._held: dict[str, Holding] = {}
 

@@ -1,6 +1,6 @@
 """The hub's ``jupyterhub_config.py``, read outside the hub the way the hub reads it.
 
-The admin commands (`cli`, `firewall_command`) load the config file and build a
+The admin commands (`cli`, `isolation.command`) load the config file and build a
 `HardenedSpawner` from it, so every validator runs and every setting has exactly one
 source: the spawner's traits, never a default restated from a raw config dict.
 """

@@ -91,11 +91,13 @@ async def _hub_start_work(spawner, app, context) -> None:
 
 async def _audit(spawner, log, context) -> None:
     """Check the managed server containers already on the engine and log what is found
-    (`checks.audit_at_hub_start`), on the hub's Docker threads, with the hub's client."""
+    (`checks.audit_at_hub_start`), on the hub's Docker threads, with the hub's client.
+    That function never raises; a failure to run it at all (a pool shut down) must not
+    stop the hub either."""
     try:
         await context.run(checks.audit_at_hub_start, spawner, log)
     except Exception:
-        log.exception("Checking the existing server containers at hub start failed")
+        log.exception("The hub-start audit of the existing server containers could not run")
 
 
 #: seconds the hub-start isolation check waits for the hub's own API to listen
@@ -123,10 +125,7 @@ async def _check_isolation(spawner, app) -> None:
     """Check the users' network isolation once at hub start: a missing rule shows up in
     the log before anyone spawns."""
     if not spawner.network_isolation:
-        app.log.warning(
-            "HardenedSpawner.network_isolation is False: users' servers can reach each other, "
-            "the cloud metadata service and private networks."
-        )
+        app.log.warning(checks.ISOLATION_OFF)
         return
     try:
         spawner.hub = app.hub

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from . import labels
 from .gpu_broker import holder_key, holdings_from_containers
-from .gpus import GpuAllocator, GpuSummary, _index_key
+from .gpus import GpuAllocator, GpuSummary, _index_key, relatives
 from .guard import GuardPolicy, Violation, check_container, rule_for
 from .workspace import identity_file_sources
 
@@ -371,16 +371,12 @@ def gpu_report(allocator: GpuAllocator, containers: list[dict]) -> GpuReport:
     pool = allocator.policy.pool
     held = {uuid for h in allocator.holdings() for uuid in h.devices}
     inventory = sorted(allocator.inventory, key=lambda d: _index_key(d.index))
-    relatives: dict[str, set[str]] = {}
-    for d in inventory:
-        if d.parent_uuid:
-            relatives.setdefault(d.uuid, set()).add(d.parent_uuid)
-            relatives.setdefault(d.parent_uuid, set()).add(d.uuid)
+    related = relatives(inventory)
     rows = []
     for d in inventory:
         if d.uuid in held:
             state = "assigned"
-        elif relatives.get(d.uuid, set()) & held:
+        elif related.get(d.uuid, set()) & held:
             state = "blocked"
         elif pool is not None and d.uuid not in pool:
             state = "outside pool"

@@ -39,13 +39,9 @@ from .gpus import (
     parse_static_inventory,
 )
 from .identity import IdentityError, check_static_uids, check_uid_range
-from .network import (
-    EGRESS_MODES,
-    NetworkConfigError,
-    check_bridge_name,
-    parse_addresses,
-    parse_cidrs,
-)
+from .isolation.docker_network import check_bridge_name
+from .isolation.errors import NetworkConfigError
+from .isolation.policy import parse_addresses, parse_cidrs, parse_egress
 from .options import gpu_options_form, parse_gpu_options, unknown_options
 from .profile import ProfileError, SecurityProfile, normalise_capability, server_healthcheck
 
@@ -233,7 +229,7 @@ class HardenedSettings(HasTraits):
         so one slow call delays every user's spawn.""",
     ).tag(config=True)
 
-    # --- network isolation (see hardened_spawner.network) -------------------
+    # --- network isolation (see hardened_spawner.isolation) -------------------
 
     network_isolation = Bool(
         True,
@@ -458,11 +454,7 @@ class HardenedSettings(HasTraits):
 
     @validate("egress")
     def _validate_egress(self, proposal):
-        if proposal.value not in EGRESS_MODES:
-            raise TraitError(
-                f"HardenedSpawner.egress must be one of {', '.join(EGRESS_MODES)}, not {proposal.value!r}."
-            )
-        return proposal.value
+        return _network_setting(parse_egress, proposal)
 
     @validate("egress_allow_cidrs")
     def _validate_allow_cidrs(self, proposal):
@@ -583,7 +575,7 @@ def _note_unknown_options(spawner, user_options: dict) -> None:
 
 
 def _network_setting(check, proposal, value=None):
-    """Run a `network` check on a setting; its error names the setting."""
+    """Run an `isolation.policy` check on a setting; its error names the setting."""
     try:
         return check(proposal.value if value is None else value,
                       f"HardenedSpawner.{proposal.trait.name}")

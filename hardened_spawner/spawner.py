@@ -18,7 +18,7 @@ import docker.errors
 from dockerspawner import DockerSpawner
 from jupyterhub.utils import maybe_future, url_path_join
 
-from . import firewall, hub_database, isolation_check, labels, uid_claims
+from . import hub_database, labels, uid_claims
 from ._version import __version__
 from .container import ServerInputs, WorkspaceMount, build_server_spec
 from .engine import ensure_volume, gather_engine_facts, run_helper, running_servers
@@ -28,7 +28,9 @@ from .gpu_broker import GpuBroker, holder_key
 from .guard import GuardPolicy, check_container, describe
 from .hub_context import HubContext, IsolationCheck, connect, engine_address, engine_settings, hub_context
 from .identity import Identity, check_policy_uid, derived_uid, make_identity, resolve_uid
-from .network import IsolationPolicy, NetworkConfigError, hub_endpoint, isolation_settings
+from .isolation import hub_check
+from .isolation.errors import NetworkConfigError
+from .isolation.policy import IsolationPolicy, hub_endpoint, isolation_settings, policy_from_settings
 from .options import OptionsError, gpu_request
 from .profile import SecurityProfile, audit_summary
 from .readiness import wait_until_up
@@ -134,16 +136,16 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
         """What the rules must allow for this hub, from its settings and its API URL (the
         same function `check` and `firewall -f` use; a host name is resolved there)."""
         settings = isolation_settings(self, *hub_endpoint(self.hub.api_url))
-        return await self.context.run(firewall.policy_from_settings, settings)
+        return await self.context.run(policy_from_settings, settings)
 
     async def check_isolation(self, force: bool = False) -> IsolationCheck:
-        """What is missing of the users' network's isolation (see `isolation_check`)."""
+        """What is missing of the users' network's isolation (see `isolation.hub_check`)."""
         policy, why = None, ""
         try:
             policy = await self.hub_policy()
         except (NetworkConfigError, OSError) as e:
             why = str(e)
-        return await isolation_check.current_check(
+        return await hub_check.current_check(
             self.context, self.network_name, policy, why, method=self.firewall_check_method,
             image=self.image, interval=self.firewall_check_interval, required=self.firewall_required,
             log=self.log, force=force,
@@ -151,7 +153,7 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
 
     async def _require_isolation(self) -> None:
         if self.network_isolation:
-            refusal = isolation_check.refusal(await self.check_isolation(), self.firewall_required, self._log_name)
+            refusal = hub_check.refusal(await self.check_isolation(), self.firewall_required, self._log_name)
             if refusal is not None:
                 raise refusal
 

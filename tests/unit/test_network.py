@@ -12,34 +12,33 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from hardened_spawner import firewall, firewall_command, labels
-from hardened_spawner.network import (
-    IsolationPolicy,
-    NetworkConfigError,
+from hardened_spawner import labels
+from hardened_spawner.isolation import command, docker_network, iptables
+from hardened_spawner.isolation import resolv as resolving
+from hardened_spawner.isolation import verify as verifying
+from hardened_spawner.isolation.docker_network import (
     NetworkFacts,
-    Tables,
-    apply_command,
-    apply_script,
     bridge_name,
     check_bridge_name,
-    hub_endpoint,
-    hub_endpoint_from_config,
-    isolation_settings,
-    marker_labels,
-    marker_problems,
     network_create_spec,
     network_facts,
     network_problems,
+)
+from hardened_spawner.isolation.errors import NetworkConfigError
+from hardened_spawner.isolation.marker import marker_labels, marker_problems
+from hardened_spawner.isolation.policy import (
+    IsolationPolicy,
+    apply_command,
+    hub_endpoint,
+    hub_endpoint_from_config,
+    isolation_settings,
     parse_addresses,
     parse_cidrs,
     parse_egress,
-    parse_tables,
-    plan_problems,
-    probe_problems,
-    probe_spec,
-    remove_script,
-    rule_plan,
+    policy_from_settings,
 )
+from hardened_spawner.isolation.probe import probe_problems, probe_spec
+from hardened_spawner.isolation.rules import Tables, apply_script, parse_tables, plan_problems, remove_script, rule_plan
 from hardened_spawner.spawner import HardenedSpawner
 
 FACTS = NetworkFacts("users", "hs-u", ("172.18.0.0/16",), ipv6=False, icc=False)
@@ -48,6 +47,13 @@ HOST_HUB = IsolationPolicy("172.17.0.1", 8081)
 
 def lines(plan) -> list[str]:
     return plan.lines()
+
+
+def firewall_settings(argv: list[str]) -> dict:
+    """The settings `hardened-spawner firewall ARGV` would act on."""
+    app = command.FirewallCommand()
+    app.initialize(argv)
+    return app.subapp.settings()
 
 
 C = "hardened-spawner:hs-u"  # comment prefix of every rule below
@@ -565,7 +571,7 @@ def test_probe_script_runs_and_tells_refused_from_open():
     import socket
     import sys
 
-    from hardened_spawner.network import PROBE_SCRIPT
+    from hardened_spawner.isolation.probe import PROBE_SCRIPT
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -606,31 +612,31 @@ class FakeIptables:
 
 
 def test_read_tables_reports_why_it_cannot():
-    assert firewall.read_tables(4, FakeIptables(None)) == (
+    assert iptables.read_tables(4, FakeIptables(None)) == (
         None, "iptables -S failed: Permission denied (you must be root)")
 
     def missing(argv, stdin=None):
         raise FileNotFoundError(2, "No such file or directory", argv[0])
 
-    tables, why = firewall.read_tables(4, missing)
+    tables, why = iptables.read_tables(4, missing)
     assert tables is None and why.startswith("iptables cannot run (")
 
 
 def test_firewall_apply_status_remove_with_fake_iptables():
     fake = FakeIptables(DOCKER_ONLY)
-    assert firewall.status(FACTS, HOST_HUB, fake)[0] == "iptables: chain HS-FWD-hs-u is missing"
-    assert firewall.apply(FACTS, HOST_HUB, fake) == []
-    assert firewall.apply(FACTS, HOST_HUB, fake) == []
-    assert firewall.status(FACTS, HOST_HUB, fake) == []
-    assert firewall.remove("hs-u", fake) == 1
+    assert iptables.status(FACTS, HOST_HUB, fake)[0] == "iptables: chain HS-FWD-hs-u is missing"
+    assert iptables.apply(FACTS, HOST_HUB, fake) == []
+    assert iptables.apply(FACTS, HOST_HUB, fake) == []
+    assert iptables.status(FACTS, HOST_HUB, fake) == []
+    assert iptables.remove("hs-u", fake) == 1
     assert parse_tables(fake.text[4]).rules == parse_tables(DOCKER_ONLY).rules
 
 
 def test_firewall_needs_the_docker_host():
-    with pytest.raises(firewall.FirewallError, match="no DOCKER-USER chain"):
-        firewall.apply(FACTS, HOST_HUB, FakeIptables("-P INPUT ACCEPT\n"))
-    with pytest.raises(firewall.FirewallError, match="Run this as root"):
-        firewall.apply(FACTS, HOST_HUB, FakeIptables(None))
+    with pytest.raises(iptables.FirewallError, match="no DOCKER-USER chain"):
+        iptables.apply(FACTS, HOST_HUB, FakeIptables("-P INPUT ACCEPT\n"))
+    with pytest.raises(iptables.FirewallError, match="Run this as root"):
+        iptables.apply(FACTS, HOST_HUB, FakeIptables(None))
 
 
 class FakeClient:
@@ -670,26 +676,26 @@ class FakeClient:
 
 def test_verify_reads_iptables_on_the_host():
     fake = FakeIptables(DOCKER_ONLY)
-    method, problems = firewall.verify(FakeClient(), FACTS, HOST_HUB, run=fake)
+    method, problems = verifying.verify(FakeClient(), FACTS, HOST_HUB, run=fake)
     assert method == "iptables" and problems[0] == "iptables: chain HS-FWD-hs-u is missing"
-    firewall.apply(FACTS, HOST_HUB, fake)
-    assert firewall.verify(FakeClient(), FACTS, HOST_HUB, run=fake) == ("iptables", [])
+    iptables.apply(FACTS, HOST_HUB, fake)
+    assert verifying.verify(FakeClient(), FACTS, HOST_HUB, run=fake) == ("iptables", [])
 
 
 def test_verify_probes_where_iptables_is_out_of_reach(monkeypatch):
-    monkeypatch.setattr(firewall, "read_boot_id", lambda: "boot-1")
+    monkeypatch.setattr(verifying, "read_boot_id", lambda: "boot-1")
     marker = marker_labels(FACTS, HOST_HUB, "boot-1", "2025-01-01T00:00:00+00:00", "1.0")
     unreadable = FakeIptables(None)
     client = FakeClient(marker)
-    assert firewall.verify(client, FACTS, HOST_HUB, image="img", run=unreadable) == ("probe", [])
+    assert verifying.verify(client, FACTS, HOST_HUB, image="img", run=unreadable) == ("probe", [])
     assert client.created[0]["host_config"]["network_mode"] == "users"
     # a hub in a container sees its own, empty, tables: not the host's
-    assert firewall.verify(client, FACTS, HOST_HUB, image="img", run=FakeIptables("-P INPUT ACCEPT\n"))[0] == "probe"
-    method, problems = firewall.verify(
+    assert verifying.verify(client, FACTS, HOST_HUB, image="img", run=FakeIptables("-P INPUT ACCEPT\n"))[0] == "probe"
+    method, problems = verifying.verify(
         FakeClient(None, '{"hub": "open", "canary": "refused"}'), FACTS, HOST_HUB, image="img", run=unreadable
     )
     assert method == "probe" and len(problems) == 2
-    method, problems = firewall.verify(client, FACTS, HOST_HUB, method="iptables", run=unreadable)
+    method, problems = verifying.verify(client, FACTS, HOST_HUB, method="iptables", run=unreadable)
     assert problems == ["cannot read the host's iptables (iptables -S failed: Permission denied (you must be root))"]
 
 
@@ -697,8 +703,12 @@ def test_the_admin_command_has_a_firewall_subcommand(capsys):
     from hardened_spawner.cli import main
 
     assert main(["firewall", "--help"]) == 0
-    assert "usage: hardened-spawner firewall" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert all(f"\n{action}\n" in shown for action in ("apply", "status", "remove", "network", "resolvers"))
+    assert main(["firewall", "apply", "--help"]) == 0
+    assert "--dry-run" in capsys.readouterr().out
     assert main(["firewall", "explode"]) == 2
+    assert "Unknown action 'explode'" in capsys.readouterr().err
 
 
 def test_firewall_command_settings_from_a_config_file(tmp_path):
@@ -710,12 +720,11 @@ def test_firewall_command_settings_from_a_config_file(tmp_path):
         "c.HardenedSpawner.network_name = 'users'\n"
         "c.HardenedSpawner.egress_allow_cidrs = ['10.20.0.0/16']\n"
     )
-    args = firewall_command._parser().parse_args(["status", "-f", str(config), "--egress", "none"])
-    settings = firewall_command._settings(args)
-    assert firewall.policy_from_settings(settings) == IsolationPolicy("172.17.0.1", 8099, "none", ("10.20.0.0/16",))
+    settings = firewall_settings(["status", "-f", str(config), "--egress", "none"])
+    assert policy_from_settings(settings) == IsolationPolicy("172.17.0.1", 8099, "none", ("10.20.0.0/16",))
     assert settings["network"] == "users"
     with pytest.raises(NetworkConfigError, match="pass --hub-ip"):
-        firewall.policy_from_settings({**settings, "hub_ip": "0.0.0.0"})
+        policy_from_settings({**settings, "hub_ip": "0.0.0.0"})
 
 
 # --- the spawner's settings -------------------------------------------------------------------
@@ -744,7 +753,7 @@ def test_spawner_normalises_allowlists():
 @pytest.mark.parametrize(
     "setting, value, message",
     [
-        ("egress", "intranet", "HardenedSpawner.egress must be one of internet, none, not 'intranet'."),
+        ("egress", "intranet", "HardenedSpawner.egress: 'intranet' is not one of internet, none."),
         ("egress_allow_cidrs", ["10.1.2.3/8"], "HardenedSpawner.egress_allow_cidrs: '10.1.2.3/8' is not a CIDR"),
         ("egress_allow_cidrs", ["169.254.169.254/32"], "HardenedSpawner.egress_allow_cidrs: '169.254.169.254/32' overlaps the link-local range"),
         ("egress_allow_dns", ["resolver"], "HardenedSpawner.egress_allow_dns: 'resolver' is not an IP address."),
@@ -777,7 +786,7 @@ def test_spawner_refuses_bad_network_settings(setting, value, message):
     ],
 )
 def test_unreachable_resolvers(resolv_conf, policy, expected):
-    from hardened_spawner.network import unreachable_resolvers
+    from hardened_spawner.isolation.resolv import unreachable_resolvers
 
     assert unreachable_resolvers(resolv_conf, policy) == expected
 
@@ -785,19 +794,19 @@ def test_unreachable_resolvers(resolv_conf, policy, expected):
 def test_dns_note_names_the_flag(tmp_path):
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 10.255.255.53\n")
-    assert firewall._dns_note(HOST_HUB, str(resolv)) == (
+    assert resolving.dns_note(HOST_HUB, str(resolv)) == (
         "note: servers cannot reach this host's DNS resolver(s) 10.255.255.53 (a blocked range, "
         "or egress none), so their name lookups fail. To open port 53 only: --allow-dns "
         "10.255.255.53, and the same in HardenedSpawner.egress_allow_dns."
     )
-    assert firewall._dns_note(HOST_HUB, str(tmp_path / "missing")) == ""
+    assert resolving.dns_note(HOST_HUB, str(tmp_path / "missing")) == ""
 
 
 # --- a users' network with room for a hub in a container ------------------------------
 
 
 def test_reserved_layout_keeps_the_lower_half_for_fixed_addresses():
-    from hardened_spawner.network import reserved_layout
+    from hardened_spawner.isolation.docker_network import reserved_layout
 
     assert reserved_layout("172.30.0.0/24") == {
         "subnet": "172.30.0.0/24", "gateway": "172.30.0.1",
@@ -851,7 +860,7 @@ class FakeNetworks:
 
 def test_ensure_network_reserves_the_hub_address_in_a_subnet_the_engine_picked():
     client = FakeNetworks()
-    facts = firewall.ensure_network(client, "users")
+    facts = docker_network.ensure_network(client, "users")
     throwaway = client.calls[0][1]
     assert throwaway.startswith("users-picking-subnet-") and throwaway not in client.networks
     assert [c[:2] for c in client.calls] == [("create", throwaway), ("remove", throwaway), ("create", "users")]
@@ -859,11 +868,11 @@ def test_ensure_network_reserves_the_hub_address_in_a_subnet_the_engine_picked()
     assert (facts.bridge, facts.icc, facts.subnets, facts.hub_address) == (
         "hs-users", False, ("172.19.0.0/16",), "172.19.0.2")
     # present: left alone
-    assert firewall.ensure_network(client, "users", require_hub_address=True) == facts
+    assert docker_network.ensure_network(client, "users", require_hub_address=True) == facts
     assert len(client.calls) == 3
     # an explicit subnet is used as given
     client = FakeNetworks()
-    assert firewall.ensure_network(client, "u2", subnet="10.99.0.0/24").hub_address == "10.99.0.2"
+    assert docker_network.ensure_network(client, "u2", subnet="10.99.0.0/24").hub_address == "10.99.0.2"
     assert len(client.calls) == 1
 
 
@@ -872,9 +881,9 @@ def test_ensure_network_refuses_a_network_without_a_hub_address():
            "Options": {"com.docker.network.bridge.enable_icc": "false"},
            "IPAM": {"Config": [{"Subnet": "172.19.0.0/16"}]}}
     client = FakeNetworks({"users": old})
-    assert firewall.ensure_network(client, "users").hub_address == ""  # the rules do not need it
+    assert docker_network.ensure_network(client, "users").hub_address == ""  # the rules do not need it
     with pytest.raises(NetworkConfigError, match=r"no address reserved for the hub .* \(docker network rm users\)"):
-        firewall.ensure_network(client, "users", require_hub_address=True)
+        docker_network.ensure_network(client, "users", require_hub_address=True)
 
 
 def test_keep_applied_puts_the_rules_back_and_survives_errors(monkeypatch):
@@ -899,8 +908,8 @@ def test_keep_applied_puts_the_rules_back_and_survives_errors(monkeypatch):
         applied.append(settings["network"])
         return FACTS, []
 
-    monkeypatch.setattr(firewall_command, "current_problems", current)
-    monkeypatch.setattr(firewall_command, "apply_and_mark", apply_and_mark)
+    monkeypatch.setattr(command, "current_problems", current)
+    monkeypatch.setattr(command, "apply_and_mark", apply_and_mark)
 
     class StopAfter(threading.Event):
         rounds = 0
@@ -911,8 +920,8 @@ def test_keep_applied_puts_the_rules_back_and_survives_errors(monkeypatch):
 
     out = io.StringIO()
     states = []
-    monkeypatch.setattr(firewall_command, "_mark_status", lambda path, in_place: states.append(in_place))
-    firewall_command.keep_applied(None, {"network": "users"}, HOST_HUB, 5, out, StopAfter(), "/run/ok")
+    monkeypatch.setattr(command, "_mark_status", lambda path, in_place: states.append(in_place))
+    command.keep_applied(None, {"network": "users"}, HOST_HUB, 5, out, StopAfter(), "/run/ok")
     assert applied == ["users"]
     assert states == [True, True, False, True]
     lines = out.getvalue().splitlines()
@@ -925,14 +934,14 @@ def test_keep_applied_puts_the_rules_back_and_survives_errors(monkeypatch):
 def test_blocked_host_resolvers(tmp_path):
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 10.255.255.53\nnameserver 9.9.9.9\nnameserver 127.0.0.53\n")
-    assert firewall.blocked_host_resolvers(str(resolv)) == ["10.255.255.53"]
-    assert firewall.blocked_host_resolvers(str(tmp_path / "missing")) == []
+    assert resolving.blocked_host_resolvers(str(resolv)) == ["10.255.255.53"]
+    assert resolving.blocked_host_resolvers(str(tmp_path / "missing")) == []
     # systemd-resolved: its stub is on the host's loopback; the engine forwards to its upstreams
     resolv.write_text("nameserver 127.0.0.53\noptions edns0 trust-ad\n")
     upstream = tmp_path / "upstream.conf"
     upstream.write_text("nameserver 192.168.1.1\nnameserver 1.1.1.1\n")
-    assert firewall.blocked_host_resolvers(str(resolv), str(upstream)) == ["192.168.1.1"]
-    assert firewall.blocked_host_resolvers(str(resolv), str(tmp_path / "missing")) == []
+    assert resolving.blocked_host_resolvers(str(resolv), str(upstream)) == ["192.168.1.1"]
+    assert resolving.blocked_host_resolvers(str(resolv), str(tmp_path / "missing")) == []
 
 
 def test_rules_go_to_the_backend_that_holds_the_engines_chains():
@@ -944,30 +953,34 @@ def test_rules_go_to_the_backend_that_holds_the_engines_chains():
             return subprocess.CompletedProcess(argv, 0, text, "")
         return run
 
-    assert firewall.detect_backend(host({"iptables"})) == ""
-    assert firewall.detect_backend(host({"iptables-legacy"})) == "-legacy"  # an nft container, a legacy host
-    assert firewall.detect_backend(host({"iptables-nft"})) == "-nft"
-    assert firewall.detect_backend(host(set())) == ""  # not the host: the default, which reports it
-    assert firewall.with_backend(["iptables-restore", "--noflush"], "-legacy") == ["iptables-legacy-restore", "--noflush"]
-    assert firewall.with_backend(["ip6tables", "-S"], "-nft") == ["ip6tables-nft", "-S"]
-    assert firewall.with_backend(["ip6tables-restore"], "") == ["ip6tables-restore"]
+    assert iptables.detect_backend(host({"iptables"})) == ""
+    assert iptables.detect_backend(host({"iptables-legacy"})) == "-legacy"  # an nft container, a legacy host
+    assert iptables.detect_backend(host({"iptables-nft"})) == "-nft"
+    assert iptables.detect_backend(host(set())) == ""  # not the host: the default, which reports it
+    assert iptables.with_backend(["iptables-restore", "--noflush"], "-legacy") == ["iptables-legacy-restore", "--noflush"]
+    assert iptables.with_backend(["ip6tables", "-S"], "-nft") == ["ip6tables-nft", "-S"]
+    assert iptables.with_backend(["ip6tables-restore"], "") == ["ip6tables-restore"]
 
 
 def test_status_file_exists_while_the_rules_are_in_place(tmp_path):
     path = tmp_path / "in-place"
-    firewall_command._mark_status(str(path), True)
+    command._mark_status(str(path), True)
     assert path.read_text().endswith("\n")
-    firewall_command._mark_status(str(path), False)
+    command._mark_status(str(path), False)
     assert not path.exists()
-    firewall_command._mark_status(str(path), False)  # already gone: fine
+    command._mark_status(str(path), False)  # already gone: fine
 
 
-@pytest.mark.parametrize("argv", [["apply", "--watch", "0"], ["status", "--watch", "30"]])
-def test_watch_is_checked_before_anything_runs(argv, capsys):
-    assert firewall_command.main(argv) == 2
-    assert capsys.readouterr().err == (
-        "hardened-spawner firewall: --watch goes with apply, and needs a positive number of seconds\n"
-    )
+@pytest.mark.parametrize("argv, why", [
+    (["apply", "--watch", "0"], "--watch needs a positive number of seconds"),
+    (["status", "--watch", "30"], "status has no option --watch (see --help)"),
+    (["status", "--egres", "none"], "status has no option --egres (see --help)"),
+])
+def test_bad_options_are_refused_before_anything_runs(argv, why, capsys):
+    from hardened_spawner.cli import main
+
+    assert main(["firewall", *argv]) == 2
+    assert why in capsys.readouterr().err
 
 
 # --- rules in force that block this hub (issue 15) --------------------------------------
@@ -976,8 +989,8 @@ def test_watch_is_checked_before_anything_runs(argv, capsys):
 def test_rules_made_for_another_hubs_port_block_this_hub():
     fake = FakeIptables(DOCKER_ONLY)
     other_hub = IsolationPolicy("172.17.0.1", 9090)
-    firewall.apply(FACTS, other_hub, fake)
-    verdict = firewall.check(FakeClient(), FACTS, HOST_HUB, run=fake)
+    iptables.apply(FACTS, other_hub, fake)
+    verdict = verifying.check(FakeClient(), FACTS, HOST_HUB, run=fake)
     assert verdict.method == "iptables"
     assert verdict.blocking == [
         "iptables: the rules in HS-FWD-hs-u were made for another hub: they lack -A HS-FWD-hs-u "
@@ -992,18 +1005,18 @@ def test_rules_made_for_another_hubs_port_block_this_hub():
 
 def test_no_rules_or_this_hubs_rules_block_nothing():
     fake = FakeIptables(DOCKER_ONLY)
-    assert firewall.check(FakeClient(), FACTS, HOST_HUB, run=fake).blocking == []  # no rules yet
-    firewall.apply(FACTS, IsolationPolicy("172.17.0.1", 8081, egress="none"), fake)
+    assert verifying.check(FakeClient(), FACTS, HOST_HUB, run=fake).blocking == []  # no rules yet
+    iptables.apply(FACTS, IsolationPolicy("172.17.0.1", 8081, egress="none"), fake)
     # other settings, the same hub: weaker or stricter isolation, but servers reach the hub
-    verdict = firewall.check(FakeClient(), FACTS, HOST_HUB, run=fake)
+    verdict = verifying.check(FakeClient(), FACTS, HOST_HUB, run=fake)
     assert verdict.problems and verdict.blocking == []
 
 
 def test_a_probe_that_cannot_reach_the_hub_blocks_it(monkeypatch):
-    monkeypatch.setattr(firewall, "read_boot_id", lambda: "boot-1")
+    monkeypatch.setattr(verifying, "read_boot_id", lambda: "boot-1")
     marker = marker_labels(FACTS, HOST_HUB, "boot-1", "2025-01-01T00:00:00+00:00", "1.0")
     client = FakeClient(marker, '{"hub": "rejected", "canary": "rejected"}')
-    verdict = firewall.check(client, FACTS, HOST_HUB, image="img", run=FakeIptables(None))
+    verdict = verifying.check(client, FACTS, HOST_HUB, image="img", run=FakeIptables(None))
     assert verdict.blocking == [
         "a container on the users' network cannot reach the hub API at 172.17.0.1:8081 (rejected)"]
     assert verdict.problems == verdict.blocking
@@ -1035,13 +1048,12 @@ def _three_policies(tmp_path, monkeypatch, allow: list[str]) -> list[IsolationPo
     reset_hub_contexts()
     hub = asyncio.run(spawner.hub_policy())
     seen = []
-    monkeypatch.setattr(firewall, "load_network", lambda client, name: FACTS)
-    monkeypatch.setattr(firewall, "verify", lambda client, facts, policy, **kw: seen.append(policy) or ("iptables", []))
+    monkeypatch.setattr(docker_network, "load_network", lambda client, name: FACTS)
+    monkeypatch.setattr(verifying, "verify", lambda client, facts, policy, **kw: seen.append(policy) or ("iptables", []))
     cli.network_report(None, spawner, config)
-    args = firewall_command._parser().parse_args(["status", "-f", str(config_file)])
-    command = firewall.policy_from_settings(firewall_command._settings(args))
+    from_firewall = policy_from_settings(firewall_settings(["status", "-f", str(config_file)]))
     reset_hub_contexts()
-    return [hub, seen[0], command]
+    return [hub, seen[0], from_firewall]
 
 
 def test_the_hub_check_and_firewall_build_one_policy_and_follow_a_setting(tmp_path, monkeypatch):

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 
-from . import firewall
-from .errors import SpawnRefused
-from .hub_context import ENGINE_ERRORS, HubContext, IsolationCheck
-from .network import IsolationPolicy, apply_command, network_facts
+from ..errors import SpawnRefused
+from ..hub_context import ENGINE_ERRORS, HubContext, IsolationCheck
+from . import verify
+from .docker_network import network_facts
+from .policy import IsolationPolicy, apply_command
 
 
 async def current_check(context: HubContext, network: str, policy: IsolationPolicy | None, why: str, *,
@@ -44,7 +45,7 @@ async def _check(context: HubContext, network: str, policy: IsolationPolicy, now
     except ENGINE_ERRORS as e:
         return IsolationCheck(now, "none", (f"the isolation could not be checked: {e}",))
     client = context.client
-    verdict = await context.run(lambda: firewall.check(client, facts, policy, method=method, image=image))
+    verdict = await context.run(lambda: verify.check(client, facts, policy, method=method, image=image))
     problems = list(verdict.problems)
     if problems:
         problems.append("Fix: as root on the Docker host, run: " + apply_command(network, policy))
