@@ -72,6 +72,8 @@ c.Authenticator.admin_users = {u for u in env("HUB_ADMIN_USERS", "admin").split(
 
 # --- the hardened spawner -------------------------------------------------------
 c.JupyterHub.spawner_class = "hardened"
+# The home page also tells users how to SSH into their running server (README, "SSH").
+c.JupyterHub.template_paths = [__import__("hardened_spawner").TEMPLATES]
 c.HardenedSpawner.image = env("SINGLEUSER_IMAGE", "hardened-spawner-singleuser:latest")
 # There is no registry on an offline GPU server: use the local image, never pull.
 c.HardenedSpawner.pull_policy = "never"

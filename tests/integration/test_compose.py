@@ -32,7 +32,7 @@ import pytest
 import requests
 import websocket
 
-from .hubtools import REJECTED, Browser, Kernel, firewall, reach
+from .hubtools import REJECTED, Browser, Kernel, SshClient, firewall, reach
 
 pytestmark = pytest.mark.integration
 
@@ -177,7 +177,7 @@ CELL = (
 )
 
 
-def test_compose_stack_keeps_servers_across_hub_restarts(client):
+def test_compose_stack_keeps_servers_across_hub_restarts(client, tmp_path):
     timings = {}
 
     # --- prepare (content-hash reuse: a no-op when nothing changed) and start
@@ -261,6 +261,14 @@ def test_compose_stack_keeps_servers_across_hub_restarts(client):
     try:
         before = kernel.run(CELL + "; x = 6 * 7").split()
         assert before == [str(uid), str(uid), server.id, f"/home/{USER}"], before
+        # SSH through the compose stack's proxy, into the same server, as the same UID
+        key = SshClient.make_key(tmp_path / "key")
+        kernel.run(f"import os; os.makedirs(os.path.expanduser('~/.ssh'), 0o700, exist_ok=True); "
+                   f"open(os.path.expanduser('~/.ssh/authorized_keys'), 'w').write({key.with_suffix('.pub').read_text()!r}); "
+                   "os.chmod(os.path.expanduser('~/.ssh/authorized_keys'), 0o600)")
+        done = SshClient(tmp_path, BASE, USER, token, key).ssh("id -u; cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs)'")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [str(uid), "CapEff:", "0000000000000000", "NoNewPrivs:", "1"], done.stdout
         # From alice's kernel: bob's server on any port, and the host, are refused by a rule;
         # the hub API answers.
         seen = reach(kernel, [(bob_address, 8888), (bob_address, 22), (gateway, PORT), (hub_address, 8081)])
