@@ -116,9 +116,13 @@ def _int(text) -> int | None:
         return None
 
 
-async def run_helper(context: HubContext, create: dict, host: dict) -> tuple[int, str]:
-    """Run the workspace helper container to its end: (exit status, output). Always removed."""
+async def run_helper(context: HubContext, create: dict, host: dict, hub_id: str) -> tuple[int, str]:
+    """Run the workspace helper container to its end: (exit status, output). Always removed,
+    and so are the helpers an earlier process of this hub left when it was killed."""
+    await remove_abandoned_helpers(context, hub_id)
     host_config = context.client.create_host_config(**host)
+    create = {**create, "labels": {**create.get("labels", {}), labels.HUB: hub_id,
+                                   labels.HUB_PROCESS: context.process_id}}
     helper = await context.docker("create_container", host_config=host_config, **create)
     try:
         await context.docker("start", helper["Id"])
@@ -127,3 +131,21 @@ async def run_helper(context: HubContext, create: dict, host: dict) -> tuple[int
     finally:
         await context.docker("remove_container", helper["Id"], force=True)
     return result["StatusCode"], output
+
+
+async def remove_abandoned_helpers(context: HubContext, hub_id: str) -> None:
+    """Remove helper containers of this hub that another process of it ran: a hub killed
+    between creating a helper and removing it leaves one behind, holding the workspace
+    volume (``docker volume rm`` then fails). Other hubs' helpers, and this process's own
+    (in flight for another spawn), are never touched."""
+    if not hub_id:
+        return
+    found = await context.docker("containers", all=True, filters={
+        "label": [f"{labels.ROLE}={labels.ROLE_HELPER}", f"{labels.HUB}={hub_id}"]})
+    for helper in found:
+        if (helper.get("Labels") or {}).get(labels.HUB_PROCESS) == context.process_id:
+            continue
+        try:
+            await context.docker("remove_container", helper["Id"], force=True)
+        except docker.errors.NotFound:
+            pass

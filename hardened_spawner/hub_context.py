@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -105,6 +106,9 @@ class HubContext:
     def __init__(self, connect: Callable[[], Any], threads: int, address: str = ""):
         """``connect`` makes the docker-py client (it may ask the engine its API version)."""
         self.address = address or engine_address({})
+        #: marks the helper containers this process runs, so a later process of the same hub
+        #: can tell the ones a killed process left behind (`engine.run_helper`)
+        self.process_id = secrets.token_hex(8)
         self._connect = connect
         self._client: Any = None
         self._client_lock = threading.Lock()

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 from traitlets import TraitError
 
-from . import checks
+from . import checks, engine, hub_database
 from .hub_context import EngineUnavailable
 
 
@@ -85,8 +85,18 @@ async def _hub_start_work(spawner, app, context) -> None:
         )
         return
     app.log.info("Connected to the Docker engine at %s", context.address)
+    await _remove_abandoned_helpers(app, context)
     await _audit(spawner, app.log, context)
     await _check_isolation(spawner, app)
+
+
+async def _remove_abandoned_helpers(app, context) -> None:
+    """Workspace helpers an earlier, killed process of this hub left (`engine`), so their
+    workspaces are free at once; this process's own helpers carry its id and are kept."""
+    try:
+        await engine.remove_abandoned_helpers(context, hub_database.hub_id(app.db))
+    except Exception:
+        app.log.exception("Removing the workspace helpers an earlier hub process left failed")
 
 
 async def _audit(spawner, log, context) -> None:

@@ -18,6 +18,7 @@ POLICY = f"{PREFIX}.policy-fingerprint"
 GPUS = f"{PREFIX}.gpus"  # comma-separated device UUIDs, "" for none
 GPUS_SINCE = f"{PREFIX}.gpus-since"  # ISO 8601 UTC time of assignment
 HUB = f"{PREFIX}.hub"  # which hub database started a server (a digest of its URL)
+HUB_PROCESS = f"{PREFIX}.hub-process"  # which hub process runs a helper (random, per process)
 
 ROLE_SERVER = "server"
 ROLE_WORKSPACE = "workspace"

@@ -273,7 +273,7 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
             )
             if mount.host_path:
                 host["mounts"][0] = {"Type": "bind", "Source": mount.source, "Target": "/workspace"}
-            status, output = await run_helper(self.context, create, host)
+            status, output = await run_helper(self.context, create, host, self.hub_id)
             action = interpret_helper_result(status, output, volume=mount.source, uid=identity.uid)
             self.log.info("Workspace %s for %s: %s", mount.source, self.user.name, action)
             self._prepared = marker

@@ -194,3 +194,21 @@ async def test_two_new_users_racing_never_get_one_uid(engine, server_port):
     await asyncio.gather(*(s.start() for s in spawners))
     uids = sorted(s.get_state()["uid"] for s in spawners)
     assert uids == [200002, 200003]
+
+
+async def test_helpers_a_killed_process_of_this_hub_left_are_removed_and_no_others(engine):
+    from hardened_spawner.engine import remove_abandoned_helpers
+    from hardened_spawner.hub_context import HubContext
+
+    context = HubContext(lambda: engine, threads=2)
+    helper = {labels.MANAGED: "true", labels.ROLE: labels.ROLE_HELPER}
+    left = engine.create_container("img", labels={**helper, labels.HUB: "hub-a", labels.HUB_PROCESS: "killed"})
+    other_hub = engine.create_container("img", labels={**helper, labels.HUB: "hub-b", labels.HUB_PROCESS: "x"})
+    in_flight = engine.create_container("img", labels={**helper, labels.HUB: "hub-a",
+                                                       labels.HUB_PROCESS: context.process_id})
+    await remove_abandoned_helpers(context, "hub-a")
+    assert set(engine.container_state) == {other_hub["Id"], in_flight["Id"]}
+    assert left["Id"] not in engine.container_state
+    await remove_abandoned_helpers(context, "")  # no database to name the hub: nothing is touched
+    assert len(engine.container_state) == 2
+    context.executor.shutdown()
