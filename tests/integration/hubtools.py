@@ -388,6 +388,10 @@ def remove_named(prefix: str) -> None:
     for container in client.containers.list(all=True, filters={"name": prefix}):
         container.remove(force=True)
     for volume in client.volumes.list(filters={"name": prefix}):
+        # a container left holding it (a test that failed on one says so itself) must not
+        # make every later test fail at its cleanup
+        for holder in client.containers.list(all=True, filters={"volume": volume.name}):
+            holder.remove(force=True)
         volume.remove(force=True)
     for network in client.networks.list(names=[f"{prefix}-users"]):
         network.remove()
@@ -525,7 +529,7 @@ class SshClient:
         path.write_text(textwrap.dedent(f"""\
             Host hub-server
                 User {self.user}
-                ProxyCommand {websocat()} --binary -H='Authorization: token {self.token}' asyncstdio: {ws}/user/{self.user}/sshd/
+                ProxyCommand {websocat()} --binary -H="Authorization: token {self.token}" asyncstdio: {ws}/user/{self.user}/sshd/
                 IdentityFile {self.key}
                 IdentitiesOnly yes
                 BatchMode yes

@@ -180,6 +180,18 @@ def test_local_forwarding_reaches_a_port_a_notebook_opened(clients):
         tunnel.wait(10)
 
 
+def test_remote_forwarding_and_agent_forwarding_are_off(clients):
+    client, _ = clients["sshuser"]
+    done = client.ssh("true", "-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:22")
+    assert done.returncode != 0 and "remote port forwarding failed" in done.stderr, done
+    # an agent on the client, offered with -A: the server takes none
+    done = subprocess.run(["ssh-agent", "ssh", "-F", str(client.config), "-A", "hub-server",
+                           "echo agent=${SSH_AUTH_SOCK:-none}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "agent=none", done
+    done = client.ssh("echo token=${JUPYTERHUB_API_TOKEN:-none}")
+    assert done.stdout.strip() == "token=none"  # the server's own token stays with the server
+
+
 def test_a_nohup_job_outlives_the_ssh_session(clients):
     client, kernel = clients["sshuser"]
     done = client.ssh("nohup sleep 600 >/dev/null 2>&1 & echo $!")
