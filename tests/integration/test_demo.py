@@ -10,6 +10,7 @@ in the demo (no other test hub uses it).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -73,8 +74,10 @@ def stop_demo(process: subprocess.Popen, data_dir: Path) -> None:
     """Ctrl-C, as a person stops the demo; the proxy too, should the hub have died without it."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGINT)
+        started = time.monotonic()
         try:
             process.wait(timeout=30)
+            print(f"the demo stopped {time.monotonic() - started:.1f} s after Ctrl-C")
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
@@ -133,3 +136,14 @@ def test_the_demo_hub_serves_isolated_servers(demo, engine):
         kernel.close()
     for user, browser in people.items():
         assert browser.api("DELETE", f"/users/{user}/server").status_code in (202, 204)
+
+    # an admin logging in through the form lands on the home page, and no server starts
+    admin = Browser(BASE)
+    page = admin.session.get(f"{BASE}/hub/login", timeout=10)
+    xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text).group(1)
+    landed = admin.session.post(f"{BASE}/hub/login", data={"username": "admin", "password": "any", "_xsrf": xsrf},
+                                timeout=30)
+    assert landed.url == f"{BASE}/hub/home", landed.url
+    assert 'href="/hub/admin"' in landed.text
+    assert admin.session.get(f"{BASE}/hub/admin", timeout=10).ok
+    assert admin.api("GET", "/users/admin").json()["servers"] == {}
