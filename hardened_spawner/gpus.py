@@ -90,6 +90,15 @@ class Holding:
     def person(self) -> str:
         return self.owner or self.user
 
+    @property
+    def server(self) -> str:
+        """The server name in the holder key (`gpu_broker.holder_key`): "" for the default one."""
+        return self.user[len(self.person) + 1:] if self.user != self.person else ""
+
+    def described(self) -> str:
+        """How its owner knows this server: "your server 'train'", "your default server"."""
+        return f"your server '{self.server}'" if self.server else "your default server"
+
 
 @dataclass(frozen=True)
 class GpuSummary:
@@ -474,6 +483,15 @@ class GpuAllocator:
     def holdings(self) -> list[Holding]:
         return sorted(self._held.values(), key=lambda h: h.user)
 
+    def pool(self) -> list[GpuDevice]:
+        """The devices that may be assigned, in index order."""
+        by_uuid = {d.uuid: d for d in self.inventory}
+        return [by_uuid[uuid] for uuid in self._pool]
+
+    def blocked_by_relative(self, uuid: str) -> bool:
+        """Whether `uuid` is unheld but unavailable because its GPU or one of its MIG slices is held."""
+        return self._relative_held(uuid, self._holders(), ())
+
     def holder_of(self, uuid: str) -> tuple[str, ...]:
         """Users holding `uuid`, sorted; several when shared, or after a conflicting rebuild."""
         return tuple(sorted(self._holders().get(uuid, ())))
@@ -515,10 +533,11 @@ class GpuAllocator:
                 f"{limit} or fewer, or ask your hub administrator to raise your limit."
             )
         if count > left:
+            holding = sorted((h for h in self._held.values() if h.person == owner), key=lambda h: h.server)
+            held = "; ".join(f"{h.described()} holds {_gpus(len(h.devices))}" for h in holding)
             raise GpuQuotaExceeded(
-                f"You asked for {_gpus(count)}, but your limit is {_gpus(limit)} and your other "
-                f"servers hold {elsewhere}. Ask for {left} or fewer, or stop one of your other "
-                "servers first."
+                f"You asked for {_gpus(count)}, but your limit is {_gpus(limit)} and {held}. "
+                f"Ask for {left} or fewer, or stop {'that server' if len(holding) == 1 else 'one of them'} first."
             )
         return count
 

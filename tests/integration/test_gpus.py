@@ -195,8 +195,8 @@ c.HardenedSpawner.gpu_inventory = {[{"uuid": u, "index": str(i), "name": "Fake G
         assert hub.spawn("nadia", {"gpus": 1}).ready
         second = hub.spawn("nadia", {"gpus": 1}, server="second")
         assert second.message == (
-            "Spawn failed: You asked for 1 GPU, but your limit is 1 GPU and your other servers hold 1. "
-            "Ask for 0 or fewer, or stop one of your other servers first."
+            "Spawn failed: You asked for 1 GPU, but your limit is 1 GPU and your default server "
+            "holds 1 GPU. Ask for 0 or fewer, or stop that server first."
         )
         assert hub.spawn("nadia", {"gpus": 0}, server="second").ready
         assert assigned(engine, "nadia") == NAMED_DEVICES[:1]

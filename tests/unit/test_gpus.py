@@ -679,8 +679,8 @@ def test_named_servers_share_their_owners_quota():
     with pytest.raises(GpuQuotaExceeded) as refused:
         alloc.assign("alice/third", (), 1, now=NOW, owner="alice")
     assert str(refused.value) == (
-        "You asked for 1 GPU, but your limit is 2 GPUs and your other servers hold 2. "
-        "Ask for 0 or fewer, or stop one of your other servers first."
+        "You asked for 1 GPU, but your limit is 2 GPUs and your default server holds 1 GPU; "
+        "your server 'big' holds 1 GPU. Ask for 0 or fewer, or stop one of them first."
     )
     # the default is lowered to what is left (here nothing), so the server still starts
     assert alloc.assign("alice/third", (), None, now=NOW, owner="alice") == ()
@@ -701,7 +701,7 @@ def test_pins_are_a_persons_and_go_to_one_server_at_a_time():
 def test_rebuild_keeps_the_owner_so_quotas_survive_a_restart():
     alloc = allocator(max_per_user=1)
     alloc.rebuild([Holding("alice/big", ("GPU-a",), NOW, "alice")])
-    with pytest.raises(GpuQuotaExceeded, match="your other servers hold 1"):
+    with pytest.raises(GpuQuotaExceeded, match="your server 'big' holds 1 GPU. Ask for 0 or fewer, or stop that server first."):
         alloc.assign("alice", (), 1, now=NOW, owner="alice")
 
 
