@@ -25,11 +25,22 @@
 #   HARDENED_NAME_TEMPLATE     server container name template   (spawner default: jupyter-{username})
 #   HARDENED_CPU_LIMIT    CPUs per server                       4 (or fewer, on a smaller host)
 #   HUB_IDLE_TIMEOUT      seconds before idle servers stop (0 = never)   3600
+#   HUB_GPU_IDLE_TIMEOUT  seconds before an idle server holding GPUs stops (0 = never)   900
+#   HUB_GPU_MAX_HOLD      seconds a server may hold GPUs at all (0 = no limit)   0
+#   HUB_GPU_CULL_EVERY    seconds between two GPU culler rounds     60
 import os
+import signal
 import subprocess
 import sys
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
+
+# A hub started in the background (`scripts/demo.sh &`, a test harness) inherits SIGINT
+# ignored, and so would the services it starts: on SIGINT the hub then waits 30 s for each
+# (JupyterHub's interrupt_timeout) before it sends SIGTERM. Services that hear SIGINT stop
+# in well under a second.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def env(name, default):
@@ -164,3 +175,11 @@ if idle_timeout > 0:
                 "services": ["idle-culler"],
             }
         ]
+
+# --- the GPU board and the GPU culler: idle GPUs come back sooner ----------------
+# /hub/gpus shows every GPU and who holds it (GET /hub/api/gpus for scripts, scope
+# custom:gpus:read); the gpu-culler service stops servers holding GPUs after their own,
+# shorter idle timeout (README, "GPU assignment").
+__import__("hardened_spawner.gpu_pages").gpu_pages.enable(c, cull_every=int(env("HUB_GPU_CULL_EVERY", "60")))
+c.HardenedSpawner.gpu_idle_timeout = int(env("HUB_GPU_IDLE_TIMEOUT", "900"))
+c.HardenedSpawner.gpu_max_hold = int(env("HUB_GPU_MAX_HOLD", "0"))

@@ -24,16 +24,20 @@ except ImportError:  # JupyterHub 5
 if _Base is not None:
 
     class SpawnRefused(_Base):
-        def __init__(self, message, *, reason, log_message="", status_code=400):
+        def __init__(self, message, *, reason, log_message="", status_code=400, html_message=""):
             super().__init__(message, reason=reason, log_message=log_message, status_code=status_code)
             # what the spawn page's progress stream shows, instead of the repr
             self.jupyterhub_message = message
+            if html_message:  # the same, with links (the progress page prefers it)
+                self.jupyterhub_html_message = html_message
 
 else:
 
     class SpawnRefused(web.HTTPError):  # type: ignore[no-redef]  # the same name on JupyterHub 5
-        def __init__(self, message, *, reason, log_message="", status_code=400):
+        def __init__(self, message, *, reason, log_message="", status_code=400, html_message=""):
             super().__init__(status_code, "%s", log_message or message)
             self.reason = reason
             self.message = message
             self.jupyterhub_message = message
+            if html_message:
+                self.jupyterhub_html_message = html_message

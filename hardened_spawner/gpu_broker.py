@@ -9,6 +9,8 @@ Prometheus gauges the hub serves at ``/hub/metrics``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
 from prometheus_client import Gauge
@@ -92,6 +94,14 @@ class GpuBroker:
                 if holding.user == holder:
                     return holding.devices
             return ()
+
+    @contextlib.asynccontextmanager
+    async def table(self) -> AsyncIterator[GpuAllocator]:
+        """The allocator to read, under the lock: the GPU board shows exactly what the
+        next assignment will see."""
+        async with self._lock:
+            await self._ensure_rebuilt()
+            yield self.allocator
 
     def _export(self) -> None:
         summary = self.allocator.summary()

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from traitlets import TraitError
 
 from . import checks, engine, hub_database
+from .gpu_pages import SPAWNER_SETTING
 from .hub_context import EngineUnavailable
 
 
@@ -42,13 +43,16 @@ def install_hub_start_checks(spawner_class) -> None:
         if isinstance(app.spawner_class, type) and issubclass(app.spawner_class, spawner_class):
             try:
                 # a stand-in user: DockerSpawner's observers render name templates
-                probe_user = SimpleNamespace(name="config-check", id=0, admin=False, groups=[])
+                # (with the hub's database, so that the GPU table it may build knows this hub)
+                probe_user = SimpleNamespace(name="config-check", id=0, admin=False, groups=[], db=app.db)
                 spawner = app.spawner_class(config=app.config, log=app.log, user=probe_user)
                 spawner.check_config()
             except TraitError as e:
                 app.log.critical("Invalid HardenedSpawner configuration: %s", e)
                 app.exit(1)
             app.log.info("HardenedSpawner configuration checked")
+            # the GPU board's pages reach the hub's GPU table through it (`gpu_pages`)
+            app.tornado_settings[SPAWNER_SETTING] = spawner
             _start_in_background(spawner, app)
         return original(app)
 

@@ -29,7 +29,8 @@ async def gpu_options_form(spawner) -> str:
     form = (
         '<label for="hs-gpus">GPUs</label>'
         f'<select id="hs-gpus" name="gpus" class="form-control">{choices}</select>'
-        f"<p>{summary.free} of {summary.total} GPUs are free right now.</p>"
+        f"<p>{summary.free} of {summary.total} GPUs are free right now.{_board_link(spawner)}</p>"
+        f"{_reclaim_notice(spawner)}"
     )
     if spawner.user.admin:
         devices = ", ".join(escape(d.uuid) for d in allocator.inventory)
@@ -39,6 +40,39 @@ async def gpu_options_form(spawner) -> str:
             f'placeholder="{devices}">'
         )
     return form
+
+
+def _board_link(spawner) -> str:
+    if not spawner.gpu_board:
+        return ""
+    return f' <a id="hs-gpu-board" href="{escape(spawner.hub.base_url)}gpus">See the GPU board</a> for who holds which.'
+
+
+def _reclaim_notice(spawner) -> str:
+    """What the GPU culler will do, said before the user asks for a GPU."""
+    text = reclaim_text(spawner.gpu_idle_timeout, spawner.gpu_max_hold)
+    return f'<p id="hs-gpu-reclaim">{text}</p>' if text else ""
+
+
+def reclaim_text(idle_timeout: int, max_hold: int) -> str:
+    """The GPU culler's rule in words, for the spawn form and the GPU board ("" when off)."""
+    rules = []
+    if idle_timeout:
+        rules.append(f"after {duration(idle_timeout)} without activity")
+    if max_hold:
+        rules.append(f"after {duration(max_hold)} in any case")
+    if not rules:
+        return ""
+    return f"A server holding GPUs is stopped {' or '.join(rules)}, so its GPUs go back to everyone; its files stay."
+
+
+def duration(seconds: int) -> str:
+    """60 -> "1 minute", 5400 -> "90 minutes", 7200 -> "2 hours", 45 -> "45 seconds"."""
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'' if n == 1 else 's'}"
+    return f"{seconds} second{'' if seconds == 1 else 's'}"
 
 
 def parse_gpu_options(formdata: dict) -> dict:

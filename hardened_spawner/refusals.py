@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from html import escape
 
 import docker.errors
 
 from .errors import SpawnRefused
-from .gpus import GpuAllocationError
+from .gpus import GpuAllocationError, GpuQuotaExceeded, GpuUnavailable
 from .hub_context import UNREACHABLE, EngineUnavailable, unreachable_message
 from .identity import IdentityError
 from .workspace import WorkspaceError
@@ -27,6 +28,7 @@ class Situation:
 
     image: str
     engine_address: str
+    gpu_board_url: str = ""  # where the GPU board is, "" when the hub has none
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class Row:
     matches: Callable[[BaseException], bool] = lambda e: True
     #: what the hub log gets besides the user's message ("" for nothing)
     log: Callable[[BaseException, Situation], str] = lambda e, s: ""
+    #: the message with links, for the progress page ("" for the plain message)
+    html: Callable[[BaseException, Situation], str] = lambda e, s: ""
 
 
 def _engine_refused(e) -> bool:
@@ -65,12 +69,21 @@ TABLE: tuple[Row, ...] = (
                      "Your hub admin needs to fix the HardenedSpawner configuration.",
         "engine", 500, matches=_engine_refused,
         log=lambda e, s: f"The engine refused the server: {e.explanation}"),  # type: ignore[attr-defined]
-    Row((GpuAllocationError,), lambda e, s: e.user_message, "gpu", 409),  # type: ignore[attr-defined]
+    Row((GpuAllocationError,), lambda e, s: e.user_message, "gpu", 409,  # type: ignore[attr-defined]
+        html=lambda e, s: _with_board_link(e.user_message, s) if isinstance(e, GpuUnavailable | GpuQuotaExceeded) else ""),
     # 4xx: an engine outage must not count toward consecutive_failure_limit
     Row(UNREACHABLE, lambda e, s: ENGINE_GONE, "engine-unavailable", 424,
         matches=_engine_gone,
         log=lambda e, s: str(e) if isinstance(e, EngineUnavailable) else unreachable_message(s.engine_address, e)),
 )
+
+def _with_board_link(message: str, situation: Situation) -> str:
+    """A GPU refusal with the way to the GPU board, where the user sees who holds what."""
+    if not situation.gpu_board_url:
+        return ""
+    return (f"Spawn failed: {escape(message)} "
+            f'<a href="{escape(situation.gpu_board_url)}">See the GPU board</a> for who holds the GPUs.')
+
 
 INTERNAL = (
     "Your server could not be started because of an internal error; the hub admin can find "
@@ -87,7 +100,8 @@ def as_refusal(error: BaseException, situation: Situation, log, name: str) -> Sp
             detail = row.log(error, situation)
             if detail:
                 log.error("%s's spawn: %s", name, detail)
-            return SpawnRefused(row.message(error, situation), reason=row.reason, status_code=row.status_code)
+            return SpawnRefused(row.message(error, situation), reason=row.reason, status_code=row.status_code,
+                                html_message=row.html(error, situation))
     log.exception("Unexpected error starting %s", name)
     return SpawnRefused(INTERNAL, reason="error", status_code=500)
 

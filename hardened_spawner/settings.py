@@ -215,6 +215,32 @@ class HardenedSettings(HasTraits):
         isolation between them (memory, compute and faults are shared).""",
     ).tag(config=True)
 
+    gpu_idle_timeout = Integer(
+        0,
+        help="""Seconds a server holding GPUs may go without activity the hub sees (kernels,
+        terminals, SSH, page loads) before the GPU culler stops it and its GPUs go back to the
+        pool; 0 = never. Keep it shorter than the idle culler's timeout for all servers. Needs
+        the GPU culler service (`hardened_spawner.gpu_pages.enable`).""",
+    ).tag(config=True)
+
+    gpu_max_hold = Integer(
+        0,
+        help="""Seconds a server may hold GPUs, active or not, before the GPU culler stops it;
+        0 = no limit. Users see the time on the GPU board.""",
+    ).tag(config=True)
+
+    gpu_board = Bool(
+        False,
+        help="""Link the GPU board (``/hub/gpus``) from the spawn form and the "GPUs are busy"
+        message. `hardened_spawner.gpu_pages.enable(c)` sets it with the board's pages.""",
+    ).tag(config=True)
+
+    gpu_board_names_public = Bool(
+        True,
+        help="""Whether the GPU board names who holds each GPU to every user (so they know whom
+        to ask). False shows "another user" to everyone but admins and the holder.""",
+    ).tag(config=True)
+
     # --- audit and engine -----------------------------------------------
 
     audit_log = Unicode(
@@ -433,7 +459,8 @@ class HardenedSettings(HasTraits):
             raise TraitError(f"HardenedSpawner.cpu_limit must be > 0, not {proposal.value!r}.")
         return proposal.value
 
-    @validate("gpu_default_per_user", "gpu_max_per_user", "gpu_max_users_per_gpu")
+    @validate("gpu_default_per_user", "gpu_max_per_user", "gpu_max_users_per_gpu",
+              "gpu_idle_timeout", "gpu_max_hold")
     def _validate_gpu_numbers(self, proposal):
         low = 1 if proposal.trait.name == "gpu_max_users_per_gpu" else 0
         if proposal.value < low:

@@ -63,6 +63,8 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
     """A DockerSpawner whose users each run as their own UID in a locked-down container."""
 
     _plan: StartPlan | None = None
+    #: why the next stop happens, for the audit trail: set by the GPU reclaim API (`gpu_pages`)
+    stop_reason: str | None = None
 
     # --- hub-wide shared pieces (one `HubContext` per set of engine settings) ---
 
@@ -118,9 +120,7 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
             facts = context.engine_facts.get(self.network_name)
             if facts is None:
                 facts = await gather_engine_facts(
-                    context, self.network_name, self.network_bridge_name, self.network_isolation,
-                    self.log,
-                )
+                    context, self.network_name, self.network_bridge_name, self.network_isolation, self.log)
                 if facts["cpus"] and self.cpu_limit > facts["cpus"]:
                     self.log.warning(
                         "HardenedSpawner.cpu_limit is %s but the engine has %s CPUs; "
@@ -313,7 +313,8 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
             self._event_signal.set()
 
     def _as_refusal(self, e: Exception) -> SpawnRefused:
-        return as_refusal(e, Situation(self.image, self.context.address), self.log, self._log_name)
+        board = url_path_join(self.hub.base_url, "gpus") if self.gpu_board else ""
+        return as_refusal(e, Situation(self.image, self.context.address, board), self.log, self._log_name)
 
     async def _start(self):
         self._report(5, "Checking your identity")
@@ -421,10 +422,10 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
 
     # --- stop and poll ---------------------------------------------------
 
-    async def _release_gpus(self) -> None:
+    async def _release_gpus(self, reason: str | None = None) -> None:
         released = await self.gpus.release(holder_key(self.user.name, self.name))
         if released:
-            self.audit.emit("gpus-released", **self._audit_fields(devices=list(released)))
+            self.audit.emit("gpus-released", **self._audit_fields(devices=list(released), reason=reason))
         self._gpus_held = ()
 
     async def remove_object(self):
@@ -447,8 +448,9 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
             await self._own_container()
         if self.object_id:
             await super().stop(now=now)
-        await self._release_gpus()
-        self.audit.emit("server-stopped", **self._audit_fields())
+        reason, self.stop_reason = self.stop_reason, None
+        await self._release_gpus(reason)
+        self.audit.emit("server-stopped", **self._audit_fields(reason=reason))
 
     async def poll(self):
         if not self.object_id and not self._spawn_pending:

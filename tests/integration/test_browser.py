@@ -1,7 +1,8 @@
 """Issue 14: the hub's pages as a person sees them, in a real browser (headless Chromium).
 
 Each test asserts what the page shows: the progress page, JupyterLab with a cell typed and
-run, the spawn form's GPU choice on the stub-GPU engine, and a refusal on the spawn page.
+run, the spawn form's GPU choice on the stub-GPU engine, a refusal on the spawn page with
+its link to the GPU board, and the board as a user and as an admin (who stops a server there).
 A failing test leaves a screenshot and the page in test-output/screenshots/.
 """
 
@@ -23,6 +24,8 @@ c.HardenedSpawner.gpu_inventory = {[{"uuid": u, "index": str(i), "name": "Fake G
 c.HardenedSpawner.gpu_default_per_user = 0
 c.HardenedSpawner.gpu_max_per_user = 1
 c.HardenedSpawner.mem_limit = "1G"
+c.Authenticator.admin_users = {{"boss"}}
+__import__("hardened_spawner.gpu_pages").gpu_pages.enable(c)
 """
 
 
@@ -111,6 +114,48 @@ def test_a_refusal_is_shown_on_the_spawn_page(driver, gpu_hub):
         shown = wait(driver, 120).until(lambda d: "GPUs are busy" in d.page_source and d.page_source)
         assert "You asked for 1 GPU, but 2 of 2 GPUs are busy." in shown
         assert "Traceback" not in shown and "Internal Server Error" not in shown
+        # the refusal links the GPU board: who holds what, and the late user's own quota
+        driver.find_element(By.LINK_TEXT, "See the GPU board").click()
+        wait(driver).until(lambda d: d.current_url.endswith("/hub/gpus"))
+        assert board_rows(driver) == [("0", "busy", "ghost1"), ("1", "busy", "ghost2")]
+        assert driver.find_element(By.ID, "gpu-summary").text.startswith("0 of 2 GPUs are free.")
+        assert driver.find_element(By.ID, "gpu-you").text == "You may hold 1 GPU and hold none now."
+        assert not driver.find_elements(By.CSS_SELECTOR, ".gpu-stop")  # no stop button for users
     finally:
         for holder in holders:
             gpu_hub.stop_server(holder)
+
+
+def board_rows(driver) -> list[tuple[str, str, str]]:
+    """(index, state, held by) of each row of the GPU board, as the page shows them."""
+    return [tuple(row.find_element(By.CSS_SELECTOR, sel).text for sel in ("td:first-child", ".gpu-state", ".gpu-holder"))
+            for row in driver.find_elements(By.CSS_SELECTOR, "#gpu-table tbody tr")]
+
+
+def test_the_gpu_board_for_its_holder_and_for_an_admin_who_stops_a_server(driver, gpu_hub):
+    gpu_hub.create_user("holder")
+    try:
+        assert gpu_hub.spawn("holder", {"gpus": 1}).ready
+        log_in(driver, gpu_hub.url, "holder")
+        # the login goes on to the running server (through OAuth); the board after it
+        wait(driver, 60).until(lambda d: "/user/holder/lab" in d.current_url)
+        driver.get(f"{gpu_hub.url}/hub/gpus")
+        rows = board_rows(driver)
+        assert ("busy", "holder (you)") in [(state, who) for _, state, who in rows], rows
+        assert "free" in [state for _, state, _ in rows]
+        mine = driver.find_element(By.ID, "gpu-mine").text
+        assert mine.startswith("your default server: 1 GPU since"), mine
+        driver.delete_all_cookies()
+
+        log_in(driver, gpu_hub.url, "boss")
+        wait(driver).until(lambda d: "/hub/spawn" in d.current_url)  # boss has no server
+        driver.get(f"{gpu_hub.url}/hub/gpus")
+        assert [h.text for h in driver.find_elements(By.CSS_SELECTOR, "#gpu-table th")][-2] == "Server"
+        stop = driver.find_element(By.CSS_SELECTOR, '.gpu-stop[data-user="holder"]')
+        assert stop.text == "Stop holder"
+        stop.click()
+        wait(driver, 60).until(lambda d: "" not in gpu_hub.api("GET", "/users/holder").json()["servers"])
+        driver.get(f"{gpu_hub.url}/hub/gpus")
+        assert [(state, who) for _, state, who in board_rows(driver)] == [("free", ""), ("free", "")]
+    finally:
+        gpu_hub.stop_server("holder")

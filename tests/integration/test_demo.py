@@ -50,7 +50,6 @@ def demo(engine, tmp_path):
         os.environ,
         HUB_BIND_URL=BASE,
         HUB_DATA_DIR=str(tmp_path),
-        HUB_IDLE_TIMEOUT="0",
         HARDENED_NETWORK=NETWORK,
         HARDENED_UID_MIN="720000",
         HARDENED_WORKSPACE_VOLUME=f"{PREFIX}-workspace-{{username}}",
@@ -60,24 +59,30 @@ def demo(engine, tmp_path):
     )
     log = tmp_path / "demo.log"
     with open(log, "w") as out:
+        # as `scripts/demo.sh &` starts it from a script: with SIGINT ignored, which its
+        # services would inherit (then the hub waits 30 s for each on Ctrl-C)
         process = subprocess.Popen([str(REPO / "scripts" / "demo.sh")], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
-        yield SimpleNamespace(process=process, log=log)
+        yield SimpleNamespace(process=process, log=log, data_dir=tmp_path)
     finally:
         stop_demo(process, tmp_path)
         print("demo log:\n" + log.read_text()[-4000:])
         remove_own_objects(engine)
 
 
-def stop_demo(process: subprocess.Popen, data_dir: Path) -> None:
-    """Ctrl-C, as a person stops the demo; the proxy too, should the hub have died without it."""
+def stop_demo(process: subprocess.Popen, data_dir: Path) -> float | None:
+    """Ctrl-C, as a person stops the demo; the proxy too, should the hub have died without it.
+    How long the hub took to stop, or None when it had to be killed."""
+    took = None
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGINT)
         started = time.monotonic()
         try:
-            process.wait(timeout=30)
-            print(f"the demo stopped {time.monotonic() - started:.1f} s after Ctrl-C")
+            process.wait(timeout=90)
+            took = time.monotonic() - started
+            print(f"the demo stopped {took:.1f} s after Ctrl-C")
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
@@ -87,6 +92,7 @@ def stop_demo(process: subprocess.Popen, data_dir: Path) -> None:
             os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
         except (ValueError, ProcessLookupError):
             pass
+    return took
 
 
 def wait_for(what: str, check, demo, timeout: float = 120):
@@ -147,3 +153,10 @@ def test_the_demo_hub_serves_isolated_servers(demo, engine):
     assert 'href="/hub/admin"' in landed.text
     assert admin.session.get(f"{BASE}/hub/admin", timeout=10).ok
     assert admin.api("GET", "/users/admin").json()["servers"] == {}
+
+    # Ctrl-C: the hub stops its services (the idle culler and the GPU culler) and itself at
+    # once; a service deaf to SIGINT would hold it for JupyterHub's 30 s interrupt_timeout
+    assert {"idle-culler", "gpu-culler"} <= set(admin.api("GET", "/services").json())
+    took = stop_demo(demo.process, demo.data_dir)
+    assert took is not None and took < 15, (took, demo.log.read_text()[-3000:])
+    assert "Cleaning up 2 services..." in demo.log.read_text()

@@ -106,7 +106,8 @@ def test_gpu_request_refuses_a_fraction():
 # --- gpu_options_form ----------------------------------------------------
 
 
-def _spawner(inventory, *, admin=False, groups=(), default=1, held=(), **policy):
+def _spawner(inventory, *, admin=False, groups=(), default=1, held=(), board=False, idle=0, max_hold=0,
+             **policy):
     allocator = GpuAllocator(parse_static_inventory(inventory), GpuPolicy(**policy))
     for user, count in held:
         allocator.assign(user, [], count, now=NOW)
@@ -114,7 +115,8 @@ def _spawner(inventory, *, admin=False, groups=(), default=1, held=(), **policy)
         name="alice", admin=admin, groups=[SimpleNamespace(name=g) for g in groups]
     )
     return SimpleNamespace(
-        gpus=SimpleNamespace(allocator=allocator), user=user, gpu_default_per_user=default
+        gpus=SimpleNamespace(allocator=allocator), user=user, gpu_default_per_user=default,
+        gpu_board=board, gpu_idle_timeout=idle, gpu_max_hold=max_hold, hub=SimpleNamespace(base_url="/hub/"),
     )
 
 
@@ -141,6 +143,28 @@ async def test_form_for_a_user():
     assert await gpu_options_form(spawner) == (
         SELECT_0_TO_2 + "<p>2 of 3 GPUs are free right now.</p>"
     )
+
+
+async def test_form_links_the_board_and_says_when_gpus_are_reclaimed():
+    spawner = _spawner(["GPU-a", "GPU-b"], board=True, idle=900, max_hold=4 * 3600)
+    assert await gpu_options_form(spawner) == (
+        '<label for="hs-gpus">GPUs</label>'
+        '<select id="hs-gpus" name="gpus" class="form-control">'
+        '<option value="0">0 (CPU only)</option><option value="1" selected>1</option></select>'
+        '<p>2 of 2 GPUs are free right now. <a id="hs-gpu-board" href="/hub/gpus">See the GPU board</a> '
+        "for who holds which.</p>"
+        '<p id="hs-gpu-reclaim">A server holding GPUs is stopped after 15 minutes without activity or '
+        "after 4 hours in any case, so its GPUs go back to everyone; its files stay.</p>"
+    )
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (1, "1 second"), (45, "45 seconds"), (60, "1 minute"), (5400, "90 minutes"), (7200, "2 hours"), (61, "61 seconds"),
+])
+def test_durations_in_words(seconds, text):
+    from hardened_spawner.options import duration
+
+    assert duration(seconds) == text
 
 
 async def test_form_uses_the_group_limit():

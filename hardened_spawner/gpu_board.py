@@ -1,0 +1,131 @@
+"""The GPU board and GPU reclaiming, as pure functions of the broker's table.
+
+The board says, for every device in the pool, whether it is free or busy and since
+when, who holds it (or "another user", where the admin keeps names private), and for
+the person looking: their quota, what they hold, and when an idle server of theirs
+gives its GPUs back. `due` says which holders are to be stopped now and why
+(``gpu-idle``: no activity the hub has seen for ``gpu_idle_timeout``; ``gpu-max-hold``:
+held for ``gpu_max_hold``, active or not). The hub's pages render the board; the GPU
+culler service acts on `due`. Nothing here reads traits, the engine or the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .gpus import GpuAllocator, Holding
+
+SCOPE_READ = "custom:gpus:read"
+SCOPE_RECLAIM = "custom:gpus:reclaim"
+SCOPES = {
+    SCOPE_READ: {"description": "See the GPU board: every GPU, free or busy, and who holds it."},
+    SCOPE_RECLAIM: {"description": "Stop a server that holds GPUs, with the reason in the audit trail."},
+}
+IDLE, MAX_HOLD = "gpu-idle", "gpu-max-hold"
+REASONS = (IDLE, MAX_HOLD)
+ANOTHER_USER = "another user"
+
+
+@dataclass(frozen=True)
+class ReclaimRule:
+    """When a server holding GPUs is stopped; 0 turns either limit off."""
+
+    idle_timeout: int = 0  # seconds without activity the hub has seen
+    max_hold: int = 0  # seconds since the GPUs were assigned
+
+    def deadline(self, since: datetime, last_activity: datetime | None) -> tuple[datetime, str] | None:
+        """The earliest time this holding is reclaimed, and why; None when it never is.
+        Activity before the GPUs were assigned does not count: a restart starts afresh."""
+        found = []
+        if self.idle_timeout:
+            active = max(since, last_activity) if last_activity else since
+            found.append((active + timedelta(seconds=self.idle_timeout), IDLE))
+        if self.max_hold:
+            found.append((since + timedelta(seconds=self.max_hold), MAX_HOLD))
+        return min(found) if found else None
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who looks: their name and groups (for the quota), and what they may see."""
+
+    name: str
+    groups: tuple[str, ...] = ()
+    sees_everyone: bool = False  # admins and the culler see names and server names
+
+
+def due(holdings: list[Holding], activity: Mapping[str, datetime | None], rule: ReclaimRule,
+        now: datetime) -> list[dict]:
+    """The servers to stop now: ``{"user", "server", "reason"}``, oldest holding first."""
+    found = []
+    for holding in sorted(holdings, key=lambda h: h.since):
+        deadline = rule.deadline(holding.since, activity.get(holding.user))
+        if deadline and deadline[0] <= now:
+            found.append({"user": holding.person, "server": holding.server, "reason": deadline[1]})
+    return found
+
+
+def board(allocator: GpuAllocator, activity: Mapping[str, datetime | None], rule: ReclaimRule,
+          viewer: Viewer, *, names_public: bool, now: datetime) -> dict:
+    """The board as JSON-ready data (the page renders the same dict the API returns)."""
+    holdings = allocator.holdings()
+    by_device: dict[str, list[Holding]] = {}
+    for holding in holdings:
+        for uuid in holding.devices:
+            by_device.setdefault(uuid, []).append(holding)
+    summary = allocator.summary()
+    devices = [
+        _device(d, by_device.get(d.uuid, []), allocator, activity, rule, viewer, names_public)
+        for d in allocator.pool()
+    ]
+    mine = [h for h in holdings if h.person == viewer.name]
+    return {
+        "now": now.isoformat(),
+        "summary": {"total": summary.total, "busy": summary.total - summary.free, "free": summary.free},
+        "reclaim": {"idle_timeout": rule.idle_timeout, "max_hold": rule.max_hold},
+        "devices": devices,
+        "you": {
+            "user": viewer.name,
+            "limit": allocator.user_limit(viewer.name, viewer.groups),
+            "holding": [_holding(h, activity, rule) for h in mine],
+        },
+        "due": due(holdings, activity, rule, now) if viewer.sees_everyone else [],
+    }
+
+
+def _device(device, holders: list[Holding], allocator: GpuAllocator, activity, rule: ReclaimRule,
+            viewer: Viewer, names_public: bool) -> dict:
+    blocked = not holders and allocator.blocked_by_relative(device.uuid)
+    return {
+        "uuid": device.uuid,
+        "index": device.index,
+        "name": device.name,
+        "state": "busy" if holders else "blocked" if blocked else "free",
+        "since": min(h.since for h in holders).isoformat() if holders else None,
+        "holders": [_holder(h, activity, rule, viewer, names_public) for h in holders],
+    }
+
+
+def _holder(holding: Holding, activity, rule: ReclaimRule, viewer: Viewer, names_public: bool) -> dict:
+    mine = holding.person == viewer.name
+    named = mine or names_public or viewer.sees_everyone
+    shown = {"user": holding.person if named else ANOTHER_USER, "mine": mine,
+             "since": holding.since.isoformat()}
+    if mine or viewer.sees_everyone:  # the server name and its deadline are the holder's business
+        shown.update(_holding(holding, activity, rule))
+    return shown
+
+
+def _holding(holding: Holding, activity, rule: ReclaimRule) -> dict:
+    last = activity.get(holding.user)
+    deadline = rule.deadline(holding.since, last)
+    return {
+        "server": holding.server,
+        "devices": list(holding.devices),
+        "since": holding.since.isoformat(),
+        "last_activity": last.isoformat() if last else None,
+        "reclaim_at": deadline[0].isoformat() if deadline else None,
+        "reclaim_reason": deadline[1] if deadline else None,
+    }

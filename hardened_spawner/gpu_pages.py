@@ -1,0 +1,150 @@
+"""The GPU board on the hub: a page, its JSON on the hub's REST API, and the reclaim call.
+
+- ``/hub/gpus``: the board for a logged-in user (admins also see server names and get a
+  *Stop* button, which calls JupyterHub's own ``DELETE /hub/api/users/…/servers/…``);
+- ``GET /hub/api/gpus``: the same data, for tokens with ``custom:gpus:read`` (every user
+  has it once `enable` ran; a token made with fewer scopes does not);
+- ``POST /hub/api/gpus/reclaim``: stops every server that is due (`gpu_board.due`), with
+  the reason in the audit trail; for ``custom:gpus:reclaim`` (the GPU culler service).
+
+The pages run inside the hub, because the board must show the broker the spawners
+assign from: a service would only see the engine's labels, which lag an assignment by
+the seconds a start takes. JupyterHub marks ``extra_handlers`` as deprecated in favour
+of services and logs a warning at start; it still serves them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+
+from jupyterhub.apihandlers import APIHandler
+from jupyterhub.handlers import BaseHandler
+from tornado import web
+
+from . import TEMPLATES
+from .gpu_board import SCOPE_READ, SCOPE_RECLAIM, SCOPES, ReclaimRule, Viewer, board, due
+from .options import reclaim_text
+
+#: the tornado setting that holds the spawner the hub built from its config at start
+#: (`hubstart`): the board reads the hub's GPU broker through it
+SPAWNER_SETTING = "hardened_spawner"
+CULLER = "gpu-culler"
+
+
+class _Board:
+    """What the page and the API share: the broker, and the hub's activity data."""
+
+    settings: dict
+
+    @property
+    def spawner(self):
+        spawner = self.settings.get(SPAWNER_SETTING)
+        if spawner is None:
+            raise web.HTTPError(503, "The GPU board needs the hub's spawner_class to be HardenedSpawner.")
+        return spawner
+
+    def viewer(self) -> Viewer:
+        who = self.current_user  # type: ignore[attr-defined]
+        scopes = self.parsed_scopes  # type: ignore[attr-defined]
+        return Viewer(
+            name=who.name,
+            groups=tuple(g.name for g in getattr(who, "groups", ())),
+            sees_everyone=SCOPE_RECLAIM in scopes or "admin:servers" in scopes,
+        )
+
+    def activity(self, holdings) -> dict[str, datetime | None]:
+        """The hub's own last-activity time of each holding's server (proxy and server
+        reports), the data the idle culler reads."""
+        found: dict[str, datetime | None] = {}
+        for holding in holdings:
+            user = self.find_user(holding.person)  # type: ignore[attr-defined]
+            orm_spawner = user.orm_spawners.get(holding.server) if user else None
+            last = orm_spawner.last_activity if orm_spawner else None
+            found[holding.user] = last.replace(tzinfo=timezone.utc) if last and last.tzinfo is None else last
+        return found
+
+    def rule(self) -> ReclaimRule:
+        return ReclaimRule(self.spawner.gpu_idle_timeout, self.spawner.gpu_max_hold)
+
+    async def board(self, viewer: Viewer) -> dict:
+        broker = self.spawner.gpus
+        async with broker.table() as allocator:
+            return board(allocator, self.activity(allocator.holdings()), self.rule(), viewer,
+                         names_public=self.spawner.gpu_board_names_public, now=datetime.now(timezone.utc))
+
+
+class GpuBoardPage(_Board, BaseHandler):
+    @web.authenticated
+    async def get(self):
+        viewer = self.viewer()
+        data = await self.board(viewer)
+        text = reclaim_text(data["reclaim"]["idle_timeout"], data["reclaim"]["max_hold"])
+        self.finish(await self.render_template("gpus.html", board=data, reclaim_text=text,
+                                               sees_everyone=viewer.sees_everyone))
+
+
+class GpuBoardAPI(_Board, APIHandler):
+    async def get(self):
+        if SCOPE_READ not in self.parsed_scopes and "admin:servers" not in self.parsed_scopes:
+            raise web.HTTPError(403, f"Reading the GPU board needs the scope {SCOPE_READ}.")
+        self.finish(json.dumps(await self.board(self.viewer())))
+
+
+class GpuReclaimAPI(_Board, APIHandler):
+    async def post(self):
+        """Stop the servers due now, deciding again here (activity may have come in since
+        the culler read the board); answers what it stopped and what it could not."""
+        if SCOPE_RECLAIM not in self.parsed_scopes:
+            raise web.HTTPError(403, f"Reclaiming GPUs needs the scope {SCOPE_RECLAIM}.")
+        broker = self.spawner.gpus
+        async with broker.table() as allocator:
+            holdings = allocator.holdings()
+            now_due = due(holdings, self.activity(holdings), self.rule(), datetime.now(timezone.utc))
+        stopped, failed = [], []
+        for entry in now_due:
+            problem = await self._stop(entry)
+            (failed if problem else stopped).append({**entry, **({"error": problem} if problem else {})})
+        self.finish(json.dumps({"stopped": stopped, "failed": failed}))
+
+    async def _stop(self, entry: dict) -> str:
+        user = self.find_user(entry["user"])
+        spawner = user.spawners.get(entry["server"]) if user else None
+        if spawner is None or not spawner.active:
+            return "no such running server"
+        if spawner.pending:
+            return f"the server is {spawner.pending}"
+        self.log.info("Reclaiming the GPUs of %s: %s", spawner._log_name, entry["reason"])
+        spawner.stop_reason = entry["reason"]
+        try:
+            await self.stop_single_user(user, entry["server"])
+        except Exception as e:
+            spawner.stop_reason = None
+            self.log.exception("Reclaiming the GPUs of %s failed", spawner._log_name)
+            return str(e) or type(e).__name__
+        return ""
+
+
+def enable(c, *, cull_every: int = 60) -> None:
+    """Turn on the GPU board and the GPU culler in a ``jupyterhub_config.py``: the pages,
+    their scopes (every user may read the board), the culler service and its role, the
+    templates, and the links from the spawn form. The timeouts are
+    ``HardenedSpawner.gpu_idle_timeout`` and ``gpu_max_hold``."""
+    c.JupyterHub.custom_scopes.update(SCOPES)
+    c.JupyterHub.extra_handlers.extend([
+        (r"/gpus", GpuBoardPage),
+        (r"/api/gpus", GpuBoardAPI),
+        (r"/api/gpus/reclaim", GpuReclaimAPI),
+    ])
+    c.JupyterHub.load_roles.extend([
+        {"name": "user", "scopes": ["self", SCOPE_READ]},
+        {"name": CULLER, "scopes": [SCOPE_READ, SCOPE_RECLAIM], "services": [CULLER]},
+    ])
+    c.JupyterHub.services.append({
+        "name": CULLER,
+        "command": [sys.executable, "-m", "hardened_spawner.gpu_culler", f"--every={cull_every}"],
+    })
+    c.JupyterHub.template_paths.append(TEMPLATES)
+    c.JupyterHub.template_vars.update({"hardened_gpu_board": True})
+    c.HardenedSpawner.gpu_board = True

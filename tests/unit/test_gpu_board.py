@@ -1,0 +1,92 @@
+"""The GPU board's contents and the reclaim rule, as pure functions."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from hardened_spawner.gpu_board import ANOTHER_USER, IDLE, MAX_HOLD, ReclaimRule, Viewer, board, due
+from hardened_spawner.gpus import GpuAllocator, GpuDevice, GpuPolicy, Holding
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+MIN = timedelta(minutes=1)
+A, B, C = (GpuDevice(f"GPU-{x}", str(i), "NVIDIA L4") for i, x in enumerate("abc"))
+M = GpuDevice("GPU-m", "3", "NVIDIA A100")
+M0 = GpuDevice("MIG-m0", "3:0", "NVIDIA A100 MIG 1g.10gb", "GPU-m")
+
+
+def table(*holdings, inventory=(A, B, C), **policy):
+    allocator = GpuAllocator(inventory, GpuPolicy(**{"max_per_user": 2, **policy}))
+    allocator.rebuild(holdings)
+    return allocator
+
+
+@pytest.mark.parametrize(("rule", "since", "last", "expected"), [
+    (ReclaimRule(), NOW - 99 * MIN, None, None),  # both off: never
+    (ReclaimRule(idle_timeout=600), NOW - 30 * MIN, NOW - 5 * MIN, (NOW + 5 * MIN, IDLE)),
+    # no activity seen yet: idle since the GPUs were assigned
+    (ReclaimRule(idle_timeout=600), NOW - 30 * MIN, None, (NOW - 20 * MIN, IDLE)),
+    # activity from before the assignment (a restart) does not count
+    (ReclaimRule(idle_timeout=600), NOW - 2 * MIN, NOW - 60 * MIN, (NOW + 8 * MIN, IDLE)),
+    # busy all the time: the maximum hold comes first
+    (ReclaimRule(idle_timeout=600, max_hold=3600), NOW - 55 * MIN, NOW, (NOW + 5 * MIN, MAX_HOLD)),
+    (ReclaimRule(max_hold=3600), NOW - 10 * MIN, None, (NOW + 50 * MIN, MAX_HOLD)),
+])
+def test_the_deadline_is_the_earlier_of_idle_and_max_hold(rule, since, last, expected):
+    assert rule.deadline(since, last) == expected
+
+
+def test_due_lists_only_the_holders_past_their_deadline_oldest_first():
+    holdings = [
+        Holding("alice", ("GPU-a",), NOW - 30 * MIN, "alice"),  # idle 30 minutes
+        Holding("bob/train", ("GPU-b",), NOW - 90 * MIN, "bob"),  # active, but held too long
+        Holding("carol", ("GPU-c",), NOW - 30 * MIN, "carol"),  # active a minute ago
+    ]
+    activity = {"alice": NOW - 30 * MIN, "bob/train": NOW, "carol": NOW - MIN}
+    rule = ReclaimRule(idle_timeout=900, max_hold=3600)
+    assert due(holdings, activity, rule, NOW) == [
+        {"user": "bob", "server": "train", "reason": MAX_HOLD},
+        {"user": "alice", "server": "", "reason": IDLE},
+    ]
+    assert due(holdings, activity, ReclaimRule(), NOW) == []
+
+
+def test_a_user_sees_every_device_their_quota_and_when_theirs_go_back():
+    allocator = table(Holding("alice", ("GPU-a",), NOW - 10 * MIN, "alice"),
+                      Holding("bob/train", ("GPU-b",), NOW - 20 * MIN, "bob"))
+    shown = board(allocator, {"alice": NOW - 2 * MIN}, ReclaimRule(idle_timeout=900), Viewer("alice"),
+                  names_public=True, now=NOW)
+    assert shown["summary"] == {"total": 3, "busy": 2, "free": 1}
+    assert [(d["index"], d["state"], d["since"]) for d in shown["devices"]] == [
+        ("0", "busy", (NOW - 10 * MIN).isoformat()), ("1", "busy", (NOW - 20 * MIN).isoformat()), ("2", "free", None)]
+    mine, bobs = shown["devices"][0]["holders"][0], shown["devices"][1]["holders"][0]
+    assert mine["user"] == "alice" and mine["mine"] and mine["reclaim_at"] == (NOW + 13 * MIN).isoformat()
+    # another user's holding: the name (public here), never their server or deadline
+    assert bobs == {"user": "bob", "mine": False, "since": (NOW - 20 * MIN).isoformat()}
+    assert shown["you"] == {"user": "alice", "limit": 2, "holding": [{
+        "server": "", "devices": ["GPU-a"], "since": (NOW - 10 * MIN).isoformat(),
+        "last_activity": (NOW - 2 * MIN).isoformat(), "reclaim_at": (NOW + 13 * MIN).isoformat(),
+        "reclaim_reason": IDLE}]}
+    assert shown["due"] == []  # who is due is the culler's and the admins' business
+
+
+def test_private_names_show_another_user_except_to_the_holder_and_admins():
+    allocator = table(Holding("bob", ("GPU-b",), NOW - 20 * MIN, "bob"))
+    rule = ReclaimRule(idle_timeout=600)
+    for_carol = board(allocator, {}, rule, Viewer("carol"), names_public=False, now=NOW)
+    assert for_carol["devices"][1]["holders"] == [
+        {"user": ANOTHER_USER, "mine": False, "since": (NOW - 20 * MIN).isoformat()}]
+    for_bob = board(allocator, {}, rule, Viewer("bob"), names_public=False, now=NOW)
+    assert for_bob["devices"][1]["holders"][0]["user"] == "bob"
+    for_admin = board(allocator, {}, rule, Viewer("root", sees_everyone=True), names_public=False, now=NOW)
+    held = for_admin["devices"][1]["holders"][0]
+    assert (held["user"], held["server"], held["reclaim_reason"]) == ("bob", "", IDLE)
+    assert for_admin["due"] == [{"user": "bob", "server": "", "reason": IDLE}]
+
+
+def test_a_gpu_whose_mig_slice_is_held_is_blocked_not_free_and_groups_set_the_limit():
+    allocator = table(Holding("dave", ("MIG-m0",), NOW, "dave"), inventory=(A, M, M0), group_max={"ml": 4})
+    shown = board(allocator, {}, ReclaimRule(), Viewer("erin", groups=("ml",)), names_public=True, now=NOW)
+    assert [(d["uuid"], d["state"]) for d in shown["devices"]] == [
+        ("GPU-a", "free"), ("GPU-m", "blocked"), ("MIG-m0", "busy")]
+    assert shown["summary"] == {"total": 3, "busy": 2, "free": 1}
+    assert shown["you"]["limit"] == 4 and shown["you"]["holding"] == []
