@@ -114,7 +114,7 @@ class GpuReclaimAPI(_Board, APIHandler):
         if spawner is None or not spawner.active:
             return "no such running server"
         if spawner.pending:
-            return f"the server is {spawner.pending}"
+            return f"a {spawner.pending} of it is in progress"
         self.log.info("Reclaiming the GPUs of %s: %s", spawner._log_name, entry["reason"])
         spawner.stop_reason = entry["reason"]
         try:
