@@ -23,6 +23,8 @@ SCOPES = {
     SCOPE_READ: {"description": "See the GPU board: every GPU, free or busy, and who holds it."},
     SCOPE_RECLAIM: {"description": "Stop a server that holds GPUs, with the reason in the audit trail."},
 }
+#: the hub service that asks for due GPUs back (`gpu_culler`)
+CULLER = "gpu-culler"
 IDLE, MAX_HOLD = "gpu-idle", "gpu-max-hold"
 REASONS = (IDLE, MAX_HOLD)
 ANOTHER_USER = "another user"
@@ -129,3 +131,12 @@ def _holding(holding: Holding, activity, rule: ReclaimRule) -> dict:
         "reclaim_at": deadline[0].isoformat() if deadline else None,
         "reclaim_reason": deadline[1] if deadline else None,
     }
+
+
+def culler_missing(rule: ReclaimRule, service_names) -> str:
+    """The hub-start warning for timeouts that nothing acts on ("" when all is well)."""
+    if (rule.idle_timeout or rule.max_hold) and CULLER not in service_names:
+        return ("HardenedSpawner.gpu_idle_timeout / gpu_max_hold are set, but no gpu-culler service "
+                "runs, so no GPU is reclaimed: call hardened_spawner.gpu_pages.enable(c) in "
+                "jupyterhub_config.py.")
+    return ""

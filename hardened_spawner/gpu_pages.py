@@ -24,13 +24,12 @@ from jupyterhub.handlers import BaseHandler
 from tornado import web
 
 from . import TEMPLATES
-from .gpu_board import SCOPE_READ, SCOPE_RECLAIM, SCOPES, ReclaimRule, Viewer, board, due
+from .gpu_board import CULLER, SCOPE_READ, SCOPE_RECLAIM, SCOPES, ReclaimRule, Viewer, board, due
 from .options import reclaim_text
 
 #: the tornado setting that holds the spawner the hub built from its config at start
 #: (`hubstart`): the board reads the hub's GPU broker through it
 SPAWNER_SETTING = "hardened_spawner"
-CULLER = "gpu-culler"
 
 
 class _Board:

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from traitlets import TraitError
 
 from . import checks, engine, hub_database
+from .gpu_board import ReclaimRule, culler_missing
 from .gpu_pages import SPAWNER_SETTING
 from .hub_context import EngineUnavailable
 
@@ -53,6 +54,10 @@ def install_hub_start_checks(spawner_class) -> None:
             app.log.info("HardenedSpawner configuration checked")
             # the GPU board's pages reach the hub's GPU table through it (`gpu_pages`)
             app.tornado_settings[SPAWNER_SETTING] = spawner
+            missing = culler_missing(ReclaimRule(spawner.gpu_idle_timeout, spawner.gpu_max_hold),
+                                     [service.get("name") for service in app.services])
+            if missing:
+                app.log.warning(missing)
             _start_in_background(spawner, app)
         return original(app)
 

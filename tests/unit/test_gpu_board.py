@@ -4,7 +4,16 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from hardened_spawner.gpu_board import ANOTHER_USER, IDLE, MAX_HOLD, ReclaimRule, Viewer, board, due
+from hardened_spawner.gpu_board import (
+    ANOTHER_USER,
+    IDLE,
+    MAX_HOLD,
+    ReclaimRule,
+    Viewer,
+    board,
+    culler_missing,
+    due,
+)
 from hardened_spawner.gpus import GpuAllocator, GpuDevice, GpuPolicy, Holding
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
@@ -90,3 +99,10 @@ def test_a_gpu_whose_mig_slice_is_held_is_blocked_not_free_and_groups_set_the_li
         ("GPU-a", "free"), ("GPU-m", "blocked"), ("MIG-m0", "busy")]
     assert shown["summary"] == {"total": 3, "busy": 2, "free": 1}
     assert shown["you"]["limit"] == 4 and shown["you"]["holding"] == []
+
+
+def test_timeouts_without_the_culler_service_are_said_at_hub_start():
+    assert "no gpu-culler service runs" in culler_missing(ReclaimRule(idle_timeout=900), ["idle-culler"])
+    assert "gpu_pages.enable(c)" in culler_missing(ReclaimRule(max_hold=60), [])
+    assert culler_missing(ReclaimRule(idle_timeout=900), ["gpu-culler"]) == ""
+    assert culler_missing(ReclaimRule(), []) == ""  # nothing to reclaim: nothing missing
