@@ -117,9 +117,9 @@ def _int(text) -> int | None:
 
 
 async def run_helper(context: HubContext, create: dict, host: dict, hub_id: str) -> tuple[int, str]:
-    """Run the workspace helper container to its end: (exit status, output). Always removed,
-    and so are the helpers an earlier process of this hub left when it was killed."""
-    await remove_abandoned_helpers(context, hub_id)
+    """Run the workspace helper container to its end: (exit status, output). Always removed;
+    labelled with this hub and process, so that if the process is killed first, the hub's next
+    start removes it (`remove_abandoned_helpers`)."""
     host_config = context.client.create_host_config(**host)
     create = {**create, "labels": {**create.get("labels", {}), labels.HUB: hub_id,
                                    labels.HUB_PROCESS: context.process_id}}

@@ -26,7 +26,6 @@ SCOPES = {
 #: the hub service that asks for due GPUs back (`gpu_culler`)
 CULLER = "gpu-culler"
 IDLE, MAX_HOLD = "gpu-idle", "gpu-max-hold"
-REASONS = (IDLE, MAX_HOLD)
 ANOTHER_USER = "another user"
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Integer, Unicode
@@ -60,6 +61,9 @@ class GpuCuller(Application):
             await asyncio.sleep(self.every)
 
     def start(self) -> None:
+        # JupyterHub stops its services with SIGINT, then waits 30 s before SIGTERM; a hub
+        # started with SIGINT ignored (in the background) would pass that on to us
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             asyncio.run(self.run())
         except KeyboardInterrupt:  # the hub stopping (Ctrl-C reaches its services too)

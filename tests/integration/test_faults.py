@@ -232,7 +232,7 @@ c.HardenedSpawner.gpu_default_per_user = 1
         owner = container_labels[labels.OWNER]
         # every running server holding GPUs is one the hub knows
         assert owner == "bu-after" or owner in running, (owner, running)
-    # no workspace helper left behind (one the killed hub ran is removed by the next helper run)
+    # no workspace helper left behind (one the killed hub ran is removed when the hub starts again)
     helpers = [h for h in engine.containers.list(all=True, filters={"label": f"{labels.ROLE}={labels.ROLE_HELPER}"})
                if any(m.get("Name", "").startswith(f"{TEST_PREFIX}-burst-") for m in h.attrs["Mounts"])]
     assert [h.name for h in helpers] == []

@@ -129,3 +129,15 @@ def test_a_busy_kernel_keeps_its_gpu_until_the_maximum_hold(reclaim_hub, engine)
     assert held >= MAX_HOLD - 5 and waited > 0  # the GPUs' "since" is set a moment before the spawn ends
     assert [(e["event"], e["reason"]) for e in stops(hub, "max")] == [
         ("gpus-released", "gpu-max-hold"), ("server-stopped", "gpu-max-hold")]
+
+
+def test_the_board_and_the_reclaim_call_refuse_tokens_without_their_scopes(reclaim_hub):
+    hub = reclaim_hub
+    hub.create_user("scoped")
+    narrow = hub.api("POST", "/users/scoped/tokens", json={"scopes": ["access:servers!user=scoped"]}).json()["token"]
+    r = requests.get(f"{hub.url}/hub/api/gpus", headers={"Authorization": f"token {narrow}"}, timeout=30)
+    assert (r.status_code, r.json()["message"]) == (403, "Reading the GPU board needs the scope custom:gpus:read.")
+    # a user's own full token reads the board, but only the culler's role may reclaim
+    full = hub.user_token("scoped")
+    r = requests.post(f"{hub.url}/hub/api/gpus/reclaim", headers={"Authorization": f"token {full}"}, timeout=30)
+    assert (r.status_code, r.json()["message"]) == (403, "Reclaiming GPUs needs the scope custom:gpus:reclaim.")

@@ -128,6 +128,8 @@ TMPFS_PATH = (
         ),
         ({"gpu_max_per_user": -1}, "HardenedSpawner.gpu_max_per_user must be at least 0, not -1."),
         ({"gpu_default_per_user": -1}, "HardenedSpawner.gpu_default_per_user must be at least 0, not -1."),
+        ({"gpu_idle_timeout": -1}, "HardenedSpawner.gpu_idle_timeout must be at least 0, not -1."),
+        ({"gpu_max_hold": -60}, "HardenedSpawner.gpu_max_hold must be at least 0, not -60."),
     ],
     ids=lambda value: next(iter(value)) if isinstance(value, dict) else None,
 )
