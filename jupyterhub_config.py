@@ -117,7 +117,7 @@ c.HardenedSpawner.egress_allow_cidrs = env_list("HARDENED_ALLOW_CIDRS")
 if "HARDENED_ALLOW_DNS" in os.environ:
     c.HardenedSpawner.egress_allow_dns = env_list("HARDENED_ALLOW_DNS")
 else:
-    from hardened_spawner.isolation.resolv import blocked_host_resolvers
+    from hardened_spawner.docker.isolation.resolv import blocked_host_resolvers
 
     c.HardenedSpawner.egress_allow_dns = blocked_host_resolvers()
 c.HardenedSpawner.firewall_required = env("HARDENED_FIREWALL_REQUIRED", "false").lower() in ("1", "true", "yes")

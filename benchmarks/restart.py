@@ -39,7 +39,7 @@ from hardened_spawner import labels
 from hardened_spawner._version import __version__
 
 #: What the hub logs when its start-up check of the existing server containers is done
-#: (`hardened_spawner.inspection.hub_start_log_lines`); absent in versions without one.
+#: (`hardened_spawner.docker.inspection.hub_start_log_lines`); absent in versions without one.
 AUDIT_DONE = "managed server container"
 
 

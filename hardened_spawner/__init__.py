@@ -8,23 +8,18 @@ start hook for spawners, so `hubstart.install_hub_start_checks` wraps the hub's
 before anything is served. A hub that uses another spawner class is not affected.
 """
 
-from pathlib import Path
-
 from ._version import __version__
+from .page_templates import TEMPLATES
 
-__all__ = ["TEMPLATES", "HardenedSpawner", "__version__"]
-
-#: The hub page templates that tell users how to SSH into their server:
-#: ``c.JupyterHub.template_paths = [hardened_spawner.TEMPLATES]`` (README, "SSH").
-TEMPLATES = str(Path(__file__).parent / "templates")
+__all__ = ["TEMPLATES", "HardenedKubeSpawner", "HardenedSpawner", "__version__"]
 
 
 def __getattr__(name):
     # Imported on demand, so the pure policy modules (and their unit tests)
     # do not pull in JupyterHub, DockerSpawner and docker-py.
     if name == "HardenedSpawner":
+        from .docker.spawner import HardenedSpawner
         from .hubstart import install_hub_start_checks
-        from .spawner import HardenedSpawner
 
         install_hub_start_checks(HardenedSpawner)
         return HardenedSpawner

@@ -27,18 +27,16 @@ from traitlets.config.loader import (
 )
 
 from ._version import __version__
-from .checks import (
+from .core.gpus import GpuAllocator, GpuConfigError
+from .docker.checks import (
     _ENGINE_ERRORS,
     audit_containers,
     cannot_reach_message,
     engine_client,
     network_report,
 )
-from .engine import MANAGED_SERVERS
-from .errors import CannotCheck
-from .gpus import GpuAllocator, GpuConfigError
-from .hubconfig import DEFAULT_CONFIG_FILE, build_spawner, default_config_file, load_hub_config
-from .inspection import (
+from .docker.engine import MANAGED_SERVERS
+from .docker.inspection import (
     NetworkReport,
     check_as_json,
     check_as_table,
@@ -48,7 +46,9 @@ from .inspection import (
     gpus_as_table,
     network_as_text,
 )
-from .isolation.command import FirewallCommand
+from .docker.isolation.command import FirewallCommand
+from .errors import CannotCheck
+from .hubconfig import DEFAULT_CONFIG_FILE, build_spawner, default_config_file, load_hub_config
 
 EXIT_OK = 0
 EXIT_CANNOT_CHECK = 2

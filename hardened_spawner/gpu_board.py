@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .gpus import GpuAllocator, Holding
+from .core.gpus import GpuAllocator, Holding
 
 SCOPE_READ = "custom:gpus:read"
 SCOPE_RECLAIM = "custom:gpus:reclaim"

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from prometheus_client import Gauge
 
 from . import labels
-from .gpus import GpuAllocator, Holding
+from .core.gpus import GpuAllocator, Holding
 
 GPUS_TOTAL = Gauge("hardened_spawner_gpus_total", "GPUs (and MIG devices) in the pool")
 GPUS_ASSIGNED = Gauge("hardened_spawner_gpus_assigned", "GPUs in the pool held by a server")

@@ -23,9 +23,9 @@ from jupyterhub.apihandlers import APIHandler
 from jupyterhub.handlers import BaseHandler
 from tornado import web
 
-from . import TEMPLATES
+from .core.options import reclaim_text
 from .gpu_board import CULLER, SCOPE_READ, SCOPE_RECLAIM, SCOPES, ReclaimRule, Viewer, board, due
-from .options import reclaim_text
+from .page_templates import TEMPLATES
 
 #: the tornado setting that holds the spawner the hub built from its config at start
 #: (`hubstart`): the board reads the hub's GPU broker through it

@@ -45,7 +45,7 @@ def load_hub_config(path: str) -> Config:
 def build_spawner(config: Config, log: logging.Logger | None = None):
     """A HardenedSpawner with the hub's settings, the way the hub checks its
     config at start: every validator runs, so bad settings fail here too."""
-    from .spawner import HardenedSpawner
+    from .docker.spawner import HardenedSpawner
 
     try:
         return HardenedSpawner(

@@ -1,11 +1,11 @@
-"""What HardenedSpawner does once when a hub starts, before anyone spawns.
+"""What the hardened spawners do once when a hub starts, before anyone spawns.
 
 JupyterHub has no start hook for spawners and creates them lazily, so a bad
 setting would otherwise only surface at someone's first spawn, on their spawn
 page. These checks run when the hub has read its config: validate it (and stop
 the hub with the setting's name), then, in the background without delaying the
-start, connect to the engine, audit the existing server containers and check the
-network isolation.
+start, the backend's own hub-start work (`hub_start_work`: on Docker, connect to the
+engine, audit the existing server containers and check the network isolation).
 """
 
 import asyncio
@@ -14,10 +14,8 @@ from types import SimpleNamespace
 
 from traitlets import TraitError
 
-from . import checks, engine, hub_database
 from .gpu_board import ReclaimRule, culler_missing
 from .gpu_pages import SPAWNER_SETTING
-from .hub_context import EngineUnavailable
 
 
 def install_hub_start_checks(spawner_class) -> None:
@@ -70,90 +68,13 @@ _background: set = set()
 
 
 def _start_in_background(spawner, app) -> None:
-    """Connect to the engine, audit the servers already running, then check the network
-    isolation: in the background, so the hub's start never waits, and nothing raised
-    reaches the hub. The hub-wide context (client, Docker threads) is built here, on the
-    hub's event loop, before any thread can ask for it."""
-    context = spawner.context
+    """The backend's hub-start work, in the background, so the hub's start never waits.
+    It is started here, on the hub's event loop, so what it builds hub-wide (the engine
+    client and its threads) exists before any thread can ask for it."""
     try:
-        task = asyncio.get_running_loop().create_task(_hub_start_work(spawner, app, context))
+        task = asyncio.get_running_loop().create_task(spawner.hub_start_work(app))
     except RuntimeError as e:  # no running event loop to schedule it on
         app.log.warning("Not checking the engine at hub start: %s", e)
         return
     _background.add(task)
     task.add_done_callback(_background.discard)
-
-
-async def _hub_start_work(spawner, app, context) -> None:
-    try:
-        await context.run(lambda: context.client)
-    except EngineUnavailable as e:
-        app.log.error(
-            "%s Spawns are refused with a clear message until it answers; the hub asks again "
-            "at every spawn.", e,
-        )
-        return
-    app.log.info("Connected to the Docker engine at %s", context.address)
-    await _remove_abandoned_helpers(app, context)
-    await _audit(spawner, app.log, context)
-    await _check_isolation(spawner, app)
-
-
-async def _remove_abandoned_helpers(app, context) -> None:
-    """Workspace helpers an earlier, killed process of this hub left (`engine`), so their
-    workspaces are free at once; this process's own helpers carry its id and are kept."""
-    try:
-        await engine.remove_abandoned_helpers(context, hub_database.hub_id(app.db))
-    except Exception:
-        app.log.exception("Removing the workspace helpers an earlier hub process left failed")
-
-
-async def _audit(spawner, log, context) -> None:
-    """Check the managed server containers already on the engine and log what is found
-    (`checks.audit_at_hub_start`), on the hub's Docker threads, with the hub's client.
-    That function never raises; a failure to run it at all (a pool shut down) must not
-    stop the hub either."""
-    try:
-        await context.run(checks.audit_at_hub_start, spawner, log)
-    except Exception:
-        log.exception("The hub-start audit of the existing server containers could not run")
-
-
-#: seconds the hub-start isolation check waits for the hub's own API to listen
-API_WAIT = 30
-
-
-async def _listening(host: str, port: int, timeout: float = API_WAIT) -> bool:
-    """Wait until something accepts connections at host:port (the hub API, which
-    starts listening after this check is scheduled)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
-        except (OSError, asyncio.TimeoutError):
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(0.25)
-        else:
-            writer.close()
-            return True
-
-
-async def _check_isolation(spawner, app) -> None:
-    """Check the users' network isolation once at hub start: a missing rule shows up in
-    the log before anyone spawns."""
-    if not spawner.network_isolation:
-        app.log.warning(checks.ISOLATION_OFF)
-        return
-    try:
-        spawner.hub = app.hub
-        await spawner.engine_facts()  # creates the users' network if it is missing
-        # the probe container must find the hub API listening, which it is not yet
-        policy = await spawner.hub_policy()
-        if not await _listening(policy.hub_ip, policy.hub_port):
-            app.log.warning("The hub API at %s:%s is not answering after %s s; checking the "
-                            "network isolation anyway", policy.hub_ip, policy.hub_port, API_WAIT)
-        await spawner.check_isolation(force=True)
-    except Exception:
-        app.log.exception("Checking the users' network isolation at hub start failed")

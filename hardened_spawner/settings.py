@@ -1,17 +1,18 @@
-"""Every HardenedSpawner setting: its trait with the help an admin reads, its default,
-and the check that rejects a bad value at hub start with the setting's name.
+"""The settings both backends share: their traits with the help an admin reads, their
+defaults, and the checks that reject a bad value at hub start with the setting's name.
 
-`HardenedSettings` is a mixin of `HardenedSpawner` (it comes first in the MRO, so its
-defaults and validators also apply to the DockerSpawner traits it re-defaults); config
-is still given as ``c.HardenedSpawner.<name>``. What is derived from settings alone (the
-GPU allocator, the audit trail) is built here too, so every part of the project that
-holds a validated spawner asks it the same way.
+`HardenedSettings` is a mixin of `HardenedSpawner` and of `HardenedKubeSpawner` (it comes
+first in their MROs, so its defaults and validators also apply to the base spawners'
+traits it re-defaults, such as ``mem_limit``); config is still given as
+``c.HardenedSpawner.<name>`` (or ``c.HardenedKubeSpawner.<name>``). Settings only one
+backend carries out live with that backend (`docker.settings`, `kubernetes.settings`).
+What is derived from settings alone (the base security profile, the GPU allocator, the
+audit trail) is built here too, so every part of the project asks a validated spawner
+the same way.
 """
 
 from __future__ import annotations
 
-import json
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from jupyterhub.traitlets import ByteSpecification
@@ -30,7 +31,8 @@ from traitlets import (
 )
 
 from .audit import AuditLogError, AuditTrail, get_audit_trail
-from .gpus import (
+from .core.egress import NetworkConfigError, parse_addresses, parse_cidrs, parse_egress
+from .core.gpus import (
     GpuAllocator,
     GpuConfigError,
     GpuPolicy,
@@ -38,38 +40,16 @@ from .gpus import (
     discover_nvml,
     parse_static_inventory,
 )
-from .identity import IdentityError, check_static_uids, check_uid_range
-from .isolation.docker_network import check_bridge_name
-from .isolation.errors import NetworkConfigError
-from .isolation.policy import parse_addresses, parse_cidrs, parse_egress
-from .options import gpu_options_form, parse_gpu_options, unknown_options
-from .profile import ProfileError, SecurityProfile, normalise_capability, server_healthcheck
+from .core.identity import IdentityError, check_static_uids, check_uid_range
+from .core.options import gpu_options_form, parse_gpu_options, unknown_options
+from .core.profile import ProfileError, SecurityProfile, normalise_capability
 
 _MIB = 1024 * 1024
-
-#: DockerSpawner settings the hardened container spec does not carry out, each with the test
-#: for a value that would be ignored and what to do instead: refused at hub start, so none
-#: is ever dropped silently. (Its `volumes`, `read_only_volumes`, `extra_create_kwargs`,
-#: `extra_host_config` and `post_start_cmd` are honoured, and the first four are judged by
-#: the guard.)
-UNSUPPORTED_DOCKERSPAWNER = {
-    "links": (bool, "legacy links join a server to containers outside the users' network. "
-                    "Remove it; servers reach other services through the network "
-                    "(HardenedSpawner.egress_allow_cidrs)."),
-    "mounts": (bool, "use DockerSpawner.volumes (and read_only_volumes) instead, which the "
-                     "guard checks like every other mount."),
-    "use_internal_ip": (lambda value: not value,
-                        "servers are reached at their address on the users' network; a "
-                        "published port (what False would need) is refused by the guard. "
-                        "Remove the setting."),
-}
-
 
 class HardenedSettings(HasTraits):
     """The settings of `HardenedSpawner` (see the module docstring)."""
 
-    if TYPE_CHECKING:  # DockerSpawner's traits that the checks below read
-        network_name: str
+    if TYPE_CHECKING:  # the base spawners' traits that the checks below read
         mem_limit: int  # never None: the validators below refuse it
         cpu_limit: float
         log: Any
@@ -107,28 +87,6 @@ class HardenedSettings(HasTraits):
         user's POSIX login name (the hub name made safe for /etc/passwd).""",
     ).tag(config=True)
 
-    # --- workspace ------------------------------------------------------
-
-    workspace_volume_name = Unicode(
-        "jupyterhub-workspace-{username}",
-        help="""Name of each user's persistent workspace volume (DockerSpawner templates:
-        `{username}`, `{raw_username}`...). It is created if missing, owned by the
-        user's UID:GID with mode 0700 before the server starts, and never deleted.""",
-    ).tag(config=True)
-
-    workspace_host_path = Unicode(
-        "",
-        help="""If set, a host directory template used as the workspace instead of a named
-        volume (e.g. `/srv/workspaces/{username}`); it is created and prepared the same way.""",
-    ).tag(config=True)
-
-    workspace_allow_adopt = Bool(
-        False,
-        help="""Allow re-owning a workspace that belongs to another UID (recursively) to the
-        user's UID. Off by default: such a workspace is refused with a clear message,
-        because it may hold someone else's files.""",
-    ).tag(config=True)
-
     # --- security profile -----------------------------------------------
 
     cap_add = List(
@@ -157,23 +115,6 @@ class HardenedSettings(HasTraits):
     extra_tmpfs = Dict(
         help="""More size-limited tmpfs mounts, `{path: size}` (e.g. `{"/var/tmp": "256M"}`),
         for images that need other writable paths under the read-only root.""",
-    ).tag(config=True)
-
-    seccomp_profile = Unicode(
-        "",
-        help="""Path to a custom seccomp profile (JSON) on the hub's filesystem. Empty keeps
-        the engine's default profile, which is always on; `unconfined` is refused.""",
-    ).tag(config=True)
-
-    apparmor_profile = Unicode(
-        "docker-default",
-        help="""AppArmor profile for servers, applied where the engine supports AppArmor
-        (it reports it in `docker info`); ignored, with a log line, elsewhere.""",
-    ).tag(config=True)
-
-    healthcheck = Dict(
-        help="""The servers' healthcheck, in docker-py form (`test`, `interval`, ... in ns).
-        Default: the server's own /api, asked from inside the container every 30 s.""",
     ).tag(config=True)
 
     # --- GPUs -----------------------------------------------------------
@@ -249,23 +190,7 @@ class HardenedSettings(HasTraits):
         `stderr` or `-`, or empty for none.""",
     ).tag(config=True)
 
-    docker_threads = Integer(
-        16,
-        help="""Threads for Docker API calls, shared by all users. DockerSpawner uses one,
-        so one slow call delays every user's spawn.""",
-    ).tag(config=True)
-
-    # --- network isolation (see hardened_spawner.isolation) -------------------
-
-    network_isolation = Bool(
-        True,
-        help="""Keep users' servers apart. The users' network (`network_name`) is created with
-        Docker's `enable_icc=false` and a fixed bridge name, and the hub checks at start and
-        before spawns (every `firewall_check_interval` seconds) that the rules of
-        `hardened-spawner firewall apply` are in place: no traffic between servers, the hub
-        API reachable, link-local and private ranges and the host blocked, egress per
-        `egress`. False: a plain network and no checks (every user reaches every server).""",
-    ).tag(config=True)
+    # --- network isolation (see hardened_spawner.docker.isolation) -------------------
 
     egress = Unicode(
         "internet",
@@ -289,55 +214,6 @@ class HardenedSettings(HasTraits):
         opened on port 53 only. Without them, egress `internet` reaches addresses but not names.""",
     ).tag(config=True)
 
-    network_bridge_name = Unicode(
-        "",
-        help="""The bridge interface of the users' network when the spawner creates it (rules
-        match `-i <bridge>`). Empty: `hs-<network_name>` shortened to 15 characters
-        (`hs-users` for the default network).""",
-    ).tag(config=True)
-
-    network_hub_address = Unicode(
-        "",
-        help="""The IP address servers reach the hub API at, for the firewall rules. Empty: the
-        host of the hub's API URL (`c.JupyterHub.hub_connect_ip`), resolved by the hub.""",
-    ).tag(config=True)
-
-    network_trusted_addresses = List(
-        Unicode(),
-        help="""Addresses on the users' network, besides the hub, that may open connections to
-        servers: a proxy running in its own container. Give them fixed addresses.""",
-    ).tag(config=True)
-
-    firewall_required = Bool(
-        False,
-        help="""Refuse spawns while the isolation rules are missing or differ from these
-        settings. False (default): spawn anyway and log a loud warning naming the problem
-        and the command that fixes it.""",
-    ).tag(config=True)
-
-    firewall_check_method = Unicode(
-        "auto",
-        help="""How the hub checks the rules: `iptables` (compare with `iptables -S`: a hub on the
-        host, as root), `probe` (the marker `firewall apply` leaves on the engine, and a
-        throwaway container on the users' network that must reach the hub API and be
-        rejected elsewhere: needs no privileges) or `auto` (iptables when readable).""",
-    ).tag(config=True)
-
-    firewall_check_interval = Integer(
-        60,
-        help="""Seconds a check of the rules is reused for before a spawn checks again. With
-        `firewall_required`, a check that found rules missing is never reused: each spawn
-        checks again, so spawns resume as soon as the rules are back.""",
-    ).tag(config=True)
-
-    # --- DockerSpawner defaults that hardening changes ------------------
-
-    remove = Bool(
-        True,
-        help="""Always True: each start gets a fresh container, so no server ever restarts
-        with stale GPUs or an old policy. The workspace volume persists anyway.""",
-    ).tag(config=True)
-
     @default("mem_limit")
     def _default_mem_limit(self):
         return 8 * 1024 * _MIB
@@ -345,18 +221,6 @@ class HardenedSettings(HasTraits):
     @default("cpu_limit")
     def _default_cpu_limit(self):
         return 4.0
-
-    @default("network_name")
-    def _default_network_name(self):
-        return "hardened-spawner-users"
-
-    @default("name_template")
-    def _default_name_template(self):
-        return "jupyter-{username}--{servername}" if self.name else "jupyter-{username}"
-
-    @default("healthcheck")
-    def _default_healthcheck(self):
-        return server_healthcheck()
 
     @default("options_form")
     def _default_options_form(self):
@@ -374,15 +238,6 @@ class HardenedSettings(HasTraits):
 
     # --- validation: bad config fails at hub start, naming the setting ---
 
-    @validate("remove")
-    def _validate_remove(self, proposal):
-        if not proposal.value:
-            raise TraitError(
-                "HardenedSpawner.remove must stay True: a kept container would restart "
-                "with stale GPUs and an old policy. Workspaces persist anyway."
-            )
-        return True
-
     @validate("uid_min")
     def _validate_uid_min(self, proposal):
         _as_trait_error(check_uid_range, proposal.value, proposal.value + 1)
@@ -395,7 +250,7 @@ class HardenedSettings(HasTraits):
         except ProfileError as e:
             raise TraitError(str(e)) from None
 
-    @validate("pids_limit", "docker_threads")
+    @validate("pids_limit")
     def _validate_positive(self, proposal):
         if proposal.value < 1:
             raise TraitError(
@@ -429,22 +284,6 @@ class HardenedSettings(HasTraits):
                 ) from None
         return sizes
 
-    @validate("seccomp_profile")
-    def _validate_seccomp(self, proposal):
-        if not proposal.value:
-            return ""
-        if proposal.value.strip() == "unconfined":
-            raise TraitError("HardenedSpawner.seccomp_profile: 'unconfined' is never allowed.")
-        try:
-            with open(proposal.value) as f:
-                json.load(f)
-        except (OSError, ValueError) as e:
-            raise TraitError(
-                f"HardenedSpawner.seccomp_profile: cannot read a JSON profile from "
-                f"{proposal.value!r} ({e})."
-            ) from None
-        return proposal.value
-
     @validate("mem_limit")
     def _validate_mem_limit(self, proposal):
         if proposal.value is None or proposal.value < 128 * _MIB:
@@ -469,16 +308,6 @@ class HardenedSettings(HasTraits):
             )
         return proposal.value
 
-    @validate("network_name")
-    def _validate_network_name(self, proposal):
-        if proposal.value in ("bridge", "host", "none", "default", ""):
-            raise TraitError(
-                f"HardenedSpawner.network_name {proposal.value!r} is not allowed: servers run on a "
-                "network the spawner manages (default 'hardened-spawner-users'), never on Docker's "
-                "own networks, where nothing keeps them apart."
-            )
-        return proposal.value
-
     @validate("egress")
     def _validate_egress(self, proposal):
         return _network_setting(parse_egress, proposal)
@@ -487,49 +316,15 @@ class HardenedSettings(HasTraits):
     def _validate_allow_cidrs(self, proposal):
         return list(_network_setting(parse_cidrs, proposal))
 
-    @validate("egress_allow_dns", "network_trusted_addresses")
+    @validate("egress_allow_dns")
     def _validate_addresses(self, proposal):
         return list(_network_setting(parse_addresses, proposal))
-
-    @validate("network_hub_address")
-    def _validate_hub_address(self, proposal):
-        if proposal.value:
-            _network_setting(parse_addresses, proposal, [proposal.value])
-        return proposal.value
-
-    @validate("network_bridge_name")
-    def _validate_bridge_name(self, proposal):
-        if proposal.value:
-            _network_setting(check_bridge_name, proposal, proposal.value)
-        return proposal.value
-
-    @validate("firewall_check_method")
-    def _validate_check_method(self, proposal):
-        if proposal.value not in ("auto", "iptables", "probe"):
-            raise TraitError(
-                "HardenedSpawner.firewall_check_method must be 'auto', 'iptables' or 'probe', "
-                f"not {proposal.value!r}."
-            )
-        return proposal.value
-
-    @validate("firewall_check_interval")
-    def _validate_check_interval(self, proposal):
-        if proposal.value < 0:
-            raise TraitError("HardenedSpawner.firewall_check_interval must be >= 0 seconds.")
-        return proposal.value
 
     def check_config(self) -> None:
         """Checks across settings, run once at hub start (`hubstart`)."""
         _as_trait_error(check_uid_range, self.uid_min, self.uid_max)
-        # DockerSpawner's own default is "bridge": setting that value from config
-        # changes nothing traitlets notices, so @validate never sees it
-        self._validate_network_name(SimpleNamespace(value=self.network_name))
         if isinstance(self.uid_map, dict):
             _as_trait_error(check_static_uids, self.uid_map, self.uid_min, self.uid_max)
-        for name, (unsupported, why) in UNSUPPORTED_DOCKERSPAWNER.items():
-            if unsupported(getattr(self, name)):
-                raise TraitError(f"DockerSpawner.{name} = {getattr(self, name)!r} is not supported by "
-                                 f"HardenedSpawner: {why}")
         try:
             self.gpu_allocator()
             _ = self.audit  # opens the sink: a bad path fails now, not in a user's spawn
@@ -538,23 +333,17 @@ class HardenedSettings(HasTraits):
 
     # --- derived from the settings alone --------------------------------
 
-    def security_profile(self, facts: dict) -> SecurityProfile:
-        """The servers' security profile from these settings and the engine's facts (its
-        CPUs cap cpu_limit; AppArmor only where the engine has it)."""
-        seccomp = ""
-        if self.seccomp_profile:
-            with open(self.seccomp_profile) as f:
-                seccomp = json.dumps(json.load(f), separators=(",", ":"))
+    def base_profile(self) -> SecurityProfile:
+        """The servers' security profile as both backends hold them to it. A backend adds
+        what only it carries out (Docker: a custom seccomp JSON, AppArmor, the healthcheck,
+        cpu_limit capped to the engine's CPUs)."""
         return SecurityProfile(
             mem_limit=self.mem_limit,
-            cpu_limit=min(self.cpu_limit, facts["cpus"] or self.cpu_limit),
+            cpu_limit=self.cpu_limit,
             pids_limit=self.pids_limit,
             shm_size=self.shm_size,
             tmpfs={"/tmp": self.tmp_size, **self.extra_tmpfs},
             cap_add=tuple(sorted(self.cap_add)),
-            seccomp_profile=seccomp,
-            apparmor_profile=self.apparmor_profile if facts["apparmor"] else "",
-            healthcheck=self.healthcheck or None,
         )
 
     @property

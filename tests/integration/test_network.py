@@ -23,8 +23,8 @@ import docker
 import pytest
 import requests
 
-from hardened_spawner.isolation.docker_network import bridge_name
-from hardened_spawner.isolation.rules import TAG, forward_chain, input_chain
+from hardened_spawner.docker.isolation.docker_network import bridge_name
+from hardened_spawner.docker.isolation.rules import TAG, forward_chain, input_chain
 
 from .hubtools import (
     REJECTED,

@@ -12,9 +12,10 @@ import threading
 import docker.errors
 import pytest
 
-from hardened_spawner import checks, cli, hubstart, inspection
-from hardened_spawner.gpus import GpuAllocator, GpuDevice, GpuPolicy, GpuSummary
-from hardened_spawner.inspection import (
+from hardened_spawner import cli
+from hardened_spawner.core.gpus import GpuAllocator, GpuDevice, GpuPolicy, GpuSummary
+from hardened_spawner.docker import checks, hub_start, inspection
+from hardened_spawner.docker.inspection import (
     CIS_ITEMS,
     ContainerReport,
     Finding,
@@ -22,7 +23,7 @@ from hardened_spawner.inspection import (
     GpuReport,
     GpuRow,
 )
-from hardened_spawner.spawner import HardenedSpawner
+from hardened_spawner.docker.spawner import HardenedSpawner
 
 MOUNTPOINT = "/var/lib/docker/volumes/hardened-spawner-identity/_data"
 P = "org.jupyter.hardened-spawner."
@@ -798,7 +799,7 @@ def test_audit_at_hub_start_never_raises(monkeypatch):
 
 
 async def test_the_hub_start_audit_runs_on_the_hubs_docker_threads_and_never_raises(monkeypatch):
-    from hardened_spawner.hub_context import HubContext
+    from hardened_spawner.docker.hub_context import HubContext
 
     context = HubContext(lambda: "the hub's client", threads=2)
     seen = []
@@ -810,7 +811,7 @@ async def test_the_hub_start_audit_runs_on_the_hubs_docker_threads_and_never_rai
     monkeypatch.setattr(checks, "audit_at_hub_start", failing_audit)
     log = Log()
     probe = HardenedSpawner()
-    await hubstart._audit(probe, log, context)
+    await hub_start._audit(probe, log, context)
     assert seen == [(probe, seen[0][1])] and seen[0][1].startswith("hardened-docker")
     assert log.lines == [(logging.ERROR, "The hub-start audit of the existing server containers could not run")]
     context.shutdown()
@@ -822,9 +823,9 @@ async def test_the_hub_start_audit_runs_on_the_hubs_docker_threads_and_never_rai
 def test_network_report_says_what_the_hub_would_say(monkeypatch):
     from traitlets.config import Config
 
-    from hardened_spawner.isolation import docker_network
-    from hardened_spawner.isolation import verify as verifying
-    from hardened_spawner.isolation.docker_network import NetworkFacts
+    from hardened_spawner.docker.isolation import docker_network
+    from hardened_spawner.docker.isolation import verify as verifying
+    from hardened_spawner.docker.isolation.docker_network import NetworkFacts
 
     facts = NetworkFacts("users", "hs-users", ("172.30.0.0/24",), ipv6=False, icc=False)
     config = Config()

@@ -7,8 +7,11 @@ import dataclasses
 import docker
 import pytest
 
-from hardened_spawner.container import (
-    ServerInputs,
+from hardened_spawner.core.decision import GpuGrant, ServerDecision
+from hardened_spawner.core.identity import make_identity
+from hardened_spawner.core.profile import SecurityProfile
+from hardened_spawner.docker.container import (
+    DockerPlacement,
     ServerSpec,
     WorkspaceMount,
     build_server_spec,
@@ -16,9 +19,7 @@ from hardened_spawner.container import (
     merge_overrides,
     server_labels,
 )
-from hardened_spawner.guard import GuardPolicy, check_container
-from hardened_spawner.identity import make_identity
-from hardened_spawner.profile import SecurityProfile
+from hardened_spawner.docker.guard import GuardPolicy, check_container
 
 GIB = 1024**3
 IDENTITY_DATA = "/var/lib/docker/volumes/hardened-spawner-identity/_data"
@@ -37,26 +38,30 @@ PROFILE = SecurityProfile(
     tmpfs={"/tmp": GIB},
     healthcheck=HEALTHCHECK,
 )
-INPUTS = ServerInputs(
-    image="registry.example.org/singleuser:1.2",
-    command=["jupyterhub-singleuser"],
-    environment={"JUPYTERHUB_API_TOKEN": "secret", "HOME": "/home/alice"},
+DECISION = ServerDecision(
     owner="alice@example.org",
     server_name="",
+    image="registry.example.org/singleuser:1.2",
+    command=("jupyterhub-singleuser",),
+    port=8888,
     identity=make_identity("alice@example.org", 300001, "/home/{username}"),
     profile=PROFILE,
+    workspace="jupyterhub-workspace-alice",
+    gpus=GpuGrant((), "2026-01-01T00:00:00+00:00"),
+    environment={"JUPYTERHUB_API_TOKEN": "secret", "HOME": "/home/alice"},
+)
+PLACEMENT = DockerPlacement(
     workspace=WorkspaceMount("jupyterhub-workspace-alice", "/home/alice"),
     identity_files={
         f"{IDENTITY_DATA}/300001/passwd": "/etc/passwd",
         f"{IDENTITY_DATA}/300001/group": "/etc/group",
     },
-    gpu_uuids=(),
-    gpus_since="2026-01-01T00:00:00+00:00",
     network_name="hardened-spawner-users",
-    port=8888,
     version="0.1.0",
 )
-GPU_INPUTS = dataclasses.replace(INPUTS, server_name="gpu", gpu_uuids=("GPU-aaaa", "MIG-bbbb"))
+GPU_DECISION = dataclasses.replace(
+    DECISION, server_name="gpu", gpus=GpuGrant(("GPU-aaaa", "MIG-bbbb"), "2026-01-01T00:00:00+00:00")
+)
 
 
 def _expected_labels(server_name="", gpus="", since=""):
@@ -118,12 +123,12 @@ EXPECTED_HOST = {
 
 
 def test_build_server_spec_without_gpus():
-    spec = build_server_spec(INPUTS, {}, {})
+    spec = build_server_spec(DECISION, PLACEMENT, {}, {})
     assert spec == ServerSpec(create=EXPECTED_CREATE, host=EXPECTED_HOST, overridden=())
 
 
 def test_build_server_spec_with_gpus():
-    spec = build_server_spec(GPU_INPUTS, {}, {})
+    spec = build_server_spec(GPU_DECISION, PLACEMENT, {}, {})
     assert spec.create == {
         **EXPECTED_CREATE,
         "labels": _expected_labels("gpu", "GPU-aaaa,MIG-bbbb", "2026-01-01T00:00:00+00:00"),
@@ -138,15 +143,15 @@ def test_build_server_spec_with_gpus():
 
 
 def test_build_server_spec_extra_binds_and_identity_files():
-    inputs = dataclasses.replace(
-        INPUTS,
+    placement = dataclasses.replace(
+        PLACEMENT,
         extra_binds={
             "/srv/data": {"bind": "/data", "mode": "ro"},
             # an extra bind of the same host path never wins over the identity file
             f"{IDENTITY_DATA}/300001/passwd": {"bind": "/x", "mode": "rw"},
         },
     )
-    assert build_server_spec(inputs, {}, {}).host["binds"] == {
+    assert build_server_spec(DECISION, placement, {}, {}).host["binds"] == {
         "/srv/data": {"bind": "/data", "mode": "ro"},
         f"{IDENTITY_DATA}/300001/passwd": {"bind": "/etc/passwd", "mode": "ro"},
         f"{IDENTITY_DATA}/300001/group": {"bind": "/etc/group", "mode": "ro"},
@@ -154,17 +159,18 @@ def test_build_server_spec_extra_binds_and_identity_files():
 
 
 def test_build_server_spec_does_not_share_inputs():
-    spec = build_server_spec(INPUTS, {}, {})
+    spec = build_server_spec(DECISION, PLACEMENT, {}, {})
     spec.create["command"].append("--allow-root")
     spec.create["environment"]["X"] = "1"
-    assert INPUTS.command == ["jupyterhub-singleuser"]
-    assert "X" not in INPUTS.environment
+    assert DECISION.command == ("jupyterhub-singleuser",)
+    assert "X" not in DECISION.environment
     assert PROFILE.healthcheck == HEALTHCHECK
 
 
 def test_build_server_spec_reports_overrides():
     spec = build_server_spec(
-        INPUTS,
+        DECISION,
+        PLACEMENT,
         {"user": "0:0", "labels": {"org.jupyter.hardened-spawner.owner": "bob"}, "stop_signal": "SIGINT"},
         {"privileged": True, "read_only": True, "sysctls": {"net.ipv4.ip_forward": "0"}},
     )
@@ -184,7 +190,7 @@ def test_build_server_spec_reports_overrides():
 
 
 def test_server_labels():
-    assert server_labels(INPUTS) == _expected_labels()
+    assert server_labels(DECISION, PLACEMENT) == _expected_labels()
 
 
 @pytest.mark.parametrize(
@@ -296,13 +302,13 @@ def _api_config(api, spec):
     return api.create_container_config(**spec.create, host_config=host_config)
 
 
-def _guard(config, inputs=INPUTS):
-    policy = GuardPolicy(allowed_bind_sources=frozenset(inputs.identity_files))
+def _guard(config, placement=PLACEMENT):
+    policy = GuardPolicy(allowed_bind_sources=frozenset(placement.identity_files))
     return check_container(config, config["HostConfig"], policy)
 
 
 def test_docker_py_accepts_the_spec(api):
-    config = _api_config(api, build_server_spec(INPUTS, {}, {}))
+    config = _api_config(api, build_server_spec(DECISION, PLACEMENT, {}, {}))
     assert config["User"] == "300001:300001"
     assert config["Cmd"] == ["jupyterhub-singleuser"]
     assert sorted(config["Env"]) == ["HOME=/home/alice", "JUPYTERHUB_API_TOKEN=secret"]
@@ -345,11 +351,11 @@ def test_docker_py_accepts_the_spec(api):
 
 
 def test_default_spec_passes_the_guard(api):
-    assert _guard(_api_config(api, build_server_spec(INPUTS, {}, {}))) == []
+    assert _guard(_api_config(api, build_server_spec(DECISION, PLACEMENT, {}, {}))) == []
 
 
 def test_gpu_spec_passes_the_guard(api):
-    config = _api_config(api, build_server_spec(GPU_INPUTS, {}, {}))
+    config = _api_config(api, build_server_spec(GPU_DECISION, PLACEMENT, {}, {}))
     assert config["HostConfig"]["DeviceRequests"] == [
         {
             "Driver": "nvidia",
@@ -359,18 +365,18 @@ def test_gpu_spec_passes_the_guard(api):
             "Options": {},
         }
     ]
-    assert _guard(config, GPU_INPUTS) == []
+    assert _guard(config) == []
 
 
 def test_host_path_workspace_passes_the_guard(api):
-    inputs = dataclasses.replace(
-        INPUTS, workspace=WorkspaceMount("/srv/workspaces/alice", "/home/alice", host_path=True)
+    placement = dataclasses.replace(
+        PLACEMENT, workspace=WorkspaceMount("/srv/workspaces/alice", "/home/alice", host_path=True)
     )
-    assert _guard(_api_config(api, build_server_spec(inputs, {}, {})), inputs) == []
+    assert _guard(_api_config(api, build_server_spec(DECISION, placement, {}, {})), placement) == []
 
 
 def test_privileged_override_is_caught_by_the_guard(api):
-    spec = build_server_spec(INPUTS, {}, {"privileged": True})
+    spec = build_server_spec(DECISION, PLACEMENT, {}, {"privileged": True})
     assert spec.overridden == ("extra_host_config['privileged']",)
     assert [v.check for v in _guard(_api_config(api, spec))] == ["privileged"]
 
@@ -391,5 +397,5 @@ def test_privileged_override_is_caught_by_the_guard(api):
     ],
 )
 def test_escape_hatches_through_the_guard(api, extra_create, extra_host, checks):
-    spec = build_server_spec(INPUTS, extra_create, extra_host)
+    spec = build_server_spec(DECISION, PLACEMENT, extra_create, extra_host)
     assert [v.check for v in _guard(_api_config(api, spec))] == checks

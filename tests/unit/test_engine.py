@@ -3,9 +3,9 @@
 import asyncio
 
 from hardened_spawner import labels
-from hardened_spawner.engine import orphans
+from hardened_spawner.core.gpus import GpuAllocator, GpuPolicy, parse_static_inventory
+from hardened_spawner.docker.engine import orphans
 from hardened_spawner.gpu_broker import GpuBroker
-from hardened_spawner.gpus import GpuAllocator, GpuPolicy, parse_static_inventory
 
 
 def server(owner, name="", hub="hub-a"):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from hardened_spawner.environment import hardened_environment
-from hardened_spawner.identity import make_identity
+from hardened_spawner.core.environment import hardened_environment
+from hardened_spawner.core.identity import make_identity
 
 ALICE = make_identity("Alice.Smith@example.org", 300001, "/home/{username}")
 
@@ -44,11 +44,11 @@ def _expected(visible_devices):
     ],
 )
 def test_hardened_environment(gpu_uuids, visible_devices):
-    assert hardened_environment(ALICE, gpu_uuids) == _expected(visible_devices)
+    assert hardened_environment(ALICE, ",".join(gpu_uuids) or "void") == _expected(visible_devices)
 
 
 def test_every_writable_path_is_in_home_or_tmp():
-    env = hardened_environment(ALICE, ())
+    env = hardened_environment(ALICE, "void")
     for key, value in env.items():
         if value.startswith("/") and key != "SHELL":
             assert value == "/home/alice-smith" or value.startswith(("/home/alice-smith/", "/tmp")), key

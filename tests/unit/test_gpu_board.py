@@ -4,6 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from hardened_spawner.core.gpus import GpuAllocator, GpuDevice, GpuPolicy, Holding
 from hardened_spawner.gpu_board import (
     ANOTHER_USER,
     IDLE,
@@ -14,7 +15,6 @@ from hardened_spawner.gpu_board import (
     culler_missing,
     due,
 )
-from hardened_spawner.gpus import GpuAllocator, GpuDevice, GpuPolicy, Holding
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 MIN = timedelta(minutes=1)

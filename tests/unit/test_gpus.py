@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from hardened_spawner.gpus import (
+from hardened_spawner.core.gpus import (
     GpuAllocationError,
     GpuAllocator,
     GpuConfigError,

@@ -14,8 +14,8 @@ import docker.errors
 import pytest
 
 from hardened_spawner import audit
-from hardened_spawner.hub_context import EngineUnavailable, HubContext, reset_hub_contexts
-from hardened_spawner.spawner import HardenedSpawner
+from hardened_spawner.docker.hub_context import EngineUnavailable, HubContext, reset_hub_contexts
+from hardened_spawner.docker.spawner import HardenedSpawner
 
 THREADS = 24
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hardened_spawner.identity import (
+from hardened_spawner.core.identity import (
     MIN_SAFE_UID,
     Identity,
     IdentityError,

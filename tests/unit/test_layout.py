@@ -5,11 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hardened_spawner import guard, inspection
+from hardened_spawner.docker import guard, inspection
 
 PACKAGE = Path(__file__).resolve().parents[2] / "hardened_spawner"
-SOURCES = {
-    ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__"): path
+SOURCES = {  # the package itself is "" (its __init__), a subpackage "isolation"
+    ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix("__init__").rstrip("."): path
     for path in sorted(PACKAGE.rglob("*.py"))
     if path.stem != "__main__"
 }
@@ -18,7 +18,7 @@ MODULES = sorted(SOURCES)  # dotted, relative to the package: "spawner", "isolat
 
 def imports_of(module: str) -> set[str]:
     """The package's modules that ``module`` imports, at module level or inside a function
-    (``from . import x`` names a module when there is one)."""
+    (``from . import x`` names a module when there is one; the package itself is "")."""
     is_package = SOURCES[module].name == "__init__.py"
     here = module.split(".") if is_package else module.split(".")[:-1]
     found = set()
@@ -34,8 +34,10 @@ def imports_of(module: str) -> set[str]:
             continue
         target = [part for part in target if part]
         for alias in node.names:
-            found.add(".".join([*target, alias.name]))
-        found.add(".".join(target))
+            submodule = ".".join([*target, alias.name])
+            # ``from pkg import submodule`` needs that submodule; any other name is the
+            # package's (or module's) own, read from its body
+            found.add(submodule if submodule in SOURCES else ".".join(target))
     return {name for name in found if name in SOURCES and name != module}
 
 
@@ -61,7 +63,7 @@ def cycles() -> list[list[str]]:
 
 
 def test_no_import_cycle_even_through_imports_inside_functions():
-    assert "isolation.rules" in MODULES and "isolation.policy" in imports_of("isolation.rules")
+    assert "docker.isolation.rules" in MODULES and "docker.isolation.policy" in imports_of("docker.isolation.rules")
     assert cycles() == []
 
 
@@ -92,7 +94,7 @@ def test_no_function_is_over_60_lines():
 
 
 def test_the_spawner_is_thin():
-    assert len((PACKAGE / "spawner.py").read_text().splitlines()) <= 500
+    assert len((PACKAGE / "docker" / "spawner.py").read_text().splitlines()) <= 500
 
 
 def test_every_guard_rule_is_in_the_cis_report_and_every_cis_item_has_a_rule():

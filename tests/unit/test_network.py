@@ -13,10 +13,11 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from hardened_spawner import labels
-from hardened_spawner.isolation import command, docker_network, iptables
-from hardened_spawner.isolation import resolv as resolving
-from hardened_spawner.isolation import verify as verifying
-from hardened_spawner.isolation.docker_network import (
+from hardened_spawner.core.egress import NetworkConfigError, parse_addresses, parse_cidrs, parse_egress
+from hardened_spawner.docker.isolation import command, docker_network, iptables
+from hardened_spawner.docker.isolation import resolv as resolving
+from hardened_spawner.docker.isolation import verify as verifying
+from hardened_spawner.docker.isolation.docker_network import (
     NetworkFacts,
     bridge_name,
     check_bridge_name,
@@ -24,22 +25,25 @@ from hardened_spawner.isolation.docker_network import (
     network_facts,
     network_problems,
 )
-from hardened_spawner.isolation.errors import NetworkConfigError
-from hardened_spawner.isolation.marker import marker_labels, marker_problems
-from hardened_spawner.isolation.policy import (
+from hardened_spawner.docker.isolation.marker import marker_labels, marker_problems
+from hardened_spawner.docker.isolation.policy import (
     IsolationPolicy,
     apply_command,
     hub_endpoint,
     hub_endpoint_from_config,
     isolation_settings,
-    parse_addresses,
-    parse_cidrs,
-    parse_egress,
     policy_from_settings,
 )
-from hardened_spawner.isolation.probe import probe_problems, probe_spec
-from hardened_spawner.isolation.rules import Tables, apply_script, parse_tables, plan_problems, remove_script, rule_plan
-from hardened_spawner.spawner import HardenedSpawner
+from hardened_spawner.docker.isolation.probe import probe_problems, probe_spec
+from hardened_spawner.docker.isolation.rules import (
+    Tables,
+    apply_script,
+    parse_tables,
+    plan_problems,
+    remove_script,
+    rule_plan,
+)
+from hardened_spawner.docker.spawner import HardenedSpawner
 
 FACTS = NetworkFacts("users", "hs-u", ("172.18.0.0/16",), ipv6=False, icc=False)
 HOST_HUB = IsolationPolicy("172.17.0.1", 8081)
@@ -571,7 +575,7 @@ def test_probe_script_runs_and_tells_refused_from_open():
     import socket
     import sys
 
-    from hardened_spawner.isolation.probe import PROBE_SCRIPT
+    from hardened_spawner.docker.isolation.probe import PROBE_SCRIPT
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -786,7 +790,7 @@ def test_spawner_refuses_bad_network_settings(setting, value, message):
     ],
 )
 def test_unreachable_resolvers(resolv_conf, policy, expected):
-    from hardened_spawner.isolation.resolv import unreachable_resolvers
+    from hardened_spawner.docker.isolation.resolv import unreachable_resolvers
 
     assert unreachable_resolvers(resolv_conf, policy) == expected
 
@@ -806,7 +810,7 @@ def test_dns_note_names_the_flag(tmp_path):
 
 
 def test_reserved_layout_keeps_the_lower_half_for_fixed_addresses():
-    from hardened_spawner.isolation.docker_network import reserved_layout
+    from hardened_spawner.docker.isolation.docker_network import reserved_layout
 
     assert reserved_layout("172.30.0.0/24") == {
         "subnet": "172.30.0.0/24", "gateway": "172.30.0.1",
@@ -1031,7 +1035,7 @@ def _three_policies(tmp_path, monkeypatch, allow: list[str]) -> list[IsolationPo
     from types import SimpleNamespace
 
     from hardened_spawner import cli
-    from hardened_spawner.hub_context import reset_hub_contexts
+    from hardened_spawner.docker.hub_context import reset_hub_contexts
 
     config_file = tmp_path / "jupyterhub_config.py"
     config_file.write_text(

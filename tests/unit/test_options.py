@@ -5,13 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from hardened_spawner.gpus import GpuAllocator, GpuPolicy, parse_static_inventory
-from hardened_spawner.options import (
-    OptionsError,
-    gpu_options_form,
-    gpu_request,
-    parse_gpu_options,
-)
+from hardened_spawner.core.gpus import GpuAllocator, GpuPolicy, parse_static_inventory
+from hardened_spawner.core.options import OptionsError, gpu_options_form, gpu_request, parse_gpu_options
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -162,7 +157,7 @@ async def test_form_links_the_board_and_says_when_gpus_are_reclaimed():
     (1, "1 second"), (45, "45 seconds"), (60, "1 minute"), (5400, "90 minutes"), (7200, "2 hours"), (61, "61 seconds"),
 ])
 def test_durations_in_words(seconds, text):
-    from hardened_spawner.options import duration
+    from hardened_spawner.core.options import duration
 
     assert duration(seconds) == text
 
@@ -215,7 +210,7 @@ async def test_form_round_trip():
 
 
 def test_unknown_options_are_named():
-    from hardened_spawner.options import unknown_options
+    from hardened_spawner.core.options import unknown_options
 
     assert unknown_options({}) == []
     assert unknown_options({"gpus": "1", "gpu_devices": ["GPU-1"], "image": "x"}) == []
@@ -225,7 +220,7 @@ def test_unknown_options_are_named():
 def test_the_spawner_consumes_its_user_options_quietly(caplog):
     import logging
 
-    from hardened_spawner.spawner import HardenedSpawner
+    from hardened_spawner.docker.spawner import HardenedSpawner
 
     spawner = HardenedSpawner(user=SimpleNamespace(name="alice", id=1, admin=False, groups=[]))
     spawner.log = logging.getLogger("test-options")

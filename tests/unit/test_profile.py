@@ -5,12 +5,14 @@ import re
 
 import pytest
 
-from hardened_spawner.profile import (
+from hardened_spawner.core.profile import (
     ADDABLE_CAPABILITIES,
     KNOWN_CAPABILITIES,
     ProfileError,
     SecurityProfile,
     normalise_capability,
+)
+from hardened_spawner.docker.host_config import (
     render_healthcheck,
     render_host_config,
     security_options,

@@ -3,8 +3,8 @@
 import re
 from pathlib import Path
 
+from hardened_spawner.docker.spawner import HardenedSpawner
 from hardened_spawner.settings import HardenedSettings
-from hardened_spawner.spawner import HardenedSpawner
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

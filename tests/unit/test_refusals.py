@@ -6,9 +6,9 @@ import docker.errors
 import pytest
 import requests
 
-from hardened_spawner.hub_context import EngineUnavailable, reset_hub_contexts
-from hardened_spawner.identity import IdentityError
-from hardened_spawner.spawner import HardenedSpawner
+from hardened_spawner.core.identity import IdentityError
+from hardened_spawner.docker.hub_context import EngineUnavailable, reset_hub_contexts
+from hardened_spawner.docker.spawner import HardenedSpawner
 
 ENGINE_GONE = (
     "The Docker engine that runs the servers is not answering, so your server could not be "

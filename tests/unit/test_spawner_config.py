@@ -7,7 +7,7 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from hardened_spawner.spawner import HardenedSpawner
+from hardened_spawner.docker.spawner import HardenedSpawner
 
 
 def _spawner(**settings) -> HardenedSpawner:

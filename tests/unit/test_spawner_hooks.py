@@ -15,11 +15,11 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from hardened_spawner import labels
-from hardened_spawner import spawner as spawner_module
+from hardened_spawner.docker import spawner as spawner_module
+from hardened_spawner.docker.guard import GuardPolicy, check_container
+from hardened_spawner.docker.hub_context import reset_hub_contexts
+from hardened_spawner.docker.spawner import HardenedSpawner
 from hardened_spawner.errors import SpawnRefused
-from hardened_spawner.guard import GuardPolicy, check_container
-from hardened_spawner.hub_context import reset_hub_contexts
-from hardened_spawner.spawner import HardenedSpawner
 
 GPUS = ["GPU-a", "GPU-b"]
 
@@ -197,8 +197,8 @@ async def test_two_new_users_racing_never_get_one_uid(engine, server_port):
 
 
 async def test_helpers_a_killed_process_of_this_hub_left_are_removed_and_no_others(engine):
-    from hardened_spawner.engine import remove_abandoned_helpers
-    from hardened_spawner.hub_context import HubContext
+    from hardened_spawner.docker.engine import remove_abandoned_helpers
+    from hardened_spawner.docker.hub_context import HubContext
 
     context = HubContext(lambda: engine, threads=2)
     helper = {labels.MANAGED: "true", labels.ROLE: labels.ROLE_HELPER}

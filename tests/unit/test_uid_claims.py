@@ -3,7 +3,8 @@
 import docker.errors
 import pytest
 
-from hardened_spawner import labels, uid_claims
+from hardened_spawner import labels
+from hardened_spawner.docker import uid_claims
 
 
 class FakeEngine:

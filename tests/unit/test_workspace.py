@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hardened_spawner import workspace_helper
-from hardened_spawner.identity import make_identity
-from hardened_spawner.workspace import (
+from hardened_spawner.core.identity import make_identity
+from hardened_spawner.docker import workspace_helper
+from hardened_spawner.docker.workspace import (
     IDENTITY_VOLUME,
     PreparedMarker,
     WorkspaceError,
@@ -20,7 +20,7 @@ from hardened_spawner.workspace import (
     interpret_helper_result,
     volume_labels,
 )
-from hardened_spawner.workspace_helper import (
+from hardened_spawner.docker.workspace_helper import (
     ADOPT,
     INITIALISE,
     READY,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..errors import SpawnRefused
+from ...errors import SpawnRefused
 from ..hub_context import ENGINE_ERRORS, HubContext, IsolationCheck
 from . import verify
 from .docker_network import network_facts

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 import docker.errors
 
-from .. import labels
-from .._version import __version__
+from ... import labels
+from ..._version import __version__
 from .docker_network import NetworkFacts
 from .policy import IsolationPolicy
 

@@ -13,7 +13,7 @@ import posixpath
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from .identity import MIN_SAFE_UID
+from ..core.identity import MIN_SAFE_UID
 
 #: Host paths that must never be mounted into a user's container: the host's
 #: root, its configuration, kernel interfaces, devices, binaries, the engine's

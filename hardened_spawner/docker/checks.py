@@ -12,14 +12,19 @@ import logging
 import docker.errors
 from traitlets.config import Config
 
+from ..core.egress import NetworkConfigError
+from ..errors import CannotCheck
 from .engine import MANAGED_SERVERS
-from .errors import CannotCheck
 from .hub_context import UNREACHABLE as _ENGINE_ERRORS
 from .hub_context import EngineUnavailable, unreachable_message
 from .inspection import ContainerReport, NetworkReport, hub_start_log_lines, report_container
 from .isolation import docker_network, verify
-from .isolation.errors import NetworkConfigError
-from .isolation.policy import apply_command, hub_endpoint_from_config, isolation_settings, policy_from_settings
+from .isolation.policy import (
+    apply_command,
+    hub_endpoint_from_config,
+    isolation_settings,
+    policy_from_settings,
+)
 from .workspace import IDENTITY_VOLUME
 
 

@@ -15,10 +15,10 @@ from html import escape
 
 import docker.errors
 
-from .errors import SpawnRefused
-from .gpus import GpuAllocationError, GpuQuotaExceeded, GpuUnavailable
+from ..core.gpus import GpuAllocationError, GpuQuotaExceeded, GpuUnavailable
+from ..core.identity import IdentityError
+from ..errors import SpawnRefused
 from .hub_context import UNREACHABLE, EngineUnavailable, unreachable_message
-from .identity import IdentityError
 from .workspace import WorkspaceError
 
 

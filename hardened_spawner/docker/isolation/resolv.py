@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from .policy import BLOCKED_V4, BLOCKED_V6, IsolationPolicy, is_ip
+from ...core.egress import BLOCKED_V4, BLOCKED_V6
+from .policy import IsolationPolicy, is_ip
 
 
 def unreachable_resolvers(resolv_conf: str, policy: IsolationPolicy) -> list[str]:

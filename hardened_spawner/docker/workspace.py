@@ -14,8 +14,9 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 
-from . import labels, workspace_helper
-from .identity import Identity, group_entry, passwd_entry
+from .. import labels
+from ..core.identity import Identity, group_entry, passwd_entry
+from . import workspace_helper
 
 #: One volume for everyone's generated passwd/group files, in per-UID folders.
 #: Root-owned and mounted read-only into the servers, file by file.

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import docker.errors
 
-from .. import labels
-from .._version import __version__
-from .errors import NetworkConfigError
+from ... import labels
+from ..._version import __version__
+from ...core.egress import NetworkConfigError
 
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 

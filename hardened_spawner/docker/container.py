@@ -1,7 +1,9 @@
-"""Build the user's server container spec from plain values (no Docker, no traitlets).
+"""Render a server's decision (`core.decision`) as a Docker container spec (no Docker, no
+traitlets).
 
-The spawner resolves identity, workspace, GPUs and the admin's escape hatches
-first, then calls `build_server_spec` once. The admin's ``extra_create_kwargs``
+The spawner decides identity, workspace, GPUs and environment first (`core.decision.decide`),
+adds where the server runs on this engine (`DockerPlacement`), then calls
+`build_server_spec` once. The admin's ``extra_create_kwargs``
 and ``extra_host_config`` are merged last, every hardening key they replace is
 reported (the spawner logs each), and the guard then judges the merged result:
 an escape hatch can add, but never silently weaken.
@@ -12,9 +14,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from . import labels
-from .identity import Identity
-from .profile import SecurityProfile, render_healthcheck, render_host_config
+from .. import labels
+from ..core.decision import ServerDecision
+from .host_config import render_healthcheck, render_host_config
 
 
 @dataclass(frozen=True)
@@ -46,40 +48,31 @@ class WorkspaceMount:
 
 
 @dataclass(frozen=True)
-class ServerInputs:
-    """Everything the server container is made of, already resolved."""
+class DockerPlacement:
+    """Where a decided server runs on this engine: what only Docker needs to know."""
 
-    image: str
-    command: list[str]
-    environment: dict[str, str]
-    owner: str
-    server_name: str
-    identity: Identity
-    profile: SecurityProfile
     workspace: WorkspaceMount
     identity_files: dict[str, str]  # host path -> container path, bound read-only
-    gpu_uuids: tuple[str, ...]
-    gpus_since: str
     network_name: str
-    port: int
     version: str
     extra_binds: dict = field(default_factory=dict)  # DockerSpawner's `volumes`, rendered
     hub_id: str = ""  # which hub database started it (`labels.HUB`); "" outside a hub
 
 
-def server_labels(inputs: ServerInputs) -> dict[str, str]:
+def server_labels(decision: ServerDecision, placement: DockerPlacement) -> dict[str, str]:
+    gpus = decision.gpus
     return {
         labels.MANAGED: "true",
         labels.ROLE: labels.ROLE_SERVER,
-        labels.OWNER: inputs.owner,
-        labels.SERVER_NAME: inputs.server_name,
-        labels.UID: str(inputs.identity.uid),
-        labels.GID: str(inputs.identity.gid),
-        labels.VERSION: inputs.version,
-        labels.POLICY: inputs.profile.fingerprint(),
-        labels.GPUS: ",".join(inputs.gpu_uuids),
-        labels.GPUS_SINCE: inputs.gpus_since if inputs.gpu_uuids else "",
-        **({labels.HUB: inputs.hub_id} if inputs.hub_id else {}),
+        labels.OWNER: decision.owner,
+        labels.SERVER_NAME: decision.server_name,
+        labels.UID: str(decision.identity.uid),
+        labels.GID: str(decision.identity.gid),
+        labels.VERSION: placement.version,
+        labels.POLICY: decision.profile.fingerprint(),
+        labels.GPUS: ",".join(gpus.devices),
+        labels.GPUS_SINCE: gpus.since if gpus.devices else "",
+        **({labels.HUB: placement.hub_id} if placement.hub_id else {}),
     }
 
 
@@ -111,29 +104,29 @@ def merge_overrides(base: dict, extra: dict, setting: str) -> tuple[dict, list[s
 
 
 def build_server_spec(
-    inputs: ServerInputs, extra_create_kwargs: dict, extra_host_config: dict
+    decision: ServerDecision, placement: DockerPlacement, extra_create_kwargs: dict, extra_host_config: dict
 ) -> ServerSpec:
-    ident = inputs.identity
+    ident = decision.identity
     create = {
-        "image": inputs.image,
-        "command": list(inputs.command),
+        "image": decision.image,
+        "command": list(decision.command),
         "user": ident.user_spec,
-        "environment": dict(inputs.environment),
+        "environment": dict(decision.environment),
         "working_dir": ident.home,
-        "labels": server_labels(inputs),
-        "ports": {f"{inputs.port}/tcp": None},
-        "healthcheck": render_healthcheck(inputs.profile),
+        "labels": server_labels(decision, placement),
+        "ports": {f"{decision.port}/tcp": None},
+        "healthcheck": render_healthcheck(decision.profile),
         "hostname": ident.name,
     }
-    binds = dict(inputs.extra_binds)
-    for host_path, container_path in inputs.identity_files.items():
+    binds = dict(placement.extra_binds)
+    for host_path, container_path in placement.identity_files.items():
         binds[host_path] = {"bind": container_path, "mode": "ro"}
     host = {
-        **render_host_config(inputs.profile),
+        **render_host_config(decision.profile),
         "binds": binds,
-        "mounts": [inputs.workspace.as_mount()],
-        "device_requests": gpu_device_requests(inputs.gpu_uuids),
-        "network_mode": inputs.network_name,
+        "mounts": [placement.workspace.as_mount()],
+        "device_requests": gpu_device_requests(decision.gpus.devices),
+        "network_mode": placement.network_name,
         "init": True,  # reap the kernels' zombie children, forward signals
     }
     create, replaced_create = merge_overrides(create, extra_create_kwargs, "extra_create_kwargs")

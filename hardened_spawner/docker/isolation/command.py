@@ -22,11 +22,19 @@ import requests.exceptions
 from traitlets import Bool, Float, Integer, List, TraitError, Unicode, validate
 from traitlets.config import Application
 
-from .._version import __version__
-from ..errors import CannotCheck
-from ..hubconfig import build_spawner, load_hub_config
-from .docker_network import NetworkFacts, bridge_name, check_bridge_name, ensure_network, load_network, network_problems
-from .errors import FirewallError, NetworkConfigError
+from ..._version import __version__
+from ...core.egress import NetworkConfigError
+from ...errors import CannotCheck
+from ...hubconfig import build_spawner, load_hub_config
+from .docker_network import (
+    NetworkFacts,
+    bridge_name,
+    check_bridge_name,
+    ensure_network,
+    load_network,
+    network_problems,
+)
+from .errors import FirewallError
 from .iptables import COMMAND, apply, plans, remove, status
 from .marker import delete_marker, marker_problems, read_boot_id, read_marker, write_marker
 from .policy import IsolationPolicy, hub_endpoint_from_config, isolation_settings, policy_from_settings

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import docker.errors
 
-from . import labels
+from .. import labels
 from .hub_context import HubContext
 from .isolation import docker_network
 from .workspace import IDENTITY_VOLUME

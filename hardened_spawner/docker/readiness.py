@@ -12,7 +12,7 @@ import asyncio
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from .errors import SpawnRefused
+from ..errors import SpawnRefused
 from .hub_context import HubContext
 
 

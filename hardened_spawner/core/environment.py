@@ -13,8 +13,13 @@ from __future__ import annotations
 from .identity import Identity
 
 
-def hardened_environment(identity: Identity, gpu_uuids: tuple[str, ...]) -> dict[str, str]:
-    """Environment variables for the user's server; the spawner adds the hub's own."""
+def hardened_environment(identity: Identity, visible_devices: str | None) -> dict[str, str]:
+    """Environment variables for the user's server; the spawner adds the hub's own.
+
+    ``visible_devices`` is what ``NVIDIA_VISIBLE_DEVICES`` must say (`GpuGrant.visible_devices`):
+    the devices the hub assigned, ``"void"`` for none, or None where the cluster's device
+    plugin sets it for the devices it picked.
+    """
     home = identity.home
     cache = f"{home}/.cache"
     return {
@@ -45,5 +50,5 @@ def hardened_environment(identity: Identity, gpu_uuids: tuple[str, ...]) -> dict
         "HF_HOME": f"{cache}/huggingface",
         # GPUs: the explicit assignment, or "void" so that an image which sets
         # `all` on a host whose default runtime is nvidia still sees none
-        "NVIDIA_VISIBLE_DEVICES": ",".join(gpu_uuids) if gpu_uuids else "void",
+        **({} if visible_devices is None else {"NVIDIA_VISIBLE_DEVICES": visible_devices}),
     }

@@ -17,9 +17,9 @@ import json
 import logging
 from dataclasses import dataclass
 
-from . import labels
-from .gpu_broker import holder_key, holdings_from_containers
-from .gpus import GpuAllocator, GpuSummary, _index_key, relatives
+from .. import labels
+from ..core.gpus import GpuAllocator, GpuSummary, _index_key, relatives
+from ..gpu_broker import holder_key, holdings_from_containers
 from .guard import GuardPolicy, Violation, check_container, rule_for
 from .workspace import identity_file_sources
 

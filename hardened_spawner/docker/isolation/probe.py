@@ -12,8 +12,8 @@ import json
 
 import docker.errors
 
-from .. import labels
-from .._version import __version__
+from ... import labels
+from ..._version import __version__
 from .policy import IsolationPolicy
 
 ROLE_PROBE = "network-probe"

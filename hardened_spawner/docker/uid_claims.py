@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import docker.errors
 
-from . import labels
-from .identity import IdentityError, first_free_uid
+from .. import labels
+from ..core.identity import IdentityError, first_free_uid
 
 _MANAGED = {"label": [f"{labels.MANAGED}=true"]}
 #: the workspace (volume name or host path) a claim was made for

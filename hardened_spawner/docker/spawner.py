@@ -10,7 +10,6 @@ identity -> GPUs -> workspace -> container spec -> guard -> create -> start -> w
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 
@@ -18,24 +17,27 @@ import docker.errors
 from dockerspawner import DockerSpawner
 from jupyterhub.utils import maybe_future, url_path_join
 
-from . import hub_database, labels, uid_claims
-from ._version import __version__
-from .container import ServerInputs, WorkspaceMount, build_server_spec
+from .. import hub_database, labels
+from .._version import __version__
+from ..core.decision import GpuGrant, decide
+from ..core.egress import NetworkConfigError
+from ..core.identity import Identity, check_policy_uid, derived_uid, make_identity, resolve_uid
+from ..core.options import OptionsError, gpu_request
+from ..core.profile import SecurityProfile
+from ..errors import SpawnRefused
+from ..gpu_broker import GpuBroker, holder_key
+from ..server_events import ServerEvents
+from ..settings import HardenedSettings
+from . import hub_start, uid_claims
+from .container import DockerPlacement, WorkspaceMount, build_server_spec
 from .engine import ensure_volume, gather_engine_facts, run_helper, running_servers
-from .environment import hardened_environment
-from .errors import SpawnRefused
-from .gpu_broker import GpuBroker, holder_key
 from .guard import GuardPolicy, check_container, describe
 from .hub_context import HubContext, IsolationCheck, connect, engine_address, engine_settings, hub_context
-from .identity import Identity, check_policy_uid, derived_uid, make_identity, resolve_uid
 from .isolation import hub_check
-from .isolation.errors import NetworkConfigError
 from .isolation.policy import IsolationPolicy, hub_endpoint, isolation_settings, policy_from_settings
-from .options import OptionsError, gpu_request
-from .profile import SecurityProfile, audit_summary
 from .readiness import wait_until_up
 from .refusals import Situation, as_refusal, name_taken
-from .settings import HardenedSettings
+from .settings import DockerSettings
 from .workspace import (
     PreparedMarker,
     helper_container_spec,
@@ -51,18 +53,27 @@ class StartPlan:
     audit read it, nothing else carries it from step to step."""
 
     identity: Identity
-    gpu_uuids: tuple[str, ...]
-    gpus_since: str
+    gpus: GpuGrant
     profile: SecurityProfile
     workspace: WorkspaceMount
     identity_files: dict[str, str]
     image_digest: str
 
 
-class HardenedSpawner(HardenedSettings, DockerSpawner):
+class HardenedSpawner(ServerEvents, DockerSettings, HardenedSettings, DockerSpawner):
     """A DockerSpawner whose users each run as their own UID in a locked-down container."""
 
     _plan: StartPlan | None = None
+
+    def check_config(self) -> None:
+        """The shared settings' checks, then Docker's (run once at hub start: `hubstart`)."""
+        super().check_config()
+        self.check_docker_config()
+
+    async def hub_start_work(self, app) -> None:
+        """Once, in the background, when the hub starts (`docker.hub_start`)."""
+        await hub_start.hub_start_work(self, app)
+
     #: why the next stop happens, for the audit trail: set by the GPU reclaim API (`gpu_pages`)
     stop_reason: str | None = None
 
@@ -182,24 +193,6 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
         super().clear_state()
         self._uid, self._prepared = uid, prepared
 
-    # --- progress on the spawn page ---------------------------------------
-
-    def _report(self, progress: int, message: str) -> None:
-        self.log.info("%s: %s", self._log_name, message)
-        self._events.append({"progress": progress, "message": message})
-        self._event_signal.set()
-
-    async def progress(self):
-        sent = 0
-        while True:
-            while sent < len(self._events):
-                yield self._events[sent]
-                sent += 1
-            if self._start_done:
-                return
-            self._event_signal.clear()
-            await self._event_signal.wait()
-
     # --- start, step by step -----------------------------------------------
 
     async def _static_uid(self) -> int | None:
@@ -279,7 +272,7 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
             self._prepared = marker
         return mount
 
-    async def _assign_gpus(self) -> tuple[tuple[str, ...], str]:
+    async def _assign_gpus(self) -> GpuGrant:
         try:
             count, devices = gpu_request(self.user_options)
         except OptionsError as e:
@@ -292,12 +285,10 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
         self._gpus_held = uuids
         if uuids:
             self.audit.emit("gpus-assigned", **self._audit_fields(devices=list(uuids)))
-        return uuids, since.isoformat()
+        return GpuGrant(uuids, since.isoformat())
 
     async def start(self):
-        self._events: list[dict] = []
-        self._event_signal = asyncio.Event()
-        self._start_done = False
+        self._start_events()
         self.audit.emit("spawn-requested", **self._audit_fields())
         try:
             return await self._start()
@@ -309,8 +300,7 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
                 raise
             raise refusal from e
         finally:
-            self._start_done = True
-            self._event_signal.set()
+            self._end_events()
 
     def _as_refusal(self, e: Exception) -> SpawnRefused:
         board = url_path_join(self.hub.base_url, "gpus") if self.gpu_board else ""
@@ -327,12 +317,11 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
         identity = await self._resolve_identity()
         # GPUs before the workspace: a busy pool refuses at once, before any container runs
         self._report(15, "Assigning GPUs")
-        gpu_uuids, gpus_since = await self._assign_gpus()
+        gpus = await self._assign_gpus()
         workspace = await self._prepare_workspace(identity, image["Id"])
         self._plan = StartPlan(
             identity=identity,
-            gpu_uuids=gpu_uuids,
-            gpus_since=gpus_since,
+            gpus=gpus,
             profile=self.security_profile(facts),
             workspace=workspace,
             identity_files=identity_file_sources(facts["identity_mountpoint"], identity.uid),
@@ -378,26 +367,29 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
     async def create_object(self):
         """Decide the whole spec, let the guard judge it, and only then create."""
         plan = self._plan
-        inputs = ServerInputs(
-            image=self.image,
-            command=await self.get_command(),
-            environment={**self.get_env(), **hardened_environment(plan.identity, plan.gpu_uuids)},
+        decision = decide(
             owner=self.user.name,
             server_name=self.name,
+            image=self.image,
+            command=await self.get_command(),
+            port=self.port,
             identity=plan.identity,
             profile=plan.profile,
+            workspace=plan.workspace.source,
+            gpus=plan.gpus,
+            hub_environment=self.get_env(),
+        )
+        placement = DockerPlacement(
             workspace=plan.workspace,
             identity_files=plan.identity_files,
-            gpu_uuids=plan.gpu_uuids,
-            gpus_since=plan.gpus_since,
             network_name=self.network_name,
-            port=self.port,
             version=__version__,
             extra_binds=self.volume_binds,
             hub_id=self.hub_id,
         )
         spec = build_server_spec(
-            inputs,
+            decision,
+            placement,
             await self._resolved(self.extra_create_kwargs),
             await self._resolved(self.extra_host_config),
         )
@@ -477,23 +469,5 @@ class HardenedSpawner(HardenedSettings, DockerSpawner):
 
     # --- audit -------------------------------------------------------------
 
-    def _audit_fields(self, **extra) -> dict:
-        handler = getattr(self, "handler", None)
-        plan = self._plan
-        profile = plan.profile if plan else None
-        fields = {
-            "user": self.user.name,
-            "server_name": self.name,
-            "uid": self._uid,
-            "gid": self._uid,
-            "client_ip": handler.request.remote_ip if handler is not None else None,
-            "image": self.image,
-            "image_digest": plan.image_digest if plan else None,
-            "policy_fingerprint": profile.fingerprint() if profile else None,
-            "security": audit_summary(profile) if profile else {},
-            "devices": list(self._gpus_held),
-            "container_id": self.object_id or None,
-            "container_name": self.object_name,
-        }
-        fields.update(extra)
-        return fields
+    def _audit_object(self) -> dict:
+        return {"container_id": self.object_id or None, "container_name": self.object_name}

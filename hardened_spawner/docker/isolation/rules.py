@@ -14,8 +14,9 @@ import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ...core.egress import BLOCKED_V4, BLOCKED_V6
 from .docker_network import NetworkFacts
-from .policy import BLOCKED_V4, BLOCKED_V6, IsolationPolicy
+from .policy import IsolationPolicy
 
 #: iptables comments on every rule we install: ``hardened-spawner:<bridge>:<purpose>``
 TAG = "hardened-spawner"

@@ -1,0 +1,87 @@
+"""What the Docker backend does once in the background when a hub starts
+(`hubstart` schedules it): connect to the engine, remove the workspace helpers a killed
+process left, audit the server containers already running, check the network isolation.
+Nothing raised here reaches the hub.
+"""
+
+import asyncio
+
+from .. import hub_database
+from . import checks, engine
+from .hub_context import EngineUnavailable
+
+
+async def hub_start_work(spawner, app) -> None:
+    context = spawner.context
+    try:
+        await context.run(lambda: context.client)
+    except EngineUnavailable as e:
+        app.log.error(
+            "%s Spawns are refused with a clear message until it answers; the hub asks again "
+            "at every spawn.", e,
+        )
+        return
+    app.log.info("Connected to the Docker engine at %s", context.address)
+    await _remove_abandoned_helpers(app, context)
+    await _audit(spawner, app.log, context)
+    await _check_isolation(spawner, app)
+
+
+async def _remove_abandoned_helpers(app, context) -> None:
+    """Workspace helpers an earlier, killed process of this hub left (`engine`), so their
+    workspaces are free at once; this process's own helpers carry its id and are kept."""
+    try:
+        await engine.remove_abandoned_helpers(context, hub_database.hub_id(app.db))
+    except Exception:
+        app.log.exception("Removing the workspace helpers an earlier hub process left failed")
+
+
+async def _audit(spawner, log, context) -> None:
+    """Check the managed server containers already on the engine and log what is found
+    (`checks.audit_at_hub_start`), on the hub's Docker threads, with the hub's client.
+    That function never raises; a failure to run it at all (a pool shut down) must not
+    stop the hub either."""
+    try:
+        await context.run(checks.audit_at_hub_start, spawner, log)
+    except Exception:
+        log.exception("The hub-start audit of the existing server containers could not run")
+
+
+#: seconds the hub-start isolation check waits for the hub's own API to listen
+API_WAIT = 30
+
+
+async def _listening(host: str, port: int, timeout: float = API_WAIT) -> bool:
+    """Wait until something accepts connections at host:port (the hub API, which
+    starts listening after this check is scheduled)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+        except (OSError, asyncio.TimeoutError):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.25)
+        else:
+            writer.close()
+            return True
+
+
+async def _check_isolation(spawner, app) -> None:
+    """Check the users' network isolation once at hub start: a missing rule shows up in
+    the log before anyone spawns."""
+    if not spawner.network_isolation:
+        app.log.warning(checks.ISOLATION_OFF)
+        return
+    try:
+        spawner.hub = app.hub
+        await spawner.engine_facts()  # creates the users' network if it is missing
+        # the probe container must find the hub API listening, which it is not yet
+        policy = await spawner.hub_policy()
+        if not await _listening(policy.hub_ip, policy.hub_port):
+            app.log.warning("The hub API at %s:%s is not answering after %s s; checking the "
+                            "network isolation anyway", policy.hub_ip, policy.hub_port, API_WAIT)
+        await spawner.check_isolation(force=True)
+    except Exception:
+        app.log.exception("Checking the users' network isolation at hub start failed")
