@@ -1,8 +1,8 @@
 """Shared pieces of the benchmarks: the two hubs, timing a spawn, statistics, cleanup.
 
-Both hubs are real JupyterHub processes with the real proxy (the integration
-tests' harness, `tests/integration/hubtools.py`), talking to the same engine
-and starting the same image. One runs plain ``dockerspawner.DockerSpawner``
+Both hubs are real JupyterHub processes with the real proxy, started and driven
+by ``hubdriver`` (as in the integration tests), talking to the same engine and
+starting the same image. One runs plain ``dockerspawner.DockerSpawner``
 configured the way an admin would to make this image start; the other runs
 ``HardenedSpawner``. Everything a benchmark creates on the engine carries the
 run's prefix (``hsbench`` unless told otherwise) and is removed at the end.
@@ -31,9 +31,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from hardened_spawner import labels
-from tests.integration import hubtools
+from hubdriver import SINGLEUSER_IMAGE, Hub, HubError
 
-IMAGE = hubtools.SINGLEUSER_IMAGE
+IMAGE = SINGLEUSER_IMAGE
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "hardened-spawner-base:bookworm")
 MEM_LIMIT = "2G"
 #: Both spawners get the same limits. One CPU per core of this machine: the limit is
@@ -77,8 +77,8 @@ class Settings:
 
 
 @dataclass
-class BenchHub(hubtools.Hub):
-    """A hubtools Hub that starts without ``--debug`` (as in production) and times its start."""
+class BenchHub(Hub):
+    """A hubdriver Hub that starts without ``--debug`` (as in production) and times its start."""
 
     debug: bool = False
 
@@ -87,14 +87,14 @@ class BenchHub(hubtools.Hub):
         deadline = self.started_at + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise hubtools.HubError(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise HubError(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 if requests.get(f"{self.url}/hub/api/", timeout=2).ok:
                     return time.monotonic() - self.started_at
             except requests.ConnectionError:
                 pass
             time.sleep(0.02)
-        raise hubtools.HubError(f"hub did not answer within {timeout}s:\n{self.log_tail()}")
+        raise HubError(f"hub did not answer within {timeout}s:\n{self.log_tail()}")
 
     def wait_ready(self, timeout: float = 60) -> None:
         self.wait_api(timeout)
@@ -264,7 +264,7 @@ class Spawn:
 
 
 
-def timed_spawn(hub: hubtools.Hub, user: str, options: dict | None = None, timeout: float = 300) -> Spawn:
+def timed_spawn(hub: Hub, user: str, options: dict | None = None, timeout: float = 300) -> Spawn:
     """POST the spawn and follow the progress stream, as the spawn page does.
 
     ``seconds`` runs from the request to the ``ready`` event; each event's arrival is kept."""
@@ -290,7 +290,7 @@ def timed_spawn(hub: hubtools.Hub, user: str, options: dict | None = None, timeo
 LISTENING = "is running at:"
 
 
-def anatomy(client: docker.DockerClient, hub: hubtools.Hub, spawn: Spawn) -> dict | None:
+def anatomy(client: docker.DockerClient, hub: Hub, spawn: Spawn) -> dict | None:
     """Split a ready spawn in three, from the engine's and the server's own clocks:
 
     - ``to_container_start``: request -> the container's process started (the spawner's
@@ -423,7 +423,7 @@ def concurrent(fn, args_list: list[tuple]) -> list:
     return results
 
 
-def stop_all(hub: hubtools.Hub, users: list[str]) -> None:
+def stop_all(hub: Hub, users: list[str]) -> None:
     """Stop every listed user's server, all at once, and wait until they are gone."""
     for outcome in concurrent(lambda u: hub.stop_server(u, timeout=120), [(u,) for u in users]):
         if isinstance(outcome, Exception):

@@ -10,7 +10,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from .hubtools import SINGLEUSER_IMAGE, UID_BASE, Hub, cleanup_engine
+from hubdriver import SINGLEUSER_IMAGE, Hub
+
+from .hubtools import UID_BASE, cleanup_engine
 
 INTEGRATION = Path(__file__).parent
 

@@ -16,7 +16,7 @@ import textwrap
 import pytest
 import requests
 
-from .hubtools import SINGLEUSER_IMAGE, TEST_PREFIX, Kernel
+from hubdriver import SINGLEUSER_IMAGE, TEST_PREFIX, Kernel
 
 ATTACK_HUB = """
 c.HardenedSpawner.pids_limit = 256

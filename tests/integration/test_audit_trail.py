@@ -5,8 +5,7 @@ import time
 import pytest
 
 from hardened_spawner import labels
-
-from .hubtools import TEST_PREFIX
+from hubdriver import TEST_PREFIX
 
 DEVICE = "GPU-00000000-0000-0000-0000-0000000000aa"
 AUDIT_HUB = f"""

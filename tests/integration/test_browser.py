@@ -15,8 +15,9 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select
 
+from hubdriver import Kernel
+
 from .browser import chromium, keep_evidence, log_in, wait
-from .hubtools import Kernel
 
 DEVICES = [f"GPU-00000000-0000-0000-0000-0000000001{i:02d}" for i in range(2)]
 GPU_CONFIG = f"""

@@ -14,8 +14,9 @@ import time
 import pytest
 
 from hardened_spawner import labels
+from hubdriver import TEST_PREFIX
 
-from .hubtools import TEST_PREFIX, UID_BASE
+from .hubtools import UID_BASE
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,9 @@ import pytest
 import requests
 import websocket
 
-from .hubtools import REJECTED, Browser, Kernel, SshClient, firewall, reach
+from hubdriver import Kernel
+
+from .hubtools import REJECTED, Browser, SshClient, firewall, reach
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,7 @@ import pytest
 import requests
 
 from hardened_spawner import labels
-
-from .hubtools import TEST_PREFIX, Kernel
+from hubdriver import TEST_PREFIX, Kernel
 
 USERS = ("alice", "bob")
 

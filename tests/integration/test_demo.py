@@ -21,7 +21,9 @@ import docker
 import pytest
 import requests
 
-from .hubtools import REJECTED, Browser, Kernel, docker0_address, firewall, reach
+from hubdriver import Kernel, docker0_address
+
+from .hubtools import REJECTED, Browser, firewall, reach
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,9 @@ import pytest
 import requests
 
 from hardened_spawner import labels
+from hubdriver import TEST_PREFIX, Hub, Kernel, docker0_address
 
-from .hubtools import TEST_PREFIX, UID_BASE, Hub, Kernel, docker0_address, firewall, remove_named
+from .hubtools import UID_BASE, firewall, remove_named
 
 pytestmark = pytest.mark.integration
 

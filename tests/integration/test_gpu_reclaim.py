@@ -12,8 +12,7 @@ import pytest
 import requests
 
 from hardened_spawner import labels
-
-from .hubtools import TEST_PREFIX, Kernel
+from hubdriver import TEST_PREFIX, Kernel
 
 DEVICE = "GPU-00000000-0000-0000-0000-000000000e01"
 IDLE, MAX_HOLD = 15, 45

@@ -14,8 +14,7 @@ import pytest
 import requests
 
 from hardened_spawner import labels
-
-from .hubtools import TEST_PREFIX, Kernel
+from hubdriver import TEST_PREFIX, Kernel
 
 DEVICES = [f"GPU-00000000-0000-0000-0000-00000000000{i}" for i in range(4)]
 GPU_CONFIG = f"""

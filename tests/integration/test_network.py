@@ -25,16 +25,9 @@ import requests
 
 from hardened_spawner.docker.isolation.docker_network import bridge_name
 from hardened_spawner.docker.isolation.rules import TAG, forward_chain, input_chain
+from hubdriver import SINGLEUSER_IMAGE, TEST_PREFIX, Kernel, docker0_address
 
-from .hubtools import (
-    REJECTED,
-    SINGLEUSER_IMAGE,
-    TEST_PREFIX,
-    Kernel,
-    docker0_address,
-    firewall,
-    reach,
-)
+from .hubtools import REJECTED, firewall, reach
 
 pytestmark = pytest.mark.integration
 

@@ -4,8 +4,7 @@
 import pytest
 
 from hardened_spawner import labels
-
-from .hubtools import TEST_PREFIX, Kernel
+from hubdriver import TEST_PREFIX, Kernel
 
 # One hub whose escape hatches break the policy for some users only, the way an
 # admin's per-user callables could.

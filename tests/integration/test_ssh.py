@@ -19,7 +19,9 @@ import time
 import pytest
 import requests
 
-from .hubtools import Browser, Kernel, SshClient, free_port, websocat
+from hubdriver import Kernel, free_port
+
+from .hubtools import Browser, SshClient, websocat
 
 USERS = ("sshuser", "sshother")
 
