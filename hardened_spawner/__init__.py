@@ -1,8 +1,10 @@
-"""A least-privilege DockerSpawner for shared GPU servers.
+"""Least-privilege spawners for shared GPU servers: `HardenedSpawner` (Docker, entry point
+``hardened``) and `HardenedKubeSpawner` (Kubernetes, ``hardened-kube``), one policy core
+(`core`) rendered by two backends (`docker`, `kubernetes`).
 
 Importing this package, or any of its modules, changes nothing outside it. The one
-change it makes to JupyterHub is made here, when the hub asks for the spawner class
-(the ``hardened`` entry point, or ``hardened_spawner.HardenedSpawner``): JupyterHub has no
+change it makes to JupyterHub is made here, when the hub asks for a spawner class
+(an entry point, or ``hardened_spawner.HardenedSpawner``): JupyterHub has no
 start hook for spawners, so `hubstart.install_hub_start_checks` wraps the hub's
 ``init_tornado_settings`` to check the configuration (and stop the hub on a bad setting)
 before anything is served. A hub that uses another spawner class is not affected.
@@ -16,11 +18,14 @@ __all__ = ["TEMPLATES", "HardenedKubeSpawner", "HardenedSpawner", "__version__"]
 
 def __getattr__(name):
     # Imported on demand, so the pure policy modules (and their unit tests)
-    # do not pull in JupyterHub, DockerSpawner and docker-py.
+    # do not pull in JupyterHub, DockerSpawner, kubespawner and their clients.
     if name == "HardenedSpawner":
-        from .docker.spawner import HardenedSpawner
-        from .hubstart import install_hub_start_checks
+        from .docker.spawner import HardenedSpawner as spawner_class
+    elif name == "HardenedKubeSpawner":  # needs the [kubernetes] extra
+        from .kubernetes.spawner import HardenedKubeSpawner as spawner_class
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .hubstart import install_hub_start_checks
 
-        install_hub_start_checks(HardenedSpawner)
-        return HardenedSpawner
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    install_hub_start_checks(spawner_class)
+    return spawner_class

@@ -54,10 +54,6 @@ EXIT_OK = 0
 EXIT_CANNOT_CHECK = 2
 
 
-
-
-
-
 # --- plain functions: check ------------------------------------------------
 
 
@@ -164,12 +160,25 @@ class CheckCommand(AdminCommand):
         False, help="Check every container on the engine, also ones started by hand."
     ).tag(config=True)
 
+    kubernetes = Bool(
+        False, help="Check the user pods of a Kubernetes namespace through the API instead (HardenedKubeSpawner)."
+    ).tag(config=True)
+
+    namespace = Unicode(
+        "", help="With --kubernetes: the namespace. Default: HardenedKubeSpawner.namespace of the config, "
+                 "else the service account's, else 'default'.",
+    ).tag(config=True)
+
+    aliases = {**AdminCommand.aliases, "namespace": "CheckCommand.namespace"}
     flags = {
         **AdminCommand.flags,
         "all": ({"CheckCommand": {"everything": True}}, everything.help),
+        "kubernetes": ({"CheckCommand": {"kubernetes": True}}, kubernetes.help),
     }
 
     def run(self) -> int:
+        if self.kubernetes:
+            return self._run_kubernetes()
         config = self.hub_config()
         spawner = self.spawner(config)
         client = engine_client(spawner)
@@ -185,6 +194,15 @@ class CheckCommand(AdminCommand):
             )
         except _ENGINE_ERRORS as e:
             raise CannotCheck(cannot_reach_message(spawner, e)) from None
+
+
+    def _run_kubernetes(self) -> int:
+        from .kubernetes.command import check, default_namespace
+
+        namespace = self.namespace or default_namespace(self.hub_config())
+        text, status = check(namespace, as_json=self.json_output)
+        sys.stdout.write(text)
+        return status
 
 
 class GpusCommand(AdminCommand):

@@ -87,6 +87,16 @@ class HardenedSettings(HasTraits):
         user's POSIX login name (the hub name made safe for /etc/passwd).""",
     ).tag(config=True)
 
+    # --- workspace ------------------------------------------------------
+
+    workspace_allow_adopt = Bool(
+        False,
+        help="""Allow taking over a workspace that belongs to another UID, or that no hardened
+        spawner made: on Docker it is re-owned (recursively) to the user's UID, on Kubernetes
+        the claim is labelled with it and its fsGroup follows. Off by default: such a
+        workspace is refused with a clear message, because it may hold someone else's files.""",
+    ).tag(config=True)
+
     # --- security profile -----------------------------------------------
 
     cap_add = List(

@@ -232,8 +232,8 @@ want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && (cd / && "$VENV/bin/python" -c 'import hardened_spawner') 2>/dev/null; then
     step "project installed in $VENV"
 else
-    step "pip install -e '.[test,deploy]' into $VENV"
-    "$VENV/bin/python" -m pip install -q -e "$REPO[test,deploy]" || die "pip install -e '$REPO[test,deploy]' failed"
+    step "pip install -e '.[test,deploy,kubernetes]' into $VENV"
+    "$VENV/bin/python" -m pip install -q -e "$REPO[test,deploy,kubernetes]" || die "pip install -e '$REPO[test,deploy,kubernetes]' failed"
     echo "$want" >"$stamp"
 fi
 

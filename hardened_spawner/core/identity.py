@@ -232,3 +232,35 @@ def passwd_entry(identity: Identity) -> str:
 def group_entry(identity: Identity) -> str:
     return f"{identity.name}:x:{identity.gid}:"
 
+
+@dataclass(frozen=True)
+class UidRequest:
+    """Who wants a UID, for which workspace, and the range and first offer to use."""
+
+    owner: str
+    workspace: str
+    offer: int  # uid_min + hub user id, wrapped into the range
+    uid_min: int
+    uid_max: int
+    version: str
+
+
+#: where a remembered UID came from, for messages
+_SOURCES = {"state": "database", "workspace": "workspace label"}
+
+
+def uid_held_elsewhere(uid: int, source: str) -> IdentityError:
+    """The refusal for a UID (from `resolve_uid`'s ``source``) that another user's files
+    carry too. A collision with a static UID names `uid_map`; any other blames no setting."""
+    if source == "policy":
+        return IdentityError(
+            f"UID {uid}, which HardenedSpawner.uid_map gives you, is already used by another "
+            "user's workspace, so it cannot be yours too. Ask your hub admin to fix "
+            "HardenedSpawner.uid_map."
+        )
+    return IdentityError(
+        f"Your UID {uid} (remembered by the hub's {_SOURCES[source]}) is also carried by "
+        "another user's workspace, so the hub cannot tell whose files are whose. Ask your "
+        "hub admin to check the owner labels of the workspaces with that UID (the hub log "
+        "names them)."
+    )

@@ -1,4 +1,4 @@
-"""The guard: does a final container spec keep the policy?
+"""The guard on Docker: does a final container spec keep the policy?
 
 It reads the spec in the Docker API's own shape (``Config`` and
 ``HostConfig``), which is both what the spawner is about to send to the
@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ..core.identity import MIN_SAFE_UID
+from ..core.violations import Violation
 
 #: Host paths that must never be mounted into a user's container: the host's
 #: root, its configuration, kernel interfaces, devices, binaries, the engine's
@@ -36,20 +37,6 @@ SENSITIVE_HOST_PATHS = (
     "/var/lib/containerd",
 )
 _SOCKET_NAMES = ("docker.sock", "containerd.sock", "podman.sock", "crio.sock")
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One way a spec breaks the policy, said so that an admin can act on it."""
-
-    check: str  # stable id, for --json and tests
-    key: str  # the spec field, as `docker inspect` shows it
-    setting: str  # where an admin sets it in jupyterhub_config.py
-    problem: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.problem} ({self.key}, set through {self.setting}). Fix: {self.fix}"
 
 
 @dataclass(frozen=True)
@@ -463,9 +450,3 @@ def _healthcheck(config, host_config, policy):
 def check_container(config: dict, host_config: dict, policy: GuardPolicy) -> list[Violation]:
     """Every way ``config``/``host_config`` break the policy; empty means allowed."""
     return [violation for found in RULES for violation in found.judge(config, host_config, policy)]
-
-
-def describe(violations: list[Violation]) -> str:
-    """One message for the spawn page and the log: every reason, each with its fix."""
-    lines = [f"- {violation}" for violation in violations]
-    return "The server was not started because its container would break the security policy:\n" + "\n".join(lines)

@@ -64,12 +64,6 @@ class DockerSettings(HasTraits):
         volume (e.g. `/srv/workspaces/{username}`); it is created and prepared the same way.""",
     ).tag(config=True)
 
-    workspace_allow_adopt = Bool(
-        False,
-        help="""Allow re-owning a workspace that belongs to another UID (recursively) to the
-        user's UID. Off by default: such a workspace is refused with a clear message,
-        because it may hold someone else's files.""",
-    ).tag(config=True)
 
 
     # --- what the engine enforces beyond the shared profile ---------------

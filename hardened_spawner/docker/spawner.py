@@ -21,22 +21,25 @@ from .. import hub_database, labels
 from .._version import __version__
 from ..core.decision import GpuGrant, decide
 from ..core.egress import NetworkConfigError
-from ..core.identity import Identity, check_policy_uid, derived_uid, make_identity, resolve_uid
+from ..core.identity import Identity, UidRequest, check_policy_uid, derived_uid, make_identity, resolve_uid
 from ..core.options import OptionsError, gpu_request
 from ..core.profile import SecurityProfile
+from ..core.violations import describe
 from ..errors import SpawnRefused
 from ..gpu_broker import GpuBroker, holder_key
+from ..refusals import Situation, as_refusal
 from ..server_events import ServerEvents
 from ..settings import HardenedSettings
 from . import hub_start, uid_claims
 from .container import DockerPlacement, WorkspaceMount, build_server_spec
 from .engine import ensure_volume, gather_engine_facts, run_helper, running_servers
-from .guard import GuardPolicy, check_container, describe
+from .guard import GuardPolicy, check_container
 from .hub_context import HubContext, IsolationCheck, connect, engine_address, engine_settings, hub_context
 from .isolation import hub_check
 from .isolation.policy import IsolationPolicy, hub_endpoint, isolation_settings, policy_from_settings
 from .readiness import wait_until_up
-from .refusals import Situation, as_refusal, name_taken
+from .refusals import TABLE as REFUSALS
+from .refusals import name_taken
 from .settings import DockerSettings
 from .workspace import (
     PreparedMarker,
@@ -242,7 +245,7 @@ class HardenedSpawner(ServerEvents, DockerSettings, HardenedSettings, DockerSpaw
             if decision.warning:
                 self.log.warning(decision.warning)
             uid = decision.uid
-            request = uid_claims.UidRequest(self.user.name, workspace, offer, self.uid_min, self.uid_max, __version__)
+            request = UidRequest(self.user.name, workspace, offer, self.uid_min, self.uid_max, __version__)
             if uid is None:
                 uid = await self.context.run(uid_claims.claim_free_uid, self.client, request, self.log)
             else:
@@ -304,7 +307,8 @@ class HardenedSpawner(ServerEvents, DockerSettings, HardenedSettings, DockerSpaw
 
     def _as_refusal(self, e: Exception) -> SpawnRefused:
         board = url_path_join(self.hub.base_url, "gpus") if self.gpu_board else ""
-        return as_refusal(e, Situation(self.image, self.context.address, board), self.log, self._log_name)
+        return as_refusal(e, Situation(self.image, self.context.address, board), self.log, self._log_name,
+                          REFUSALS)
 
     async def _start(self):
         self._report(5, "Checking your identity")

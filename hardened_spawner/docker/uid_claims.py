@@ -17,12 +17,10 @@ hub's Docker threads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import docker.errors
 
 from .. import labels
-from ..core.identity import IdentityError, first_free_uid
+from ..core.identity import UidRequest, first_free_uid, uid_held_elsewhere
 
 _MANAGED = {"label": [f"{labels.MANAGED}=true"]}
 #: the workspace (volume name or host path) a claim was made for
@@ -82,18 +80,6 @@ def claim(client, uid: int, owner: str, workspace: str, version: str) -> bool:
     return found.get(labels.OWNER) == owner and found.get(WORKSPACE) == workspace
 
 
-@dataclass(frozen=True)
-class UidRequest:
-    """Who wants a UID, for which workspace, and the range and first offer to use."""
-
-    owner: str
-    workspace: str
-    offer: int  # uid_min + hub user id, wrapped into the range
-    uid_min: int
-    uid_max: int
-    version: str
-
-
 def claim_free_uid(client, request: UidRequest, log) -> int:
     """The first UID from the offer on that no one else's labels hold, claimed."""
     holders = uid_holders(client)
@@ -107,10 +93,6 @@ def claim_free_uid(client, request: UidRequest, log) -> int:
         taken.add(uid)  # claimed by another hub in the meantime
 
 
-#: where a remembered UID came from, for messages
-_SOURCES = {"state": "database", "workspace": "workspace label"}
-
-
 def claim_known_uid(client, uid: int, source: str, request: UidRequest, log) -> None:
     """No other user's files may carry this UID (from `resolve_uid`'s ``source``); then it is
     claimed. A collision with a static UID names `uid_map`; any other never blames a setting."""
@@ -119,15 +101,4 @@ def claim_known_uid(client, uid: int, source: str, request: UidRequest, log) -> 
         return
     log.error("UID %s of %s (from %s) is also held by %s", uid, request.owner, source,
               ", ".join(sorted(others)) or "another hub's claim")
-    if source == "policy":
-        raise IdentityError(
-            f"UID {uid}, which HardenedSpawner.uid_map gives you, is already used by another "
-            "user's workspace, so it cannot be yours too. Ask your hub admin to fix "
-            "HardenedSpawner.uid_map."
-        )
-    raise IdentityError(
-        f"Your UID {uid} (remembered by the hub's {_SOURCES[source]}) is also carried by "
-        "another user's workspace, so the hub cannot tell whose files are whose. Ask your "
-        "hub admin to check the owner labels of the workspaces with that UID (the hub log "
-        "names them)."
-    )
+    raise uid_held_elsewhere(uid, source)
