@@ -93,9 +93,10 @@ class HardenedKubeSpawner(ServerEvents, KubeSettings, HardenedSettings, KubeSpaw
     _networking_api = None
 
     def check_config(self) -> None:
-        """The shared settings' checks, then Kubernetes' (run once at hub start: `hubstart`)."""
-        super().check_config()
+        """Kubernetes' checks (they name the Docker-only settings set by mistake), then the
+        shared settings' (run once at hub start: `hubstart`)."""
         self.check_kube_config()
+        super().check_config()
 
     async def hub_start_work(self, app) -> None:
         """Once, in the background, when the hub starts: the running user pods that break
@@ -320,8 +321,10 @@ class HardenedKubeSpawner(ServerEvents, KubeSettings, HardenedSettings, KubeSpaw
         if violations:
             raise SpawnRefused(describe(violations), reason="policy", status_code=403,
                                log_message=f"Refused {self._log_name}: " + "; ".join(map(str, violations)))
-        self._report(70, "Waiting for your server to answer")
-        return await super()._make_create_pod_request(pod, request_timeout)
+        created = await super()._make_create_pod_request(pod, request_timeout)
+        if created:
+            self._report(70, "Waiting for your server to answer")
+        return created
 
     # --- stop and poll -----------------------------------------------------------
 
@@ -338,14 +341,24 @@ class HardenedKubeSpawner(ServerEvents, KubeSettings, HardenedSettings, KubeSpaw
         except ApiException as e:
             if e.status != 404:
                 raise
+        if self._polling:  # kubespawner's poll removes a pod whose server ended by itself
+            self.audit.emit("server-died", **self._audit_fields(reason="the server's container ended"))
+            await self._release_gpus()
+            return
         reason, self.stop_reason = self.stop_reason, None
         await self._release_gpus(reason)
         self.audit.emit("server-stopped", **self._audit_fields(reason=reason))
 
+    _polling = False
+
     async def poll(self):
-        status = await super().poll()
+        self._polling = True
+        try:
+            status = await super().poll()
+        finally:
+            self._polling = False
         if status is not None and await self.gpus.held_by(holder_key(self.user.name, self.name)):
-            self.audit.emit("server-died", **self._audit_fields(reason=str(status)))
+            self.audit.emit("server-died", **self._audit_fields(reason=str(status)))  # the pod is gone
             await self._release_gpus()
         return status
 

@@ -5,7 +5,8 @@ import copy
 
 import pytest
 
-from hardened_spawner.docker.guard import GuardPolicy, Violation, check_container, describe
+from hardened_spawner.core.violations import Violation, describe
+from hardened_spawner.docker.guard import GuardPolicy, check_container
 
 IDENTITY_DIR = "/var/lib/docker/volumes/hardened-spawner-identity/_data/300001"
 PASSWD = f"{IDENTITY_DIR}/passwd"
