@@ -5,7 +5,7 @@
 #   scripts/setup.sh              # demo / development
 #   scripts/setup.sh --gpu-stub   # tests only: fake NVIDIA hook so `--gpus` containers start,
 #                                 # and the tests' tools (socat, chromium and its driver, the
-#                                 # OpenSSH client, rsync)
+#                                 # OpenSSH client, rsync, podman, checkov)
 #
 # Environment overrides:
 #   SINGLEUSER_IMAGE      single-user image to build   (hardened-spawner-singleuser:latest)
@@ -13,6 +13,7 @@
 #                                                      (hardened-spawner-base:bookworm)
 #   JUPYTERHUB_VERSION    must match the hub's version  (6.1.1)
 #   TORCH_VERSION         torch for the image           (2.13.0)
+#   CHECKOV_VERSION       checkov for the tests         (3.3.30)
 #   HARDENED_SPAWNER_CACHE  download cache              ($HOME/.cache/hardened-spawner)
 set -euo pipefail
 
@@ -21,6 +22,7 @@ SINGLEUSER_IMAGE="${SINGLEUSER_IMAGE:-hardened-spawner-singleuser:latest}"
 BASE_IMAGE="${BASE_IMAGE:-hardened-spawner-base:bookworm}"
 JUPYTERHUB_VERSION="${JUPYTERHUB_VERSION:-6.1.1}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+CHECKOV_VERSION="${CHECKOV_VERSION:-3.3.30}"
 CACHE="${HARDENED_SPAWNER_CACHE:-$HOME/.cache/hardened-spawner}"
 WHEELS="$CACHE/wheels"
 CONTEXT="$REPO/images/singleuser"
@@ -30,7 +32,7 @@ DOCKERD_LOG=/var/log/hardened-spawner-dockerd.log
 HASH_LABEL=org.jupyter.hardened-spawner.build-hash
 GPU_STUB=0
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
 
@@ -69,6 +71,10 @@ command -v npm >/dev/null || apt_install nodejs npm
 if [ "$GPU_STUB" -eq 1 ]; then
     { command -v ssh && command -v sftp && command -v rsync; } >/dev/null || apt_install openssh-client rsync
     { command -v chromium && command -v chromedriver; } >/dev/null || apt_install chromium chromium-driver
+    # the generated Kubernetes pods run under podman's `kube play` (catatonit for its pause
+    # container, slirp4netns for a network that touches no iptables rule)
+    { command -v podman && command -v catatonit && command -v slirp4netns; } >/dev/null \
+        || apt_install podman catatonit slirp4netns
 fi
 
 # ------------------------------------------------------------------ dockerd
@@ -235,6 +241,20 @@ else
     step "pip install -e '.[test,deploy,kubernetes]' into $VENV"
     "$VENV/bin/python" -m pip install -q -e "$REPO[test,deploy,kubernetes]" || die "pip install -e '$REPO[test,deploy,kubernetes]' failed"
     echo "$want" >"$stamp"
+fi
+
+# ------------------------------------------------------------------ checkov (tests only)
+# checkov's Kubernetes checks judge the generated manifests; it pins packaging, boto3 and
+# more below what the hub's venv has, so it gets a venv of its own (it is only a command)
+if [ "$GPU_STUB" -eq 1 ]; then
+    CHECKOV_VENV="$REPO/.venv-checkov"
+    if [ "$("$CHECKOV_VENV/bin/checkov" --version 2>/dev/null)" = "$CHECKOV_VERSION" ]; then
+        step "checkov $CHECKOV_VERSION in $CHECKOV_VENV"
+    else
+        step "pip install checkov==$CHECKOV_VERSION into $CHECKOV_VENV"
+        python3 -m venv "$CHECKOV_VENV" || die "python3 -m venv $CHECKOV_VENV failed"
+        "$CHECKOV_VENV/bin/python" -m pip install -q "checkov==$CHECKOV_VERSION" || die "pip install checkov failed"
+    fi
 fi
 
 step "ready: image $SINGLEUSER_IMAGE, venv $VENV"

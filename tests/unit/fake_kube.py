@@ -55,9 +55,9 @@ class FakeCoreV1Api:
 
     # --- pods (kubespawner passes them positionally) ---
     async def create_namespaced_pod(self, namespace, body, **kwargs):
+        self.calls.append(("create_pod", to_dict(body)))  # as sent
         pod = to_dict(body)
         key = f"{namespace}/{pod['metadata']['name']}"
-        self.calls.append(("create_pod", pod))
         if key in self.reflector.pods:
             raise _conflict("pod", key)
         pod["metadata"].update(namespace=namespace, uid=f"uid-{len(self.calls)}",

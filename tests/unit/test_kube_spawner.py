@@ -231,3 +231,16 @@ async def test_the_defaults_pass_the_checks(cluster):
     spawner = make_spawner(cluster)
     spawner.check_config()
     assert (spawner.pvc_name, spawner.storage_pvc_ensure, spawner.delete_pvc) == ("workspace-alice", False, False)
+
+
+async def test_what_the_spawner_sends_is_valid_for_the_apis_schema(cluster):
+    import kubernetes_validate
+
+    spawner = make_spawner(cluster, options={"gpus": 1}, gpu_resources={"nvidia.com/mig-1g.10gb": 2},
+                           extra_tmpfs={"/var/tmp": "128M"}, egress="none", egress_allow_cidrs=["10.20.30.0/24"])
+    await spawner.start()
+    sent = [*cluster.core.config_maps.values(), *cluster.core.claims.values(), *sent_pods(cluster),
+            *cluster.net.policies.values()]
+    assert [m["kind"] for m in sent] == ["ConfigMap", "PersistentVolumeClaim", "Pod", "NetworkPolicy"]
+    for manifest in sent:
+        kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
