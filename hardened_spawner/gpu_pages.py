@@ -129,7 +129,8 @@ def enable(c, *, cull_every: int = 60) -> None:
     """Turn on the GPU board and the GPU culler in a ``jupyterhub_config.py``: the pages,
     their scopes (every user may read the board), the culler service and its role, the
     templates, and the links from the spawn form. The timeouts are
-    ``HardenedSpawner.gpu_idle_timeout`` and ``gpu_max_hold``."""
+    ``HardenedSpawner.gpu_idle_timeout`` and ``gpu_max_hold`` (``HardenedKubeSpawner.…`` on
+    Kubernetes)."""
     c.JupyterHub.custom_scopes.update(SCOPES)
     c.JupyterHub.extra_handlers.extend([
         (r"/gpus", GpuBoardPage),
@@ -146,4 +147,6 @@ def enable(c, *, cull_every: int = 60) -> None:
     })
     c.JupyterHub.template_paths.append(TEMPLATES)
     c.JupyterHub.template_vars.update({"hardened_gpu_board": True})
+    # whichever backend the hub runs (a spawner reads only its own class's section)
     c.HardenedSpawner.gpu_board = True
+    c.HardenedKubeSpawner.gpu_board = True

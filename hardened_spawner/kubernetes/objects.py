@@ -94,6 +94,15 @@ class PodPlacement:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict, ...] = ()
     hub_id: str = ""
+    #: kubespawner's settings of the same names, rendered: the guard judges what they add
+    volumes: tuple[dict, ...] = ()
+    volume_mounts: tuple[dict, ...] = ()
+    init_containers: tuple[dict, ...] = ()
+    extra_containers: tuple[dict, ...] = ()
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account: str = ""  # its token is never mounted (automountServiceAccountToken: false)
+    scheduler_name: str = ""
+    priority_class_name: str = ""
 
 
 def server_labels(decision: ServerDecision, placement: PodPlacement) -> dict[str, str]:
@@ -182,6 +191,7 @@ def _container(decision: ServerDecision, placement: PodPlacement) -> dict:
     mounts += [
         {"name": "identity", "mountPath": "/etc/passwd", "subPath": "passwd", "readOnly": True},
         {"name": "identity", "mountPath": "/etc/group", "subPath": "group", "readOnly": True},
+        *(dict(m) for m in placement.volume_mounts),
     ]
     return {
         "name": CONTAINER_NAME,
@@ -212,6 +222,7 @@ def make_pod(decision: ServerDecision, placement: PodPlacement) -> dict:
     volumes.append({"name": "identity", "configMap": {"name": placement.identity_claim,
                                                        "items": [{"key": "passwd", "path": "passwd"},
                                                                  {"key": "group", "path": "group"}]}})
+    volumes += [dict(v) for v in placement.volumes]
     spec: dict = {
         "securityContext": pod_security_context(decision.identity),
         "automountServiceAccountToken": False,
@@ -222,13 +233,19 @@ def make_pod(decision: ServerDecision, placement: PodPlacement) -> dict:
         # the hub starts and stops servers: a server that ends is reported, not restarted
         "restartPolicy": "Never",
         "hostname": decision.identity.name,
-        "containers": [_container(decision, placement)],
+        "containers": [_container(decision, placement), *(dict(c) for c in placement.extra_containers)],
         "volumes": volumes,
     }
-    if placement.node_selector:
-        spec["nodeSelector"] = dict(placement.node_selector)
-    if placement.tolerations:
-        spec["tolerations"] = [dict(t) for t in placement.tolerations]
+    optional = {
+        "initContainers": [dict(c) for c in placement.init_containers],
+        "nodeSelector": dict(placement.node_selector),
+        "tolerations": [dict(t) for t in placement.tolerations],
+        "imagePullSecrets": [{"name": name} for name in placement.image_pull_secrets],
+        "serviceAccountName": placement.service_account,
+        "schedulerName": placement.scheduler_name,
+        "priorityClassName": placement.priority_class_name,
+    }
+    spec.update({key: value for key, value in optional.items() if value})
     return {
         "apiVersion": "v1",
         "kind": "Pod",

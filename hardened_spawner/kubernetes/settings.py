@@ -23,8 +23,10 @@ RESTRICTED_ADDABLE = frozenset({"NET_BIND_SERVICE"})
 _RESOURCE = re.compile(r"^nvidia\.com/(gpu|mig-[0-9]+g\.[0-9]+gb)$")
 
 #: kubespawner settings the hardened pod would not carry out, or that would weaken it:
-#: refused at hub start, so none is dropped or applied silently. (`extra_pod_config`,
-#: `extra_container_config`, `extra_containers`, `init_containers`, `volumes` and
+#: refused at hub start, so none is dropped or applied silently. (`volumes`,
+#: `volume_mounts`, `init_containers`, `extra_containers`, `node_selector`, `tolerations`,
+#: `image_pull_secrets`, `service_account`, `scheduler_name`, `priority_class_name`,
+#: `extra_labels`, `extra_annotations`, `extra_pod_config`, `extra_container_config` and
 #: `modify_pod_hook` are honoured, and the guard judges the pod they make.)
 UNSUPPORTED_KUBESPAWNER = {
     "uid": "the spawner gives each user a UID of their own (uid_min, uid_max, uid_map).",
@@ -36,6 +38,19 @@ UNSUPPORTED_KUBESPAWNER = {
     "profile_list": "the spawn form is the GPU form; give images with allowed_images and GPUs with gpu_*.",
     "storage_pvc_ensure": "the spawner makes and labels the workspace claim itself (it is how UIDs are remembered).",
     "delete_pvc": "a user's workspace is never deleted with their hub user; remove the claim by hand.",
+    "container_security_context": "the spawner sets the container's securityContext from the policy.",
+    "pod_security_context": "the spawner sets the pod's securityContext from the policy.",
+    "working_dir": "servers start in the user's workspace (home_template).",
+    "extra_resource_limits": "GPUs are asked for from gpu_resources, through the hub's GPU table.",
+    "extra_resource_guarantees": "GPUs are asked for from gpu_resources, through the hub's GPU table.",
+    "lifecycle_hooks": "not carried out by the hardened pod; start things from the image instead.",
+    "internal_ssl": "not carried out by the hardened pod yet; use the cluster's network encryption.",
+    "node_affinity_preferred": "not carried out as a setting; give affinity through extra_pod_config.",
+    "node_affinity_required": "not carried out as a setting; give affinity through extra_pod_config.",
+    "pod_affinity_preferred": "not carried out as a setting; give affinity through extra_pod_config.",
+    "pod_affinity_required": "not carried out as a setting; give affinity through extra_pod_config.",
+    "pod_anti_affinity_preferred": "not carried out as a setting; give affinity through extra_pod_config.",
+    "pod_anti_affinity_required": "not carried out as a setting; give affinity through extra_pod_config.",
 }
 
 

@@ -82,6 +82,15 @@ def _pods_as_servers(pods: list) -> list[dict]:
     return servers
 
 
+def _secret_names(secrets) -> list[str]:
+    """kubespawner's image_pull_secrets: a name, or a list of names or ``{"name": ...}``."""
+    if not secrets:
+        return []
+    if isinstance(secrets, str):
+        return [secrets]
+    return [s["name"] if isinstance(s, dict) else s for s in secrets]
+
+
 class HardenedKubeSpawner(ServerEvents, KubeSettings, HardenedSettings, KubeSpawner):
     """A KubeSpawner whose users each run as their own UID in a restricted, read-only pod."""
 
@@ -299,7 +308,14 @@ class HardenedKubeSpawner(ServerEvents, KubeSettings, HardenedSettings, KubeSpaw
             memory_request=self.mem_guarantee or plan.profile.mem_limit,
             version=__version__, health_path=url_path_join(self.server.base_url, "api"),
             image_pull_policy=self.image_pull_policy, node_selector=dict(self.node_selector),
-            tolerations=tuple(self.tolerations), hub_id=self.hub_id,
+            tolerations=tuple(self._sorted_dict_values(self.tolerations)), hub_id=self.hub_id,
+            volumes=tuple(self._expand_all(self._sorted_dict_values(self.volumes))),
+            volume_mounts=tuple(self._expand_all(self._sorted_dict_values(self.volume_mounts))),
+            init_containers=tuple(self._expand_all(self._sorted_dict_values(self.init_containers))),
+            extra_containers=tuple(self._expand_all(self._sorted_dict_values(self.extra_containers))),
+            image_pull_secrets=tuple(_secret_names(self.image_pull_secrets)),
+            service_account=self._expand_all(self.service_account) or "",
+            scheduler_name=self.scheduler_name or "", priority_class_name=self.priority_class_name or "",
         )
         return objects.make_pod(decision, placement)
 

@@ -214,6 +214,8 @@ async def test_a_dead_server_gives_its_gpus_back(cluster):
     ({"gpu_inventory": "nvml"}, "HardenedKubeSpawner.gpu_inventory is for a Docker host's own GPUs"),
     ({"gpu_pins": {"alice": ["nvidia.com/gpu#0"]}}, "HardenedKubeSpawner.gpu_pins, gpu_pool and gpu_max_users_per_gpu name or share devices"),
     ({"uid_min": 10}, "HardenedSpawner.uid_min is 10; it must be at least 1000"),
+    ({"pod_security_context": {"runAsUser": 0}}, "KubeSpawner.pod_security_context = {'runAsUser': 0} is not supported"),
+    ({"lifecycle_hooks": {"postStart": {}}}, "KubeSpawner.lifecycle_hooks = {'postStart': {}} is not supported"),
 ])
 async def test_bad_settings_stop_the_hub_with_the_settings_name(cluster, config, message):
     with pytest.raises(TraitError) as error:
@@ -244,3 +246,37 @@ async def test_what_the_spawner_sends_is_valid_for_the_apis_schema(cluster):
     assert [m["kind"] for m in sent] == ["ConfigMap", "PersistentVolumeClaim", "Pod", "NetworkPolicy"]
     for manifest in sent:
         kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
+
+
+async def test_the_gpu_board_shows_the_clusters_slots_and_their_holders(cluster):
+    from datetime import datetime, timezone
+
+    from hardened_spawner.gpu_board import ReclaimRule, Viewer, board
+
+    gpus = {"gpu_resources": {"nvidia.com/gpu": 1, "nvidia.com/mig-1g.10gb": 1}}
+    await make_spawner(cluster, options={"gpus": 1}, **gpus).start()
+    async with make_spawner(cluster, "bob", user_id=2, **gpus).gpus.table() as table:
+        shown = board(table, {}, ReclaimRule(0, 0), Viewer("bob", (), False), names_public=True,
+                      now=datetime.now(timezone.utc))
+    assert shown["summary"] == {"total": 2, "busy": 1, "free": 1}
+    assert [(d["uuid"], [h["user"] for h in d["holders"]]) for d in shown["devices"]] == [
+        ("nvidia.com/gpu#0", ["alice"]), ("nvidia.com/mig-1g.10gb#0", [])]
+
+
+async def test_kubespawner_volumes_and_containers_are_rendered_and_judged(cluster):
+    datasets = {"name": "datasets", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}}
+    spawner = make_spawner(cluster, volumes=[datasets], volume_mounts=[{"name": "datasets", "mountPath": "/data"}],
+                           image_pull_secrets=["registry"], extra_labels={"hub.jupyter.org/network-access-hub": "true"})
+    await spawner.start()
+    (pod,) = sent_pods(cluster)
+    assert pod["spec"]["volumes"][-1] == datasets
+    assert pod["spec"]["containers"][0]["volumeMounts"][-1] == {"name": "datasets", "mountPath": "/data"}
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}]
+    assert pod["metadata"]["labels"]["hub.jupyter.org/network-access-hub"] == "true"
+
+
+async def test_a_sidecar_that_keeps_root_privileges_is_refused(cluster):
+    sidecar = {"name": "sidecar", "image": "busybox", "securityContext": {"runAsUser": 0}}
+    with pytest.raises(SpawnRefused) as refused:
+        await make_spawner(cluster, extra_containers=[sidecar]).start()
+    assert "spec.containers[sidecar]" in refused.value.jupyterhub_message and sent_pods(cluster) == []
