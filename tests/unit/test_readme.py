@@ -1,30 +1,43 @@
-"""The README's settings table documents every setting HardenedSpawner defines or re-defaults."""
+"""The README's settings tables document every setting the hardened spawners define or
+re-default: the shared ones, Docker's, and Kubernetes'."""
 
 import re
 from pathlib import Path
 
+import pytest
+
+from hardened_spawner.docker.settings import DockerSettings
 from hardened_spawner.docker.spawner import HardenedSpawner
+from hardened_spawner.kubernetes.settings import KubeSettings
+from hardened_spawner.kubernetes.spawner import HardenedKubeSpawner
 from hardened_spawner.settings import HardenedSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+SPAWNERS = {HardenedSpawner: (HardenedSettings, DockerSettings), HardenedKubeSpawner: (HardenedSettings, KubeSettings)}
 
 
 def documented_settings() -> set[str]:
     return set(re.findall(r"^\| `(\w+)` \|", README.read_text(), re.M))
 
 
-def test_every_setting_is_in_the_readme_table():
-    own = {
+def own_settings(spawner, mixins) -> set[str]:
+    return {
         name
-        for name in HardenedSpawner.class_trait_names(config=True)
-        if name in vars(HardenedSettings) or f"_default_{name}" in vars(HardenedSettings)
+        for name in spawner.class_trait_names(config=True)
+        if any(name in vars(m) or f"_default_{name}" in vars(m) for m in mixins)
     }
+
+
+@pytest.mark.parametrize("spawner", SPAWNERS, ids=lambda s: s.__name__)
+def test_every_setting_is_in_the_readme_tables(spawner):
+    own = own_settings(spawner, SPAWNERS[spawner])
     assert own, "found no settings: the introspection above is broken"
     missing = own - documented_settings()
-    assert not missing, f"settings missing from the README table: {sorted(missing)}"
+    assert not missing, f"settings missing from the README tables: {sorted(missing)}"
 
 
-def test_every_setting_has_help_text():
-    for name in HardenedSpawner.class_trait_names(config=True):
-        if name in vars(HardenedSettings):
-            assert HardenedSpawner.class_traits()[name].help.strip(), name
+@pytest.mark.parametrize("spawner", SPAWNERS, ids=lambda s: s.__name__)
+def test_every_setting_has_help_text(spawner):
+    for name in spawner.class_trait_names(config=True):
+        if any(name in vars(m) for m in SPAWNERS[spawner]):
+            assert spawner.class_traits()[name].help.strip(), name
