@@ -30,13 +30,14 @@ AUDIT_SCHEMA_PATH = Path(__file__).parent / "event_schemas" / "audit" / "v1.yaml
 EVENTS = (
     "spawn-requested", "spawn-refused", "server-started", "server-stopped",
     "server-died", "gpus-assigned", "gpus-released", "orphan-removed",
+    "image-admitted", "image-refused", "image-approved",
 )
 # Every field of the schema, in output order, with its value when not given.
 _FIELDS: dict[str, Any] = {
     "user": None, "server_name": "", "uid": None, "gid": None, "client_ip": None,
     "image": None, "image_digest": None, "policy_fingerprint": None,
     "security": None, "devices": None, "container_id": None, "container_name": None,
-    "reason": None,
+    "reason": None, "admission": None,
 }
 _STREAMS = {"-": "stderr", "stderr": "stderr", "stdout": "stdout"}
 SETTING = "HardenedSpawner.audit_log"

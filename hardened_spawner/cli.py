@@ -6,6 +6,8 @@
   check could not run (engine unreachable, configuration unreadable).
 - ``hardened-spawner gpus [--json]``: each GPU of the configured inventory,
   who holds it and since when, and the pool's totals.
+- ``hardened-spawner images [--json]`` and ``images approve NAME [--by WHO]``: what
+  admission judges each allowed image on, and approving a name for the image it means now.
 
 The Application classes only turn options into arguments; the work is in
 plain functions (`audit_containers`, `run_check`, `run_gpus`, ...) that take a
@@ -16,6 +18,8 @@ with literal dicts and no engine. The decisions and renderings are pure, in
 
 from __future__ import annotations
 
+import getpass
+import json
 import logging
 import sys
 from typing import TextIO
@@ -28,6 +32,7 @@ from traitlets.config.loader import (
 
 from ._version import __version__
 from .core.gpus import GpuAllocator, GpuConfigError
+from .docker import image_admin
 from .docker.checks import (
     _ENGINE_ERRORS,
     audit_containers,
@@ -36,6 +41,7 @@ from .docker.checks import (
     network_report,
 )
 from .docker.engine import MANAGED_SERVERS
+from .docker.image_admin import ImageReport
 from .docker.inspection import (
     NetworkReport,
     check_as_json,
@@ -65,18 +71,25 @@ def run_check(
     everything: bool = False,
     names: tuple[str, ...] = (),
     network: NetworkReport | None = None,
+    images: list[ImageReport] | None = None,
     out: TextIO | None = None,
 ) -> int:
-    """Audit, print the table or JSON (to ``out``, default stdout), return the exit status."""
+    """Audit, print the table or JSON (to ``out``, default stdout), return the exit status.
+    ``images``: the running servers' images as admission judges them today."""
     out = out or sys.stdout
     reports = audit_containers(client, allowed_cap_add, everything=everything, names=names)
     if as_json:
-        out.write(check_as_json(reports, network) + "\n")
+        data = json.loads(check_as_json(reports, network))
+        data["images"] = None if images is None else json.loads(image_admin.as_json(images))
+        out.write(json.dumps(data, indent=2) + "\n")
     else:
         out.write(check_as_table(reports, everything=everything))
         if network is not None:
             out.write(network_as_text(network))
-    return check_exit_status(reports, network)
+        if images is not None:
+            out.write(image_admin.running_as_text(images))
+    refused = any(report.violations for report in images or ())
+    return max(check_exit_status(reports, network), int(refused))
 
 
 # --- plain functions: gpus -------------------------------------------------
@@ -191,6 +204,8 @@ class CheckCommand(AdminCommand):
                 everything=self.everything,
                 names=names,
                 network=None if names else network_report(client, spawner, config),
+                images=image_admin.running_images(client, spawner.admission_settings())
+                if spawner.image_admission and not names else None,
             )
         except _ENGINE_ERRORS as e:
             raise CannotCheck(cannot_reach_message(spawner, e)) from None
@@ -225,6 +240,75 @@ class GpusCommand(AdminCommand):
             raise CannotCheck(cannot_reach_message(spawner, e)) from None
 
 
+class ImagesCommand(AdminCommand):
+    name = "images"
+    description = """Every image users may start (HardenedSpawner.image and allowed_images) as
+    admission judges it: its ID, whether its name is pinned and to what, its setuid, setgid and
+    file-capability files, where jupyterhub-singleuser is, the scanner's summary and its age,
+    and the verdict. An image whose facts the engine does not keep yet has its layers read
+    (seconds for a large image). Exit status: 0 all admitted, 1 some refused or missing."""
+
+    subcommands = {
+        "approve": (
+            lambda parent: ApproveCommand(parent=parent),
+            "Approve NAME for the image ID it points at now (with pinning, a tag that moved is "
+            "refused until then).",
+        ),
+    }
+
+    def run(self) -> int:
+        if self.subapp is not None:
+            return self.subapp.start()
+        if self.extra_args:
+            raise CannotCheck(f"unexpected arguments: {' '.join(self.extra_args)} (to approve: images approve NAME)")
+        spawner = self.spawner()
+        client = engine_client(spawner)
+        try:
+            reports = image_admin.list_images(client, spawner.admission_settings(), spawner.admitted_images(),
+                                  tuple(spawner.cmd or ()))
+        except _ENGINE_ERRORS as e:
+            raise CannotCheck(cannot_reach_message(spawner, e)) from None
+        sys.stdout.write(image_admin.as_json(reports) + "\n" if self.json_output else image_admin.as_table(reports))
+        return 0 if all(r.case is not None and not r.violations for r in reports) else 1
+
+
+class ApproveCommand(AdminCommand):
+    name = "approve"
+    description = """Approve each NAME for the image ID it points at now: its layers are read
+    and the scanner runs (when one is set), the approval is recorded on the engine with who,
+    when and the ID it replaces, and written to the audit trail. The image's verdict after the
+    approval is printed: approval settles the pin, not the other facts. Exit status: 0 the
+    images are admitted now, 1 something else still refuses one."""
+
+    by = Unicode(help="Who approves, for the record (default: the account running the command).").tag(config=True)
+    aliases = {**AdminCommand.aliases, "by": "ApproveCommand.by"}
+
+    def run(self) -> int:
+        if not self.extra_args:
+            raise CannotCheck("name the image to approve: hardened-spawner images approve NAME")
+        spawner = self.spawner()
+        client = engine_client(spawner)
+        by = self.by or getpass.getuser()
+        status = 0
+        for name in self.extra_args:
+            try:
+                made, report = image_admin.approve(client, spawner.admission_settings(), name, by, spawner.audit,
+                                       tuple(spawner.cmd or ()))
+            except _ENGINE_ERRORS as e:
+                raise CannotCheck(cannot_reach_message(spawner, e)) from None
+            image_id = report.case.facts.image_id if report.case else "?"
+            if made is None:
+                print(f"{name} already means the approved image {image_id}.")
+            else:
+                was = f" in place of {made.previous_id}" if made.previous_id else ""
+                print(f"Approved {name} = {image_id}{was}, by {by}.")
+            if report.violations:
+                status = 1
+                print(f"{name} is still refused:")
+                print("\n".join(f"- {v.problem}. Fix: {v.fix}." for v in report.violations))
+        return status
+
+
 class HardenedSpawnerApp(Application):
     name = "hardened-spawner"
     version = __version__
@@ -233,6 +317,7 @@ class HardenedSpawnerApp(Application):
     hardened-spawner check                      # audit the managed servers
     hardened-spawner check --all --json         # every container, as JSON
     hardened-spawner gpus --config /etc/jupyterhub/jupyterhub_config.py
+    hardened-spawner images approve hardened-spawner-singleuser:latest
     """
     # factories, not classes: traitlets would keep a class's singleton instance
     # between two calls of main() in one process
@@ -244,6 +329,10 @@ class HardenedSpawnerApp(Application):
         "gpus": (
             lambda parent: GpusCommand(parent=parent),
             "Show each GPU, who holds it and since when, and the pool's totals.",
+        ),
+        "images": (
+            lambda parent: ImagesCommand(parent=parent),
+            "List the images users may start as admission judges them; 'images approve NAME' pins a tag.",
         ),
         "firewall": (
             lambda parent: FirewallCommand(parent=parent),
@@ -258,7 +347,7 @@ class HardenedSpawnerApp(Application):
         if self.subapp is None:
             self.print_subcommands()
             unknown = f"Unknown command {self.extra_args[0]!r}. " if self.extra_args else ""
-            print(f"{unknown}Usage: hardened-spawner {{check,gpus,firewall}} [options]", file=sys.stderr)
+            print(f"{unknown}Usage: hardened-spawner {{check,gpus,images,firewall}} [options]", file=sys.stderr)
             return EXIT_CANNOT_CHECK
         return self.subapp.start()
 

@@ -17,7 +17,8 @@ engine settings:
   next call tries again;
 - the thread pool for Docker calls;
 - the GPU brokers, the engine facts and the isolation checks, each keyed by the
-  settings it depends on.
+  settings it depends on;
+- what admission knows of images (`admission.ImageCache`), by image ID and name.
 
 `hub_context` finds or builds the context under a process-wide lock;
 `reset_hub_contexts` forgets them all (for tests).
@@ -40,6 +41,8 @@ import docker.errors
 import docker.tls
 import requests.exceptions
 from docker.utils import kwargs_from_env
+
+from .admission import ImageCache
 
 #: the errors docker-py raises when the engine cannot be reached or goes away
 ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
@@ -125,6 +128,8 @@ class HubContext:
         #: GPU brokers, keyed by the inventory and policy they were built from
         self.brokers: dict[str, Any] = {}
         self._brokers_lock = threading.Lock()
+        #: image facts, scans and approvals (`admission`)
+        self.images = ImageCache()
 
     @property
     def client(self):

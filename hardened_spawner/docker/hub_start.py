@@ -1,13 +1,17 @@
 """What the Docker backend does once in the background when a hub starts
 (`hubstart` schedules it): connect to the engine, remove the workspace helpers a killed
-process left, audit the server containers already running, check the network isolation.
+process left, audit the server containers already running, check the network isolation,
+admit the images users may start (so no user's first spawn waits for an image's layers).
 Nothing raised here reaches the hub.
 """
 
 import asyncio
 
+import docker.errors
+
 from .. import hub_database
-from . import checks, engine
+from ..admission.rules import describe_refusal, summary
+from . import admission, checks, engine
 from .hub_context import EngineUnavailable
 
 
@@ -25,6 +29,36 @@ async def hub_start_work(spawner, app) -> None:
     await _remove_abandoned_helpers(app, context)
     await _audit(spawner, app.log, context)
     await _check_isolation(spawner, app)
+    await _admit_images(spawner, app.log)
+
+
+async def _admit_images(spawner, log) -> None:
+    """Judge `image` and every `allowed_images` entry once, now: their layers are read (and
+    the engine keeps the facts), names seen for the first time are approved for what they
+    point at, and the scanner runs. What would be refused is said in the log now."""
+    if not spawner.image_admission:
+        return
+    context, settings = spawner.context, spawner.admission_settings()
+    for name in spawner.admitted_images():
+        try:
+            inspect = await context.docker("inspect_image", name)
+            verdict = await admission.admit(context, context.images, settings, name, inspect, tuple(spawner.cmd or ()))
+        except docker.errors.ImageNotFound:
+            log.warning("Image %s is not on the engine: spawns of it are refused until it is built or loaded.", name)
+            continue
+        except Exception:
+            log.exception("Admitting the image %s at hub start failed", name)
+            continue
+        facts = verdict.case.facts
+        if verdict.first_approval is not None:
+            spawner.audit.emit("image-approved", user=None, image=name, image_digest=facts.image_id,
+                               reason=f"approved by {verdict.first_approval.by}",
+                               admission=summary(verdict.case, []))
+        if verdict.admitted:
+            log.info("Image %s (%s) is admitted (its layers were read in %.1f s)", name, facts.image_id[:19],
+                     facts.read_seconds)
+        else:
+            log.warning("%s", describe_refusal(name, facts.image_id, verdict.violations))
 
 
 async def _remove_abandoned_helpers(app, context) -> None:

@@ -30,11 +30,12 @@ from ..gpu_broker import GpuBroker, holder_key
 from ..refusals import Situation, as_refusal
 from ..server_events import ServerEvents
 from ..settings import HardenedSettings
-from . import hub_start, uid_claims
+from . import admission, hub_start, uid_claims
 from .container import DockerPlacement, WorkspaceMount, build_server_spec
 from .engine import ensure_volume, gather_engine_facts, run_helper, running_servers
 from .guard import GuardPolicy, check_container
 from .hub_context import HubContext, IsolationCheck, connect, engine_address, engine_settings, hub_context
+from .image_settings import ImageAdmissionSettings
 from .isolation import hub_check
 from .isolation.policy import IsolationPolicy, hub_endpoint, isolation_settings, policy_from_settings
 from .readiness import wait_until_up
@@ -63,7 +64,7 @@ class StartPlan:
     image_digest: str
 
 
-class HardenedSpawner(ServerEvents, DockerSettings, HardenedSettings, DockerSpawner):
+class HardenedSpawner(ServerEvents, ImageAdmissionSettings, DockerSettings, HardenedSettings, DockerSpawner):
     """A DockerSpawner whose users each run as their own UID in a locked-down container."""
 
     _plan: StartPlan | None = None
@@ -318,6 +319,7 @@ class HardenedSpawner(ServerEvents, DockerSettings, HardenedSettings, DockerSpaw
             self.image = await self.check_allowed(self.user_options["image"])
         await self.pull_image(self.image)
         image = await self.docker("inspect_image", self.image)
+        await self._admit_image(image)
         identity = await self._resolve_identity()
         # GPUs before the workspace: a busy pool refuses at once, before any container runs
         self._report(15, "Assigning GPUs")
@@ -338,6 +340,16 @@ class HardenedSpawner(ServerEvents, DockerSettings, HardenedSettings, DockerSpaw
         await wait_until_up(self.context, self.container_id, url, self.http_timeout, self._log_name)
         self.audit.emit("server-started", **self._audit_fields())
         return ip, port
+
+    async def _admit_image(self, image: dict) -> None:
+        """Judge the image before anything of the user's is made (`docker.admission`)."""
+        if self.image_admission:
+            self._report(10, "Checking the image")
+            verdict = await admission.admit(self.context, self.context.images, self.admission_settings(),
+                                            self.image, image, tuple(self.cmd or ()))
+            admission.record(verdict, lambda event, **fields: self.audit.emit(event, **self._audit_fields(**fields)))
+            if not verdict.admitted:
+                raise admission.refusal(verdict, self._log_name)
 
     async def _create_and_start(self) -> tuple[str, int]:
         """What `DockerSpawner.start` does after its image check and pull (done once, above):

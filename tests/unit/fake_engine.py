@@ -13,6 +13,7 @@ import itertools
 import docker
 import docker.errors
 import requests
+from image_exports import SINGLEUSER_IMAGE, export
 
 from hardened_spawner import labels
 
@@ -28,6 +29,8 @@ class FakeEngine(docker.APIClient):
         self.networks_by_name = {NETWORK: _network(NETWORK)}
         self.images = {"hardened-spawner-singleuser:latest": {
             "Id": "sha256:image", "RepoDigests": [], "Config": {"Cmd": ["jupyterhub-singleuser"]}}}
+        #: each image ID's export (`image_exports`), for admission's read of its layers
+        self.exports = {"sha256:image": export(SINGLEUSER_IMAGE)}
         self.calls: list[str] = []
         self.down = False  # True: every call fails as when the engine is gone
         self.dies_on_start = False  # True: a server container exits at once
@@ -46,9 +49,15 @@ class FakeEngine(docker.APIClient):
 
     def inspect_image(self, image):
         self._call("inspect_image")
-        if image not in self.images:
+        by_id = {found["Id"]: found for found in self.images.values()}
+        if image not in self.images and image not in by_id:
             raise docker.errors.ImageNotFound(f"No such image: {image}")
-        return self.images[image]
+        return self.images.get(image) or by_id[image]
+
+    def get_image(self, image, chunk_size=None):
+        self._call("get_image")
+        data = self.exports[self.inspect_image(image)["Id"]]
+        return iter([data[i:i + (chunk_size or 65536)] for i in range(0, len(data), chunk_size or 65536)])
 
     def networks(self, names=None, **kwargs):
         self._call("networks")
@@ -73,6 +82,11 @@ class FakeEngine(docker.APIClient):
         if name not in self.volume_state:
             raise docker.errors.NotFound(name)
         return self.volume_state[name]
+
+    def remove_volume(self, name, force=False):
+        self._call("remove_volume")
+        if self.volume_state.pop(name, None) is None:
+            raise docker.errors.NotFound(name)
 
     def volumes(self, filters=None):
         self._call("volumes")
@@ -139,7 +153,8 @@ class FakeEngine(docker.APIClient):
     def containers(self, quiet=False, all=False, filters=None, **kwargs):
         self._call("containers")
         return [
-            {"Id": c["Id"], "Names": [c["Name"]], "Labels": c["Labels"]}
+            {"Id": c["Id"], "Names": [c["Name"]], "Labels": c["Labels"],
+             "Image": (c["Config"] or {}).get("Image", ""), "ImageID": "sha256:image"}
             for c in self.container_state.values()
             if (all or c["Running"]) and _matches(c["Labels"], filters)
         ]

@@ -36,6 +36,7 @@ FULL = {
     "container_id": "c0ffee" * 10 + "abcd",
     "container_name": "jupyter-alice-gpu",
     "reason": None,
+    "admission": None,
 }
 ENVELOPE = {
     "__schema__": AUDIT_SCHEMA_ID,
@@ -95,6 +96,7 @@ def test_missing_optional_fields_are_null_or_empty(trail):
         "container_id": None,
         "container_name": None,
         "reason": "cap_add SYS_ADMIN is not allowed",
+        "admission": None,
     }
 
 

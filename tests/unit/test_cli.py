@@ -11,6 +11,7 @@ import threading
 
 import docker.errors
 import pytest
+from image_exports import SINGLEUSER_IMAGE, export, f
 
 from hardened_spawner import cli
 from hardened_spawner.core.gpus import GpuAllocator, GpuDevice, GpuPolicy, GpuSummary
@@ -498,6 +499,7 @@ class FakeEngine:
         self.by_name = {c["Name"].lstrip("/"): c for c in containers}
         self.identity_volume = identity_volume
         self.calls = []
+        self.volume_state: dict[str, dict] = {}
 
     def containers(self, all=False, filters=None):
         self.calls.append(("containers", all, filters))
@@ -509,7 +511,31 @@ class FakeEngine:
                 if all_items(wanted, c["Config"]["Labels"])
                 and (all or c["State"]["Status"] == "running")
             ]
-        return [{"Id": c["Id"], "Created": 0, "Labels": c["Config"]["Labels"]} for c in found]
+        return [{"Id": c["Id"], "Created": 0, "Labels": c["Config"]["Labels"], "Image": c["Config"]["Image"],
+                 "ImageID": IMAGES[c["Config"]["Image"]]["Id"]} for c in found]
+
+    # the images the containers run, and admission's records of them (volume labels)
+
+    def inspect_image(self, name):
+        by_id = {i["Id"]: i for i in IMAGES.values()}
+        if name not in IMAGES and name not in by_id:
+            raise docker.errors.ImageNotFound(name)
+        return IMAGES.get(name) or by_id[name]
+
+    def get_image(self, name, chunk_size=None):
+        self.calls.append(("get_image", name))
+        return iter([EXPORTS[self.inspect_image(name)["Id"]]])
+
+    def create_volume(self, name, labels):
+        self.volume_state[name] = {"Name": name, "Labels": labels}
+
+    def remove_volume(self, name):
+        if self.volume_state.pop(name, None) is None:
+            raise docker.errors.NotFound(name)
+
+    def volumes(self, filters):
+        wanted = dict(f.split("=", 1) for f in filters["label"])
+        return {"Volumes": [v for v in self.volume_state.values() if all_items(wanted, v["Labels"])]}
 
     def inspect_container(self, container):
         found = self.inspects.get(container) or self.by_name.get(container)
@@ -518,10 +544,24 @@ class FakeEngine:
         return found
 
     def inspect_volume(self, name):
-        assert name == "hardened-spawner-identity"
+        if name in self.volume_state:
+            return self.volume_state[name]
+        if name != "hardened-spawner-identity":
+            raise docker.errors.NotFound(name)
         if not self.identity_volume:
             raise docker.errors.NotFound(f"get {name}: no such volume")
         return {"Name": name, "Mountpoint": MOUNTPOINT}
+
+
+#: the project's image (admitted) and a Debian base with its setuid files (refused)
+IMAGES = {
+    "hardened-spawner-singleuser:latest": {"Id": "sha256:" + "1" * 64, "Config": {"Cmd": ["jupyterhub-singleuser"]}},
+    "hardened-spawner-base:bookworm": {"Id": "sha256:" + "2" * 64, "Config": {"Cmd": ["jupyterhub-singleuser"]}},
+}
+EXPORTS = {
+    "sha256:" + "1" * 64: export(SINGLEUSER_IMAGE),
+    "sha256:" + "2" * 64: export([SINGLEUSER_IMAGE[0] + [f("usr/bin/su", 0o4755)]]),
+}
 
 
 def all_items(wanted, labels):
@@ -624,12 +664,29 @@ def test_check_table_and_exit_1(engine, config_dir, capsys):
     assert out.splitlines()[0] == "OK             jupyter-alice    owner=alice    user=200001:200001    running"
     assert out.splitlines()[1] == "14 violations  jupyter-mallory  owner=mallory  user=(image default)  running"
     assert "by-hand" not in out
+    # mallory's image would not be admitted today: its setuid su is named
+    assert out.splitlines()[-3:] == [
+        "Images of running servers that would not be admitted today: 1 of 2",
+        "  hardened-spawner-base:bookworm (sha256:222222222222)",
+        "      special-files: the image has 1 setuid, setgid or file-capability file(s), which hand whoever "
+        "runs them more than the user has: /usr/bin/su (setuid, owner 0:0, mode 4755)",
+    ]
+
+
+def test_check_of_admitted_images_only_says_so(engine, config_dir, capsys):
+    del engine.inspects[NAIVE["Id"]]
+    assert cli.main(["check"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "Images of running servers: 1, all would be admitted today."
 
 
 def test_check_json_all(engine, config_dir, capsys):
     assert cli.main(["check", "--json", "--all"]) == 1
     found = json.loads(capsys.readouterr().out)
     assert found["network_isolation"]["ok"] is True
+    assert [(i["image"], i["admitted"], i["violations"]) for i in found["images"]] == [
+        ("hardened-spawner-base:bookworm", False, ["special-files"]),
+        ("hardened-spawner-singleuser:latest", True, []),
+    ]
     assert [(r["name"], r["managed"], r["ok"]) for r in found["containers"]] == [
         ("by-hand", False, False),
         ("jupyter-alice", True, True),
@@ -681,8 +738,8 @@ def test_a_missing_or_bad_config_exits_2(engine, config_dir, capsys):
         (["check", "--jsn"], "argument --jsn: expected one argument"),
         (["check", "--config"], "expected one argument"),
         (["gpus", "extra"], "hardened-spawner gpus: unexpected arguments: extra"),
-        (["bogus"], "Unknown command 'bogus'. Usage: hardened-spawner {check,gpus,firewall} [options]"),
-        ([], "Usage: hardened-spawner {check,gpus,firewall} [options]"),
+        (["bogus"], "Unknown command 'bogus'. Usage: hardened-spawner {check,gpus,images,firewall} [options]"),
+        ([], "Usage: hardened-spawner {check,gpus,images,firewall} [options]"),
     ],
 )
 def test_usage_errors_exit_2_never_1(engine, config_dir, capsys, argv, message):

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from fake_engine import FakeEngine
+from image_exports import SINGLEUSER_IMAGE, d, export, f
 from jupyterhub.objects import Hub, Server
 from tornado import web
 from tornado.httpserver import HTTPServer
@@ -80,7 +81,7 @@ async def test_start_decides_the_spec_lets_the_guard_judge_it_and_waits_for_the_
     assert engine.volume_state["hardened-spawner-uid-200001"]["Labels"][labels.OWNER] == "alice"
     assert spawner.get_state()["uid"] == 200001
     events = [e["message"] async for e in spawner.progress()]
-    assert events == ["Checking your identity", "Assigning GPUs", "Preparing your workspace",
+    assert events == ["Checking your identity", "Checking the image", "Assigning GPUs", "Preparing your workspace",
                       "Creating your server container", "Waiting for your server to answer"]
 
 
@@ -171,6 +172,43 @@ async def test_a_missing_image_names_the_setting(engine, server_port):
         "The image nowhere/pytorch:cuda is not on this server. Ask your hub admin to build or "
         "load it (HardenedSpawner.image)."
     )
+
+
+async def test_an_image_that_fails_admission_is_refused_before_anything_of_the_users_is_made(engine, server_port):
+    engine.exports["sha256:image"] = export([SINGLEUSER_IMAGE[0] + [d("usr/bin"), f("usr/bin/su", 0o4755)]])
+    spawner = make_spawner(server_port, gpu_default_per_user=1)
+    with pytest.raises(SpawnRefused) as refused:
+        await spawner.start()
+    assert (refused.value.reason, refused.value.status_code) == ("image", 403)
+    assert refused.value.jupyterhub_message.splitlines()[1].startswith(
+        "- the image has 1 setuid, setgid or file-capability file(s), which hand whoever runs them more "
+        "than the user has: /usr/bin/su (setuid")
+    # nothing left behind: no container, no workspace, no UID claim, no GPU held
+    assert engine.servers() == []
+    assert [v for v in engine.volume_state if not v.startswith("hardened-spawner-image-")] == \
+        ["hardened-spawner-identity"]
+    assert await spawner.gpus.held_by("alice") == ()
+
+
+async def test_a_second_spawn_of_an_admitted_image_asks_the_engine_nothing_more(engine, server_port):
+    await make_spawner(server_port).start()
+    assert engine.calls.count("get_image") == 1  # the layers, read once
+    engine.calls.clear()
+    await make_spawner(server_port, name="bob", user_id=2).start()
+    admitted = list(engine.calls)
+    engine.calls.clear()
+    await make_spawner(server_port, name="carol", user_id=3, image_admission=False).start()
+    assert admitted == engine.calls  # the same engine calls as a spawn without admission
+
+
+async def test_a_retagged_image_is_refused_until_approved(engine, server_port):
+    await make_spawner(server_port).start()  # first sight: the tag is approved for sha256:image
+    engine.images["hardened-spawner-singleuser:latest"] = {**engine.images["hardened-spawner-singleuser:latest"],
+                                                          "Id": "sha256:other"}
+    engine.exports["sha256:other"] = export(SINGLEUSER_IMAGE)
+    with pytest.raises(SpawnRefused) as refused:
+        await make_spawner(server_port, name="bob", user_id=2).start()
+    assert "now points at image sha256:other, not at the approved sha256:image" in refused.value.jupyterhub_message
 
 
 async def test_busy_gpus_are_refused_with_the_count(engine, server_port):
