@@ -243,6 +243,16 @@ else
     echo "$want" >"$stamp"
 fi
 
+# ------------------------------------------------------------------ image approval
+# Image admission pins a tag to the image it meant when it was approved (or first seen): the
+# image this script just built, or found up to date, is the one whoever runs it means, so it is
+# approved on this engine (nothing is recorded when it already is). The first time, its layers
+# are read (about 20 s); the engine keeps what they hold.
+step "approve $SINGLEUSER_IMAGE for image admission"
+(cd / && "$VENV/bin/hardened-spawner" images approve --by "scripts/setup.sh" \
+    "$SINGLEUSER_IMAGE" 2> >(grep -v "using HardenedSpawner's defaults" >&2)) \
+    || echo "warning: $SINGLEUSER_IMAGE would not be admitted (above); hubs refuse to start servers from it" >&2
+
 # ------------------------------------------------------------------ checkov (tests only)
 # checkov's Kubernetes checks judge the generated manifests; it pins packaging, boto3 and
 # more below what the hub's venv has, so it gets a venv of its own (it is only a command)

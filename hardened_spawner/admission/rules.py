@@ -51,19 +51,20 @@ class ScanRecord:
     scanned_at: str  # ISO 8601 UTC
     report: ScanReport | None = None
     error: str = ""
+    scanner: tuple[str, ...] = ()  # the command (as configured) that made it
 
     def age_seconds(self, now: datetime) -> float:
         return (now - datetime.fromisoformat(self.scanned_at)).total_seconds()
 
     def to_json(self) -> dict:
         return {"image_id": self.image_id, "scanned_at": self.scanned_at, "error": self.error,
-                "report": self.report.to_json() if self.report else None}
+                "report": self.report.to_json() if self.report else None, "scanner": list(self.scanner)}
 
     @classmethod
     def from_json(cls, data: dict) -> ScanRecord:
         report = data.get("report")
         return cls(data["image_id"], data["scanned_at"], ScanReport.from_json(report) if report else None,
-                   data.get("error", ""))
+                   data.get("error", ""), tuple(data.get("scanner", ())))
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def pinned(case: Case) -> list[Violation]:
         return []
     return [_violation(
         "image-changed", case.name, "image_pinning",
-        f"{case.name} now points at image {case.facts.image_id}, not at the approved "
+        f"{case.name} is image {case.facts.image_id} here, not the approved "
         f"{approved.image_id} (approved by {approved.by} at {approved.at})",
         f"an admin checks the new image and approves it: hardened-spawner images approve {case.name}",
     )]

@@ -30,6 +30,9 @@ from . import image_records
 
 #: who approves a name the hub sees for the first time
 FIRST_SIGHT = "the hub, on first sight"
+#: seconds a failed scan stands before the next spawn tries again (a burst of spawns must not
+#: each wait for a scanner that fails)
+RETRY_FAILED_SCAN = 60
 
 
 @dataclass(frozen=True)
@@ -83,20 +86,24 @@ def run_scanner(template: tuple[str, ...], name: str, image_id: str, timeout: fl
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return ScanRecord(image_id, when, error=f"{shlex.join(command)} failed: {e}")
+        return ScanRecord(image_id, when, error=f"{shlex.join(command)} failed: {e}", scanner=template)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
-        return ScanRecord(image_id, when, error=f"{shlex.join(command)} exited {done.returncode}: {tail[0][:300]}")
+        return ScanRecord(image_id, when, error=f"{shlex.join(command)} exited {done.returncode}: {tail[0][:300]}",
+                          scanner=template)
     try:
-        return ScanRecord(image_id, when, parse_report(done.stdout))
+        return ScanRecord(image_id, when, parse_report(done.stdout), scanner=template)
     except ReportError as e:
-        return ScanRecord(image_id, when, error=f"{shlex.join(command)}: {e}")
+        return ScanRecord(image_id, when, error=f"{shlex.join(command)}: {e}", scanner=template)
 
 
-def _stale(record: ScanRecord | None, max_age: float) -> bool:
-    if record is None or record.report is None:
+def stale(record: ScanRecord | None, settings: AdmissionSettings) -> bool:
+    """Whether an image must be scanned (again): no scan, another scanner's, a failed one a
+    minute old (the admin may have fixed the scanner since), or a report older than allowed."""
+    if record is None or record.scanner != settings.scanner:
         return True
-    return record.age_seconds(datetime.now(timezone.utc)) > max_age
+    age = record.age_seconds(datetime.now(timezone.utc))
+    return age > (settings.scan_max_age if record.report is not None else RETRY_FAILED_SCAN)
 
 
 async def _facts(context, cache: ImageCache, inspect: dict, command: tuple[str, ...]) -> ImageFacts:
@@ -128,12 +135,16 @@ async def _approval(context, cache: ImageCache, name: str, image_id: str, by: st
 
 
 async def _scan(context, cache: ImageCache, settings: AdmissionSettings, name: str, image_id: str) -> ScanRecord:
+    """The scan in memory, else the one the engine keeps, else a new one (run once however
+    many spawns ask at the same moment)."""
     record = cache.scans.get(image_id)
-    if not _stale(record, settings.scan_max_age):
-        return record  # type: ignore[return-value]  # not stale: there is one
+    if record is not None and not stale(record, settings):
+        return record
     async with cache.lock(f"scan:{image_id}"):
-        record = cache.scans.get(image_id) or await context.run(image_records.stored_scan, context.client, image_id)
-        if _stale(record, settings.scan_max_age):
+        record = cache.scans.get(image_id)
+        if stale(record, settings):
+            record = await context.run(image_records.stored_scan, context.client, image_id, settings.scanner)
+        if record is None or stale(record, settings):
             record = await context.run(run_scanner, settings.scanner, name, image_id, settings.scan_timeout)
             await context.run(image_records.store_scan, context.client, record)
         cache.scans[image_id] = record

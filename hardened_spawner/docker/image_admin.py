@@ -44,7 +44,7 @@ def judge_image(client, settings: AdmissionSettings, name: str, inspect: dict,
     approval = None
     if settings.rules.pinning and "@sha256:" not in name:
         approval = image_records.current_approval(client, name)
-    scan = image_records.stored_scan(client, facts.image_id) if settings.rules.scanning else None
+    scan = image_records.stored_scan(client, facts.image_id, settings.scanner) if settings.rules.scanning else None
     case = Case(name, facts, command, approval, scan, settings.rules)
     return ImageReport(name, case, tuple(judge(case)))
 

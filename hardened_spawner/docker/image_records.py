@@ -7,8 +7,8 @@ directory is.
 
 - ``hardened-spawner-image-facts-<ID>``: the facts read from an image ID's layers
   (`admission.facts.ImageFacts`), which never change for that ID.
-- ``hardened-spawner-image-scan-<ID>``: the scanner's last report on that ID, with its
-  date; made again at each scan.
+- ``hardened-spawner-image-scan-<ID>-<command digest>``: a scanner's last report on that
+  ID, with its date; made again at each scan.
 - ``hardened-spawner-image-approval-<name digest>-<ID>``: a name approved to mean that ID,
   by whom, when, and which ID it meant before. Every approval is kept: the newest is in
   force, the rest are the history.
@@ -48,8 +48,10 @@ def facts_volume(image_id: str) -> str:
     return f"hardened-spawner-image-facts-{_short(image_id)}"
 
 
-def scan_volume(image_id: str) -> str:
-    return f"hardened-spawner-image-scan-{_short(image_id)}"
+def scan_volume(image_id: str, scanner: tuple[str, ...]) -> str:
+    """One record per image and scanner command: hubs with other scanners keep their own."""
+    command = hashlib.sha256(json.dumps(list(scanner)).encode()).hexdigest()[:8]
+    return f"hardened-spawner-image-scan-{_short(image_id)}-{command}"
 
 
 def approval_volume(name: str, image_id: str) -> str:
@@ -128,13 +130,13 @@ def facts_for(client, inspect: dict, command: tuple[str, ...] = ()) -> ImageFact
 # --- scans ---------------------------------------------------------------------
 
 
-def stored_scan(client, image_id: str) -> ScanRecord | None:
-    record = _read_record(client, scan_volume(image_id), image_id)
+def stored_scan(client, image_id: str, scanner: tuple[str, ...]) -> ScanRecord | None:
+    record = _read_record(client, scan_volume(image_id, scanner), image_id)
     return ScanRecord.from_json(record) if record else None
 
 
 def store_scan(client, record: ScanRecord) -> None:
-    _write_record(client, scan_volume(record.image_id), {
+    _write_record(client, scan_volume(record.image_id, record.scanner), {
         "role": ROLE_SCAN, IMAGE_ID: record.image_id,
         RECORD: json.dumps(record.to_json(), separators=(",", ":")),
     })

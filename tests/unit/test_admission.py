@@ -21,7 +21,7 @@ from hardened_spawner.admission.rules import (
     judge,
     summary,
 )
-from hardened_spawner.docker.admission import run_scanner, scanner_command
+from hardened_spawner.docker.admission import AdmissionSettings, run_scanner, scanner_command, stale
 
 SCANS = Path(__file__).parents[1] / "fixtures" / "scans"
 STUB_SCANNER = str(Path(__file__).parents[1] / "stubs" / "scanner")
@@ -248,7 +248,7 @@ APPROVED = Approval("img:1", "sha256:" + "cd" * 32, "", "alice", "2026-12-01T09:
 
 def test_a_tag_that_moved_is_refused_until_approved():
     [changed] = judge(case(approval=APPROVED))
-    assert changed.problem == (f"img:1 now points at image {ID}, not at the approved {APPROVED.image_id} "
+    assert changed.problem == (f"img:1 is image {ID} here, not the approved {APPROVED.image_id} "
                                "(approved by alice at 2026-12-01T09:00:00+00:00)")
     assert changed.fix == "an admin checks the new image and approves it: hardened-spawner images approve img:1"
     assert judge(case(approval=Approval("img:1", ID, APPROVED.image_id, "bob", "2026-12-02T09:00:00+00:00"))) == []
@@ -285,7 +285,7 @@ def test_the_refusal_names_the_image_each_fact_and_its_fix():
     assert text.splitlines() == [
         "The image img:1 (sha256:abababababab) was not admitted, so your server was not started. "
         "Your hub admin needs to fix the image:",
-        f"- img:1 now points at image {ID}, not at the approved {APPROVED.image_id} (approved by alice at "
+        f"- img:1 is image {ID} here, not the approved {APPROVED.image_id} (approved by alice at "
         "2026-12-01T09:00:00+00:00). Fix: an admin checks the new image and approves it: hardened-spawner "
         "images approve img:1.",
         "- the image has 1 setuid, setgid or file-capability file(s), which hand whoever runs them more than "
@@ -298,3 +298,22 @@ def test_the_refusal_names_the_image_each_fact_and_its_fix():
         "special_paths": ["/usr/bin/su"], "singleuser": "/usr/local/bin/jupyterhub-singleuser", "scan": None,
         "violations": ["image-changed", "special-files"],
     }
+
+
+def test_a_scan_is_made_again_when_old_failed_a_minute_ago_or_made_by_another_scanner():
+    from datetime import datetime, timedelta, timezone
+
+    command = ("trivy", "{image_id}")
+    settings = AdmissionSettings(SCANNING, scanner=command, scan_max_age=3600)
+
+    def ago(seconds, **kwargs):
+        when = (datetime.now(timezone.utc) - timedelta(seconds=seconds)).isoformat()
+        return ScanRecord(ID, when, scanner=kwargs.pop("scanner", command), **kwargs)
+
+    clean = report("trivy-clean.json")
+    assert stale(None, settings)
+    assert not stale(ago(3500, report=clean), settings)
+    assert stale(ago(3700, report=clean), settings)
+    assert stale(ago(10, report=clean, scanner=("grype", "{image_id}")), settings)
+    assert not stale(ago(30, error="no DB"), settings)  # a failure stands for a minute
+    assert stale(ago(90, error="no DB"), settings)

@@ -208,7 +208,7 @@ async def test_a_retagged_image_is_refused_until_approved(engine, server_port):
     engine.exports["sha256:other"] = export(SINGLEUSER_IMAGE)
     with pytest.raises(SpawnRefused) as refused:
         await make_spawner(server_port, name="bob", user_id=2).start()
-    assert "now points at image sha256:other, not at the approved sha256:image" in refused.value.jupyterhub_message
+    assert "is image sha256:other here, not the approved sha256:image" in refused.value.jupyterhub_message
 
 
 async def test_busy_gpus_are_refused_with_the_count(engine, server_port):
