@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from hardened_spawner.docker.image_settings import ImageAdmissionSettings
 from hardened_spawner.docker.settings import DockerSettings
 from hardened_spawner.docker.spawner import HardenedSpawner
 from hardened_spawner.kubernetes.settings import KubeSettings
@@ -13,7 +14,10 @@ from hardened_spawner.kubernetes.spawner import HardenedKubeSpawner
 from hardened_spawner.settings import HardenedSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-SPAWNERS = {HardenedSpawner: (HardenedSettings, DockerSettings), HardenedKubeSpawner: (HardenedSettings, KubeSettings)}
+SPAWNERS = {
+    HardenedSpawner: (HardenedSettings, DockerSettings, ImageAdmissionSettings),
+    HardenedKubeSpawner: (HardenedSettings, KubeSettings),
+}
 
 
 def documented_settings() -> set[str]:
