@@ -29,10 +29,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import time
+from pathlib import Path
 
 from benchmarks.common import (
     Bench,
     CpuMeter,
+    HubProfile,
+    LoopLag,
     anatomy,
     anatomy_summary,
     concurrent,
@@ -66,11 +69,16 @@ def run(bench: Bench) -> dict:
 def _burst(bench: Bench, hub, users: list[str], options: list, what: str) -> dict:
     for user in users:
         hub.create_user(user)
+    profile = HubProfile(hub.proc.pid, bench.settings.workdir / f"profile-{what.replace(' ', '-')}.txt")
+    if bench.settings.profile:
+        profile.start()
+    lag = LoopLag(hub.hub_port).start()
     meter = CpuMeter(hub.proc.pid).start()
     start = time.monotonic()
     spawns = concurrent(lambda u, o: timed_spawn(hub, u, o), list(zip(users, options)))
     all_done = time.monotonic() - start
     cpu = meter.stop()
+    loop_lag = lag.stop()
     ids = _server_ids(hub, users)
     cpu["servers"] = container_cpu_seconds(bench.client, ids)
     cpu["healthcheck_runs"] = sum(
@@ -91,12 +99,22 @@ def _burst(bench: Bench, hub, users: list[str], options: list, what: str) -> dic
         "anatomy_median": anatomy_summary([anatomy(bench.client, hub, s) for s in ok]),
         "failures": failed,
         "cpu_seconds": cpu,
+        "loop_lag": loop_lag,
+        "hub_rss_mib": _rss_mib(hub.proc.pid),
+        **({"profile": profile.stop()} if bench.settings.profile else {}),
     }
     log(
         f"burst {what}: {len(ok)}/{len(users)} ready, all ready after "
         f"{out['time_to_all_ready'] or float('nan'):.2f}s, p50 {out['per_user']['median']:.2f}s"
     )
     return out
+
+
+def _rss_mib(pid: int) -> dict:
+    """The hub's resident memory now and at its peak so far (VmHWM), in MiB."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    status = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {"now": int(status["VmRSS"].split()[0]) // 1024, "peak": int(status["VmHWM"].split()[0]) // 1024}
 
 
 def _server_ids(hub, users: list[str]) -> list[str]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -55,6 +57,8 @@ class Settings:
     restart_reps: int = 3
     training_reps: int = 6
     training_seconds: float = 6.0
+    #: sample the hubs with py-spy during each burst, and keep their top frames
+    profile: bool = False
 
     @classmethod
     def make(cls, quick: bool, prefix: str, uid_base: int, workdir: Path, **overrides) -> Settings:
@@ -381,6 +385,84 @@ class CpuMeter:
     def stop(self) -> dict:
         after = self._read()
         return {k: round(after[k] - self._before[k], 2) for k in after}
+
+
+class HubProfile:
+    """py-spy sampling one hub process while a measurement runs (without pausing it), and the
+    frames it spent its CPU in: by self time (the frame on top) and by total time (anywhere
+    on the stack). Idle threads (waiting in epoll) are not sampled."""
+
+    RATE = 100  # samples a second
+
+    def __init__(self, pid: int, path: Path):
+        self.pid, self.path = pid, path
+
+    def start(self) -> HubProfile:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        self.proc = subprocess.Popen(
+            [py_spy, "record", "--pid", str(self.pid), "--format", "raw", "--rate", str(self.RATE),
+             "--nonblocking", "--output", str(self.path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return self
+
+    def stop(self, top: int = 15) -> dict:
+        self.proc.send_signal(signal.SIGINT)
+        _, err = self.proc.communicate(timeout=60)
+        if not self.path.exists():
+            return {"error": err.decode(errors="replace")[-500:]}
+        own: dict[str, int] = {}
+        total: dict[str, int] = {}
+        samples = 0
+        for line in self.path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            samples += n
+            frames = stack.split(";")
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+            for frame in set(frames):
+                total[frame] = total.get(frame, 0) + n
+
+        def ranked(counts):
+            return [{"frame": f, "samples": c, "percent": round(100 * c / samples, 1)}
+                    for f, c in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
+
+        return {"samples": samples, "cpu_seconds_sampled": round(samples / self.RATE, 2),
+                "self": ranked(own), "total": ranked(total), "collapsed_stacks": str(self.path)}
+
+
+class LoopLag:
+    """How long the hub's event loop stalls while a measurement runs: its own API (on the hub
+    port, not through the proxy) asked every 50 ms; the slowest answer bounds the longest
+    stall from above (an answer costs the hub about a millisecond)."""
+
+    def __init__(self, hub_port: int):
+        self.url = f"http://127.0.0.1:{hub_port}/hub/api/"
+        self.times: list[float] = []
+        self._stop = threading.Event()
+
+    def start(self) -> LoopLag:
+        self.thread = threading.Thread(target=self._probe, daemon=True)
+        self.thread.start()
+        return self
+
+    def _probe(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                session.get(self.url, timeout=30)
+            except requests.RequestException:
+                pass
+            self.times.append(time.monotonic() - started)
+            self._stop.wait(0.05)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self.thread.join(35)
+        return {"probes": len(self.times), "max_ms": round(max(self.times, default=0) * 1000, 1),
+                "p99_ms": round(percentile(self.times, 99) * 1000, 1) if self.times else None}
 
 
 def cgroup_cpu_ns(container_id: str) -> int | None:

@@ -37,6 +37,7 @@ PHASES = {
 }
 
 TARGETS = {
+    "burst_ratio": 0.90,  # issue 22: safe must not mean slow, least of all under load
     "later_ratio": 1.10,
     "first_ratio": 1.30,
     "restart_ready_s": 2.0,
@@ -59,6 +60,9 @@ def parse_args(argv=None, default_phases=tuple(PHASES)) -> argparse.Namespace:
     p.add_argument("--restart-containers", type=int, help="managed containers for the restart (default 200)")
     p.add_argument("--restart-reps", type=int, help="hub restarts per condition (default 3, --quick 1)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the hubs' logs and databases")
+    p.add_argument("--profile", action="store_true",
+                   help="sample each hub with py-spy during the bursts; the top frames go in the JSON "
+                        "(collapsed stacks kept with --keep-workdir)")
     return p.parse_args(argv)
 
 
@@ -71,6 +75,7 @@ def main(argv=None, default_phases=tuple(PHASES)) -> int:
         latency_rounds=args.latency_rounds,
         restart_containers=args.restart_containers,
         restart_reps=args.restart_reps,
+        profile=args.profile or None,
     )
     bench = Bench(settings)
     results: dict = {
@@ -152,13 +157,16 @@ def targets(r: dict) -> list[dict]:
         plain = b["plain"]
         for week in ("first", "later"):
             h = b[f"hardened_{week}"]
-            ok = h["all_ready"] and plain["time_to_all_ready"] is not None and (
-                h["time_to_all_ready"] <= plain["time_to_all_ready"])
             v = h["time_to_all_ready"] / plain["time_to_all_ready"] if (
                 h["time_to_all_ready"] and plain["time_to_all_ready"]) else None
+            ok = h["all_ready"] and v is not None and v <= TARGETS["burst_ratio"]
             add(f"burst of {b['users']} ({week} spawns): all ready, time to all ready / plain",
-                v, "all ready, <= 1.00", ok,
+                v, f"all ready, <= {TARGETS['burst_ratio']:.2f}", ok,
                 f"{len(h['failures'])} failed" if h["failures"] else "")
+            hub, plain_hub = (h["cpu_seconds"] or {}).get("hub"), (plain["cpu_seconds"] or {}).get("hub")
+            if hub is not None and plain_hub:
+                add(f"burst of {b['users']} ({week} spawns): hub CPU per spawn / plain", hub / plain_hub,
+                    "<= 1.00", hub <= plain_hub, f"{hub / b['users']:.3f} vs {plain_hub / b['users']:.3f} CPU-s")
         gpu_ok = all(b[f"hardened_{w}"]["gpus"]["ok"] for w in ("first", "later"))
         problems = [p for w in ("first", "later") for p in b[f"hardened_{w}"]["gpus"]["problems"]]
         add("burst: GPU problems (a device twice, label != DeviceRequests)", len(problems),
@@ -251,6 +259,15 @@ def render(r: dict) -> str:
             c = b[key].get("cpu_seconds") or {}
             lines.append(f"   {key:<38}{_s(c.get('hub')):>7} {_s(c.get('engine_all')):>7} "
                          f"{_s(c.get('servers')):>7} {_s(c.get('machine')):>7}   {c.get('healthcheck_runs')}")
+        lines.append("   the hub during each burst: event-loop stall (slowest API answer, ms), peak RSS (MiB)"
+                     "; CPU-s per spawn")
+        for key in ("plain", "hardened_first", "hardened_later"):
+            x = b[key]
+            lag, rss, hub_cpu = x.get("loop_lag") or {}, x.get("hub_rss_mib") or {}, (x.get("cpu_seconds") or {}).get("hub")
+            per_spawn = hub_cpu / b["users"] if hub_cpu is not None else None
+            lines.append(f"   {key:<38}{_s(lag.get('max_ms')):>7} {_s(rss.get('peak')):>7} {_s(per_spawn):>7}")
+            for frame in (x.get("profile") or {}).get("self", [])[:8]:
+                lines.append(f"      {frame['percent']:>5}%  {frame['frame'][:110]}")
         for week in ("first", "later"):
             g = b[f"hardened_{week}"]["gpus"]
             lines.append(f"   GPUs ({week}): {b['gpu_users']} asked for 1 each; assigned "

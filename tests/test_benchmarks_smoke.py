@@ -58,7 +58,7 @@ def test_every_measurement_ran_and_printed_its_table(smoke):
         assert section in results
     for heading in ("1. Spawn latency", "2. Burst", "3. Hub restart", "4. Training", "Targets"):
         assert heading in table
-    assert len(results["targets"]) == 8
+    assert len(results["targets"]) == 10
     assert all(t["pass"] in (True, False) for t in results["targets"])
 
 

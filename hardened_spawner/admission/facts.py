@@ -20,6 +20,8 @@ from .layers import Entry, FileScan, SpecialFile
 SINGLEUSER = "jupyterhub-singleuser"
 #: special files kept in the facts (the rest are counted): enough for any message
 KEEP_SPECIAL = 200
+#: how the facts are read: facts an older reading kept on the engine are read again
+FACTS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class ImageFacts:
     commands: dict[str, Located] = field(default_factory=dict)  # by name: the ones looked for
     layers: int = 0
     read_seconds: float = 0.0  # how long reading the layers took
+    version: int = FACTS_VERSION
 
     # --- JSON, for the engine's cache ------------------------------------------
 
@@ -70,7 +73,7 @@ class ImageFacts:
             cmd=tuple(data["cmd"]), path=data["path"], home=data["home"], volumes=tuple(data["volumes"]),
             special=tuple(SpecialFile(**s) for s in data["special"]), special_count=data["special_count"],
             commands={name: Located(**found) for name, found in data["commands"].items()},
-            layers=data["layers"], read_seconds=data["read_seconds"],
+            layers=data["layers"], read_seconds=data["read_seconds"], version=data.get("version", 1),
         )
 
 

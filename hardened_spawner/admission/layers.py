@@ -88,7 +88,7 @@ class FileScan:
     """What the final filesystem holds that admission judges."""
 
     special: tuple[SpecialFile, ...]
-    entries: dict[str, Entry]  # final paths of files named in ``names``, by path
+    entries: dict[str, Entry]  # final paths of files named in ``names`` and of executables, by path
     links: dict[str, str]  # every symbolic link in the final filesystem: path -> target
     layers: int
 
@@ -157,7 +157,8 @@ def _normal(name: str) -> str:
 
 def read_layer(layer: tarfile.TarFile, names: frozenset[str]) -> _Layer:
     """One layer's record: ``names`` are the base names whose entries are kept (the
-    commands admission looks for); special files, links and paths are always kept."""
+    commands admission looks for), besides every executable; special files, links and
+    paths are always kept."""
     record = _Layer()
     hardlinks: list[tuple[str, tarfile.TarInfo]] = []
     for member in layer:
@@ -184,7 +185,10 @@ def read_layer(layer: tarfile.TarFile, names: frozenset[str]) -> _Layer:
                     path, member.mode & 0o7777, member.uid, member.gid,
                     decode_capabilities(capability) if capability else "",
                 )
-        if base in names:
+        # the commands asked for, and every executable file: a command is often a link to one
+        # (/usr/bin/python3 -> python3.11) whose name no one asked for
+        executable = (member.isfile() or member.islnk()) and member.mode & 0o111
+        if base in names or executable:
             kind = "file" if member.isfile() or member.islnk() else "link" if member.issym() else \
                 "dir" if member.isdir() else "other"
             record.entries[path] = Entry(path, kind, member.mode & 0o7777, member.linkname if member.issym() else "")

@@ -31,18 +31,21 @@ def claim_name(uid: int) -> str:
     return f"hardened-spawner-uid-{uid}"
 
 
-def uid_holders(client) -> dict[int, set[str]]:
-    """UID -> the owners whose managed volumes or containers carry it."""
-    found: list[dict] = list(client.volumes(filters=_MANAGED).get("Volumes") or [])
-    found += client.containers(all=True, filters=_MANAGED)
+def uid_holders(client, uid: int | None = None) -> dict[int, set[str]]:
+    """UID -> the owners whose managed volumes or containers carry it; only ``uid`` when
+    given (the engine filters by the label, so the answer stays small on an engine with
+    thousands of servers: a spawn asks about its own UID, not about everyone's)."""
+    filters = {"label": [*_MANAGED["label"], *([f"{labels.UID}={uid}"] if uid is not None else [])]}
+    found: list[dict] = list(client.volumes(filters=filters).get("Volumes") or [])
+    found += client.containers(all=True, filters=filters)
     holders: dict[int, set[str]] = {}
     for item in found:
         item_labels = item.get("Labels") or {}
         try:
-            uid = int(item_labels.get(labels.UID, ""))
+            held = int(item_labels.get(labels.UID, ""))
         except ValueError:
             continue
-        holders.setdefault(uid, set()).add(item_labels.get(labels.OWNER, ""))
+        holders.setdefault(held, set()).add(item_labels.get(labels.OWNER, ""))
     return holders
 
 
@@ -80,23 +83,41 @@ def claim(client, uid: int, owner: str, workspace: str, version: str) -> bool:
     return found.get(labels.OWNER) == owner and found.get(WORKSPACE) == workspace
 
 
+#: UIDs from the offer on that a new user's claim asks about one by one, before it looks at
+#: every holder at once (the offer is free unless an earlier database's users hold it)
+PROBES = 4
+
+
 def claim_free_uid(client, request: UidRequest, log) -> int:
     """The first UID from the offer on that no one else's labels hold, claimed."""
-    holders = uid_holders(client)
-    taken = {uid for uid, owners in holders.items() if owners - {request.owner}}
+    taken: set[int] = set()
+    for _ in range(PROBES):
+        uid = first_free_uid(request.offer, request.uid_min, request.uid_max, taken)
+        if uid_holders(client, uid).get(uid, set()) - {request.owner}:
+            taken.add(uid)
+        elif claim(client, uid, request.owner, request.workspace, request.version):
+            return _claimed(uid, request, log)
+        else:
+            taken.add(uid)  # claimed by another hub in the meantime
+    holders = uid_holders(client)  # a crowded range: every holder at once
+    taken |= {uid for uid, owners in holders.items() if owners - {request.owner}}
     while True:
         uid = first_free_uid(request.offer, request.uid_min, request.uid_max, taken)
         if claim(client, uid, request.owner, request.workspace, request.version):
-            if uid != request.offer:
-                log.info("%s gets UID %s: %s is held by another user's files", request.owner, uid, request.offer)
-            return uid
-        taken.add(uid)  # claimed by another hub in the meantime
+            return _claimed(uid, request, log)
+        taken.add(uid)
+
+
+def _claimed(uid: int, request: UidRequest, log) -> int:
+    if uid != request.offer:
+        log.info("%s gets UID %s: %s is held by another user's files", request.owner, uid, request.offer)
+    return uid
 
 
 def claim_known_uid(client, uid: int, source: str, request: UidRequest, log) -> None:
     """No other user's files may carry this UID (from `resolve_uid`'s ``source``); then it is
     claimed. A collision with a static UID names `uid_map`; any other never blames a setting."""
-    others = uid_holders(client).get(uid, set()) - {request.owner, ""}
+    others = uid_holders(client, uid).get(uid, set()) - {request.owner, ""}
     if not others and claim(client, uid, request.owner, request.workspace, request.version):
         return
     log.error("UID %s of %s (from %s) is also held by %s", uid, request.owner, source,

@@ -17,7 +17,7 @@ c.Spawner.poll_interval = 2
 COMMON = {
     "__schema__", "__schema_version__", "__timestamp__", "__metadata_version__", "event", "user",
     "server_name", "uid", "gid", "client_ip", "image", "image_digest", "policy_fingerprint",
-    "security", "devices", "container_id", "container_name", "reason",
+    "security", "devices", "container_id", "container_name", "reason", "admission",
 }
 
 
@@ -38,7 +38,7 @@ def test_spawn_and_stop_leave_the_expected_events(audit_hub, engine):
     audit_hub.stop_server("ada")
     events = events_of(audit_hub, "ada", mark)
     assert [e["event"] for e in events] == [
-        "spawn-requested", "gpus-assigned", "server-started", "gpus-released", "server-stopped",
+        "spawn-requested", "image-admitted", "gpus-assigned", "server-started", "gpus-released", "server-stopped",
     ]
     for event in events:
         assert set(event) == COMMON
@@ -46,10 +46,14 @@ def test_spawn_and_stop_leave_the_expected_events(audit_hub, engine):
         # the hub hands the spawner its request handler for a spawn only, not for a stop
         stop = event["event"] in ("gpus-released", "server-stopped")
         assert event["client_ip"] == (None if stop else "127.0.0.1")
-        if event["event"] != "spawn-requested":  # a new user's UID is not decided yet
+        if event["event"] not in ("spawn-requested", "image-admitted"):  # a new user's UID is not decided yet
             assert event["uid"] == event["gid"] == int(container.labels[labels.UID])
         assert event["image"] == "hardened-spawner-singleuser:latest"
-    started = events[2]
+    admitted = events[1]
+    assert admitted["image_digest"] == admitted["admission"]["image_id"]
+    assert admitted["admission"]["violations"] == [] and admitted["admission"]["special_files"] == 0
+    assert [e["admission"] for e in events if e is not admitted] == [None] * 5
+    started = events[3]
     assert started["devices"] == [DEVICE]
     assert started["container_id"] == container.id
     assert started["container_name"] == f"{TEST_PREFIX}-ada--"
@@ -59,8 +63,8 @@ def test_spawn_and_stop_leave_the_expected_events(audit_hub, engine):
     assert security["cap_drop"] == ["ALL"] and security["cap_add"] == []
     assert security["read_only_root"] and security["no_new_privileges"] and not security["privileged"]
     assert security["pids_limit"] == 1024 and security["mem_limit"] == 2 * 1024**3
-    assert events[1]["devices"] == events[3]["devices"] == [DEVICE]
-    assert events[4]["devices"] == []
+    assert events[2]["devices"] == events[4]["devices"] == [DEVICE]
+    assert events[5]["devices"] == []
     first, last = events[0]["__timestamp__"], events[-1]["__timestamp__"]
     assert first.endswith("Z") and first <= last
 
@@ -71,8 +75,8 @@ def test_a_refusal_is_recorded_with_its_reason(audit_hub):
     result = audit_hub.spawn("bea", {"gpus": 5})
     assert not result.ready
     events = events_of(audit_hub, "bea", mark)
-    assert [e["event"] for e in events] == ["spawn-requested", "spawn-refused"]
-    assert events[1]["reason"] == (
+    assert [e["event"] for e in events] == ["spawn-requested", "image-admitted", "spawn-refused"]
+    assert events[2]["reason"] == (
         "You asked for 5 GPUs, but your limit is 1 GPU. Ask for 1 or fewer, "
         "or ask your hub administrator to raise your limit."
     )

@@ -131,6 +131,15 @@ def test_facts_say_where_the_server_program_is_and_round_trip_through_json():
     assert ImageFacts.from_json(facts.to_json()) == facts
 
 
+def test_a_command_that_is_a_link_is_found_where_the_link_leads():
+    names = ("jupyterhub-singleuser", "python3")
+    inspect = {**INSPECT, "Config": {**INSPECT["Config"], "Cmd": ["python3", "-m", "x"]}}
+    facts = facts_of([BASE + [d("usr/bin"), link("usr/bin/python3", "python3.11"), f("usr/bin/python3.11", 0o755)]],
+                     inspect, names)
+    assert facts.commands["python3"] == Located("python3", "/usr/bin/python3.11", 0o755)
+    assert judge(Case("img:1", facts, ("python3", "-m", "x"))) == []
+
+
 def test_a_program_off_the_path_is_not_found():
     facts = facts_of([[d("opt"), f("opt/jupyterhub-singleuser", 0o755)]])
     assert not facts.commands["jupyterhub-singleuser"].found
