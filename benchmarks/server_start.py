@@ -1,6 +1,7 @@
 """Server start under the profile: which piece of the hardening costs what (issue 22, part 2).
 
-    .venv/bin/python benchmarks/server_start.py [--rounds 8] [--only VARIANT ...] [--out PATH]
+    .venv/bin/python benchmarks/server_start.py [--rounds 8] [--warmup 1] [--only VARIANT ...]
+        [--env KEY=VALUE ...] [--logs] [--out PATH]
 
 Why: measured through the hubs, a single-user server's own start (container start ->
 jupyter_server listening) cost 10-15 % more under the hardened profile than under plain
@@ -51,6 +52,8 @@ import json
 import os
 import random
 import re
+import shutil
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -94,6 +97,13 @@ UID = 870001
 PORT = 8888
 HUB_VERSION = "6.1.1"
 POLL_S = 0.05
+#: the proposed image fix, for the `+ed25519` variant: jupyter-sshd-proxy runs
+#: `ssh-keygen -f ~/.ssh/jupyter_sshd_hostkey -q -N ''` when the key is missing (RSA 3072 by default)
+KEYGEN_SHIM = """#!/bin/sh
+case " $* " in *" -t "*) ;; *) set -- -t ed25519 "$@" ;; esac
+exec /usr/bin/ssh-keygen "$@"
+"""
+KEYGEN_SHIM_TARGET = "/usr/local/bin/ssh-keygen"
 START_TIMEOUT_S = 120.0
 
 #: name -> what it changes (relative to `hardened`, except `plain`)
@@ -106,6 +116,9 @@ VARIANTS = {
                 "no-new-privileges, default seccomp, init, pids 1024, healthcheck)",
     "hardened new workspace": "a new workspace volume for each start (prepared by the helper "
                               "before it, not timed): a user's first spawn",
+    "hardened new workspace +ed25519": "a new workspace, and an ssh-keygen shim bound at "
+                                       "/usr/local/bin/ssh-keygen that makes jupyter-sshd-proxy's host "
+                                       "key ed25519 instead of RSA 3072 (the proposed image fix)",
     "hardened -read-only": "writable root filesystem",
     "hardened -tmpfs": "no /tmp tmpfs, /dev/shm back to Docker's 64M (root made writable too: "
                        "a read-only root without a writable /tmp cannot start the server)",
@@ -239,6 +252,7 @@ class Builder:
     command: list
     hub_env: dict
     extra_env: dict = dataclasses.field(default_factory=dict)  # --env, added to every variant
+    keygen_shim: str = ""  # host path of KEYGEN_SHIM
 
     def hardened(self, variant: str, workspace: str = WORKSPACE_VOLUME) -> tuple[dict, dict]:
         """``create_container_config`` and ``create_host_config`` arguments of a hardened variant."""
@@ -279,6 +293,8 @@ class Builder:
         elif variant == "hardened -caps":
             host.pop("cap_drop")
             host["security_opt"] = [o for o in host["security_opt"] if not o.startswith("no-new-privileges")]
+        elif variant == "hardened new workspace +ed25519":
+            host["binds"] = {**host["binds"], self.keygen_shim: {"bind": KEYGEN_SHIM_TARGET, "mode": "ro"}}
         elif variant == "hardened +unconfined":
             host["security_opt"] = [*host["security_opt"], "seccomp=unconfined"]
         return create, host
@@ -333,7 +349,7 @@ def one_start(builder: Builder, variant: str, n: int, keep_logs: bool = False) -
     client = builder.client
     name = f"{PREFIX}-{slug(variant)}-{n}"
     workspace = WORKSPACE_VOLUME
-    if variant == "hardened new workspace":
+    if variant.startswith("hardened new workspace"):
         workspace = f"{name}-ws"
         client.create_volume(workspace, labels=dict(LABEL))
         run_helper(client, builder.identity, workspace)
@@ -370,10 +386,19 @@ def one_start(builder: Builder, variant: str, n: int, keep_logs: bool = False) -
         inspect = client.inspect_container(cid)
         started = _epoch(inspect["State"]["StartedAt"])
         logs = client.logs(cid, timestamps=True).decode(errors="replace")
+        marks: dict[str, float] = {}
         for line in logs.splitlines():
-            if LISTENING in line:
-                record["listening_s"] = _epoch(line.split(" ", 1)[0]) - started
-                break
+            for mark, needle in (("lsp", "jupyter_lsp | extension was successfully loaded"),
+                                 ("proxy", "jupyter_server_proxy | extension was successfully loaded"),
+                                 ("listening", LISTENING)):
+                if needle in line and mark not in marks:
+                    marks[mark] = _epoch(line.split(" ", 1)[0])
+        if "listening" in marks:
+            record["listening_s"] = marks["listening"] - started
+        if "lsp" in marks and "proxy" in marks:
+            # loading jupyter-server-proxy runs jupyter-sshd-proxy's setup, which generates the
+            # SSH host key (ssh-keygen, RSA 3072) when ~/.ssh/jupyter_sshd_hostkey is missing
+            record["proxy_load_s"] = marks["proxy"] - marks["lsp"]
         if keep_logs:
             record["logs"] = logs
     except Exception as e:
@@ -397,14 +422,20 @@ def summarise(records: list[dict], variants: list[str]) -> dict:
             "what": VARIANTS[v],
             "failures": sum(1 for r in records if r["variant"] == v and "error" in r),
             **{key: summary([r[key] for r in ok if r.get(key) is not None])
-               for key in ("wall_s", "cpu_s", "listening_s", "create_s", "start_call_s")},
+               for key in ("wall_s", "cpu_s", "listening_s", "proxy_load_s", "create_s", "start_call_s")},
         }
+    by_round = {(r["round"], r["variant"]): r for r in records if "error" not in r}
     for ref in ("plain", "hardened"):
         if ref in out and out[ref]["cpu_s"]["n"]:
             for v in out:
                 if out[v]["cpu_s"]["n"]:
                     out[v][f"cpu_ratio_to_{ref}"] = out[v]["cpu_s"]["median"] / out[ref]["cpu_s"]["median"]
                     out[v][f"wall_ratio_to_{ref}"] = out[v]["wall_s"]["median"] / out[ref]["wall_s"]["median"]
+                    # the same ratio taken within each round, then the median: load that drifts
+                    # from round to round cancels out
+                    paired = [by_round[(rnd, v)]["cpu_s"] / by_round[(rnd, ref)]["cpu_s"]
+                              for (rnd, var) in by_round if var == v and (rnd, ref) in by_round]
+                    out[v][f"cpu_paired_ratio_to_{ref}"] = summary(paired)
     return out
 
 
@@ -418,27 +449,35 @@ def render(r: dict) -> str:
         f"containers at start: {m['other_containers_running']}; {r['rounds']} rounds (+{r['warmup']} warm-up); "
         f"took {r['duration_seconds']} s",
         "",
-        f"{'':24}{'n':>3}  {'wall s':>6} {'p95':>5}  {'CPU-s':>6} {'p95':>5}  {'listen':>6}  "
-        f"{'CPU/plain':>9} {'CPU/hard':>8}  {'wall/plain':>10} {'wall/hard':>9}",
+        f"{'':35}{'n':>3}  {'wall s':>6} {'p95':>5}  {'CPU-s':>6} {'p95':>5}  {'listen':>6} {'proxy':>5}  "
+        f"{'CPU/plain':>9} {'CPU/hard':>8}  {'wall/plain':>10} {'wall/hard':>9}  {'paired CPU/plain, /hard':>23}",
     ]
 
     def ratio(s, key):
         return f"{s[key]:.3f}" if key in s else "-"
 
+    def paired(s, ref):
+        p = s.get(f"cpu_paired_ratio_to_{ref}")
+        return f"{p['median']:.3f}" if p and p["n"] else "-"
+
     for v, s in r["variants"].items():
-        w, c, listen = s["wall_s"], s["cpu_s"], s["listening_s"]
+        w, c, listen, proxy = s["wall_s"], s["cpu_s"], s["listening_s"], s["proxy_load_s"]
         if not c["n"]:
-            lines.append(f"   {v:21}  FAILED {s['failures']}x")
+            lines.append(f"   {v:32}  FAILED {s['failures']}x")
             continue
         lines.append(
-            f"   {v:21}{c['n']:>3}  {w['median']:>6.2f} {w['p95']:>5.2f}  {c['median']:>6.3f} {c['p95']:>5.2f}  "
-            f"{listen['median'] if listen['n'] else float('nan'):>6.2f}  "
+            f"   {v:32}{c['n']:>3}  {w['median']:>6.2f} {w['p95']:>5.2f}  {c['median']:>6.3f} {c['p95']:>5.2f}  "
+            f"{listen['median'] if listen['n'] else float('nan'):>6.2f} "
+            f"{proxy['median'] if proxy['n'] else float('nan'):>5.2f}  "
             f"{ratio(s, 'cpu_ratio_to_plain'):>9} {ratio(s, 'cpu_ratio_to_hardened'):>8}  "
-            f"{ratio(s, 'wall_ratio_to_plain'):>10} {ratio(s, 'wall_ratio_to_hardened'):>9}"
+            f"{ratio(s, 'wall_ratio_to_plain'):>10} {ratio(s, 'wall_ratio_to_hardened'):>9}  "
+            f"{paired(s, 'plain'):>11} {paired(s, 'hardened'):>11}"
             + (f"  ({s['failures']} failed)" if s["failures"] else "")
         )
     lines.append("   (medians; wall: start call -> first 200 of /user/NAME/api; CPU-s: the container's cgroup "
-                 "then; listen: StartedAt -> 'is running at:' log line)")
+                 "then; listen: StartedAt -> 'is running at:' log line;\n    proxy: loading jupyter-server-proxy "
+                 "(jupyter-sshd-proxy's host key is made then if missing); paired: the median of the ratios "
+                 "within each round)")
     return "\n".join(lines)
 
 
@@ -467,6 +506,7 @@ def main(argv=None) -> int:
                      "image": {"name": IMAGE, "id": client.inspect_image(IMAGE)["Id"]}}
     stub = None
     records: list[dict] = []
+    tmp = tempfile.mkdtemp(prefix=f"{PREFIX}-")
     try:
         net = client.create_network(NETWORK, driver="bridge", labels=dict(LABEL))
         gateway = client.inspect_network(net["Id"])["IPAM"]["Config"][0]["Gateway"]
@@ -476,6 +516,10 @@ def main(argv=None) -> int:
         client.create_volume(IDENTITY_VOLUME, labels=dict(LABEL))
         builder = make_builder(client, api_url)
         builder.extra_env = dict(item.split("=", 1) for item in args.env)
+        builder.keygen_shim = os.path.join(tmp, "ssh-keygen")
+        Path(builder.keygen_shim).write_text(KEYGEN_SHIM)
+        os.chmod(builder.keygen_shim, 0o755)
+        os.chmod(tmp, 0o755)
         results["extra_env"] = builder.extra_env
         log(f"workspace {WORKSPACE_VOLUME} for UID {UID}: {run_helper(client, builder.identity)}; hub stub at {api_url}")
         results["hub_stub"] = api_url
@@ -501,6 +545,7 @@ def main(argv=None) -> int:
         if stub is not None:
             stub.shutdown()
         results["cleanup"] = cleanup(client)
+        shutil.rmtree(tmp, ignore_errors=True)
     results["starts"] = records
     results["variants"] = summarise(records, variants)
     results["duration_seconds"] = round(time.monotonic() - started, 1)

@@ -196,7 +196,7 @@ cp -l "$WHEELS"/*.whl "$CONTEXT/wheels/" 2>/dev/null \
 
 # ------------------------------------------------------------------ single-user image
 build_hash="$( {
-    cat "$CONTEXT/Dockerfile" "$CONTEXT/.dockerignore" "$CONTEXT/sshd" 2>/dev/null
+    cat "$CONTEXT/Dockerfile" "$CONTEXT/.dockerignore" "$CONTEXT/sshd" "$CONTEXT/ssh-keygen" 2>/dev/null
     echo "$BASE_IMAGE $(docker image inspect -f '{{.Id}}' "$BASE_IMAGE")"
     echo "jupyterhub=$JUPYTERHUB_VERSION torch=$TORCH_VERSION"
     (cd "$CONTEXT/wheels" && ls)

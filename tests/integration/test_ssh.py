@@ -322,10 +322,13 @@ def test_the_servers_host_key_lives_in_the_workspace_and_survives_a_restart(ssh_
             kernel.run(AUTHORIZE.format(key=key.with_suffix(".pub").read_text()))
             client = SshClient(tmp_path, ssh_hub.url, name, kernel.token, key)
             strict = ("-o", "StrictHostKeyChecking=yes") if round_ == "after a restart" else ()
-            done = client.ssh("stat -c '%u %a' ~/.ssh/jupyter_sshd_hostkey; id -u", *strict)
+            done = client.ssh("stat -c '%u %a' ~/.ssh/jupyter_sshd_hostkey; id -u; "
+                              "/usr/bin/ssh-keygen -l -f ~/.ssh/jupyter_sshd_hostkey", *strict)
             assert done.returncode == 0, f"{round_}: {done.stderr}"  # the same host key as before
-            owner_mode, uid = done.stdout.split("\n")[:2]
+            owner_mode, uid, fingerprint = done.stdout.split("\n")[:3]
             assert owner_mode == f"{uid} 600"
+            # made by the image's ssh-keygen: ed25519 (a millisecond), not RSA 3072 (0.6 CPU-s)
+            assert fingerprint.endswith("(ED25519)"), fingerprint
         finally:
             kernel.close()
         ssh_hub.stop_server(name)
