@@ -153,6 +153,13 @@ def plain_config(prefix: str) -> str:
     )
 
 
+def spawn_timeouts(burst_users: int) -> str:
+    """The same start and HTTP timeouts for both hubs, long enough for the last of a burst (the
+    hub driver's 120 s and 60 s hold up to a burst of about 30 on this machine)."""
+    seconds = max(120, 6 * burst_users)
+    return f"\nc.Spawner.start_timeout = {seconds}\nc.Spawner.http_timeout = {seconds}\n"
+
+
 def gpu_pool(prefix: str) -> list[str]:
     """Four fake device UUIDs (the engine's stub NVIDIA hook lets them start), named after
     the run, so that two runs on one engine never see each other's devices as held."""
@@ -196,15 +203,18 @@ class Bench:
     def start_hubs(self) -> None:
         self.ensure_network(f"{self.prefix}-plain")
         work = self.settings.workdir
+        # a burst of N on 2 cores brings the last server up after ~N CPU-seconds: both hubs
+        # wait long enough for it, as an admin expecting a whole class at once would set them
+        timeouts = spawn_timeouts(self.settings.burst_users)
         self.plain = BenchHub(
             workdir=work / "plain",
-            extra_config=plain_config(self.prefix),
+            extra_config=plain_config(self.prefix) + timeouts,
             uid_min=self.settings.uid_base,
             prefix=self.prefix,
         ).start(wait=False)
         self.hardened = BenchHub(
             workdir=work / "hardened",
-            extra_config=hardened_config(self.gpu_pool),
+            extra_config=hardened_config(self.gpu_pool) + timeouts,
             uid_min=self.settings.uid_base + 10000,
             prefix=self.prefix,
         ).start(wait=False)

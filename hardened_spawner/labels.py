@@ -25,3 +25,6 @@ ROLE_WORKSPACE = "workspace"
 ROLE_IDENTITY = "identity"
 ROLE_HELPER = "helper"
 ROLE_UID_CLAIM = "uid-claim"  # an empty volume per UID: who holds it, claimed atomically
+
+#: the engine's filter for the running server containers of every hardened hub
+MANAGED_SERVERS = {"label": [f"{MANAGED}=true", f"{ROLE}={ROLE_SERVER}"]}

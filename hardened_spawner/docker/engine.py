@@ -13,7 +13,7 @@ from .hub_context import HubContext
 from .isolation import docker_network
 from .workspace import IDENTITY_VOLUME
 
-MANAGED_SERVERS = {"label": [f"{labels.MANAGED}=true", f"{labels.ROLE}={labels.ROLE_SERVER}"]}
+MANAGED_SERVERS = labels.MANAGED_SERVERS
 
 
 async def ensure_volume(context: HubContext, name: str, volume_labels: dict) -> tuple[dict, bool]:

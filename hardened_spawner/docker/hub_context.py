@@ -18,7 +18,8 @@ engine settings:
 - the thread pool for Docker calls;
 - the GPU brokers, the engine facts and the isolation checks, each keyed by the
   settings it depends on;
-- what admission knows of images (`admission.ImageCache`), by image ID and name.
+- what admission knows of images (`admission.ImageCache`), by image ID and name;
+- the one watch over the servers starting at a moment (`start_watch.StartWatch`).
 
 `hub_context` finds or builds the context under a process-wide lock;
 `reset_hub_contexts` forgets them all (for tests).
@@ -43,6 +44,7 @@ import requests.exceptions
 from docker.utils import kwargs_from_env
 
 from .admission import ImageCache
+from .start_watch import StartWatch
 
 #: the errors docker-py raises when the engine cannot be reached or goes away
 ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
@@ -130,6 +132,8 @@ class HubContext:
         self._brokers_lock = threading.Lock()
         #: image facts, scans and approvals (`admission`)
         self.images = ImageCache()
+        #: which starting servers still run, one look for all of them (`start_watch`)
+        self.start_watch = StartWatch(self)
 
     @property
     def client(self):

@@ -11,7 +11,7 @@ import docker.errors
 
 from .. import hub_database
 from ..admission.rules import describe_refusal, summary
-from . import admission, checks, engine
+from . import admission, checks, engine, image_records
 from .hub_context import EngineUnavailable
 
 
@@ -39,6 +39,12 @@ async def _admit_images(spawner, log) -> None:
     if not spawner.image_admission:
         return
     context, settings = spawner.context, spawner.admission_settings()
+    try:
+        removed = await context.run(image_records.prune, context.client)
+        if removed:
+            log.info("Removed the admission records of %d image(s) no longer on the engine", len(removed))
+    except Exception:
+        log.exception("Removing the admission records of images no longer on the engine failed")
     for name in spawner.admitted_images():
         try:
             inspect = await context.docker("inspect_image", name)

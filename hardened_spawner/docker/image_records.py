@@ -168,3 +168,20 @@ def record_approval(client, approval: Approval) -> None:
         APPROVED_AT: approval.at, RECORD: json.dumps(approval.to_json(), separators=(",", ":")),
     })
 
+
+def prune(client) -> list[str]:
+    """Remove the facts and scans of image IDs the engine no longer has (a rebuilt image's
+    old ID): they can never be read again. Approvals stay, as the history of each name."""
+    removed = []
+    for role in (ROLE_FACTS, ROLE_SCAN):
+        for volume in client.volumes(filters={"label": [f"{labels.ROLE}={role}"]}).get("Volumes") or []:
+            image_id = (volume.get("Labels") or {}).get(IMAGE_ID, "")
+            try:
+                client.inspect_image(image_id)
+            except docker.errors.ImageNotFound:
+                try:
+                    client.remove_volume(volume["Name"])
+                except docker.errors.NotFound:
+                    continue
+                removed.append(volume["Name"])
+    return removed

@@ -32,7 +32,7 @@ PROBE = (
 )
 HEALTHCHECK = {
     "test": ["CMD", "python3", "-I", "-S", "-c", PROBE],
-    "interval": 60_000_000_000,
+    "interval": 300_000_000_000,
     "timeout": 10_000_000_000,
     "retries": 3,
     "start_period": 60_000_000_000,

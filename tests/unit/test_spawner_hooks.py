@@ -250,3 +250,14 @@ async def test_helpers_a_killed_process_of_this_hub_left_are_removed_and_no_othe
     await remove_abandoned_helpers(context, "")  # no database to name the hub: nothing is touched
     assert len(engine.container_state) == 2
     context.executor.shutdown()
+
+
+def test_the_records_of_images_the_engine_no_longer_has_are_pruned(engine):
+    from hardened_spawner.docker import image_records
+
+    image_records.read_facts(engine, engine.inspect_image("hardened-spawner-singleuser:latest"))
+    engine.create_volume(image_records.facts_volume("sha256:gone"),
+                         labels={labels.ROLE: image_records.ROLE_FACTS, image_records.IMAGE_ID: "sha256:gone",
+                                 image_records.RECORD: "{}"})
+    assert image_records.prune(engine) == [image_records.facts_volume("sha256:gone")]
+    assert image_records.stored_facts(engine, "sha256:image") is not None
