@@ -55,15 +55,23 @@ class StartWatch:
             if not self.waiting:
                 return
             try:
-                running = {c["Id"] for c in await self.context.docker("containers", filters=MANAGED_SERVERS)}
+                stopped = await self._stopped(list(self.waiting))
             except Exception as e:  # the engine is gone: every waiter says so
                 for future in self.waiting.values():
                     if not future.done():
                         future.set_exception(e)
                 self.waiting.clear()
                 return
-            for container_id, future in list(self.waiting.items()):
-                if container_id not in running and not future.done():
-                    future.set_result(None)
+            for container_id in stopped:
+                waiter = self.waiting.get(container_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+
+    async def _stopped(self, ids: list[str]) -> set[str]:
+        """The waiting containers that no longer run: stopped, or gone altogether (one list
+        of just the waiting ones)."""
+        listed = await self.context.docker("containers", all=True, filters={**MANAGED_SERVERS, "id": ids})
+        running = {c["Id"] for c in listed if c.get("State") == "running"}
+        return set(ids) - running
 
 

@@ -153,10 +153,11 @@ class FakeEngine(docker.APIClient):
     def containers(self, quiet=False, all=False, filters=None, **kwargs):
         self._call("containers")
         return [
-            {"Id": c["Id"], "Names": [c["Name"]], "Labels": c["Labels"],
+            {"Id": c["Id"], "Names": [c["Name"]], "Labels": c["Labels"], "State": "running" if c["Running"] else "exited",
              "Image": (c["Config"] or {}).get("Image", ""), "ImageID": "sha256:image"}
             for c in self.container_state.values()
             if (all or c["Running"]) and _matches(c["Labels"], filters)
+            and c["Id"] in (filters or {}).get("id", [c["Id"]])
         ]
 
     def servers(self) -> list[dict]:

@@ -16,15 +16,18 @@ class Engine:
 
     def __init__(self, running):
         self.running = set(running)
+        self.exited: set[str] = set()
         self.calls = 0
         self.down = False
 
     async def docker(self, method, *args, **kwargs):
-        assert method == "containers" and kwargs["filters"] == start_watch.MANAGED_SERVERS
+        filters = kwargs["filters"]
+        assert method == "containers" and kwargs["all"] and filters["label"] == start_watch.MANAGED_SERVERS["label"]
         self.calls += 1
         if self.down:
             raise ConnectionError("engine gone")
-        return [{"Id": i} for i in self.running]
+        return [{"Id": i, "State": "running"} for i in self.running if i in filters["id"]] + \
+            [{"Id": i, "State": "exited"} for i in self.exited if i in filters["id"]]
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +42,11 @@ async def test_a_hundred_starting_servers_cost_one_look_per_period():
     await asyncio.sleep(0.055)
     assert 3 <= engine.calls <= 6  # one a period, not one a server
     engine.running.discard("c7")
-    await asyncio.wait([futures[7]], timeout=1)
-    assert futures[7].done() and not any(f.done() for i, f in enumerate(futures) if i != 7)
+    engine.exited.add("c7")  # died
+    engine.running.discard("c9")  # removed altogether
+    await asyncio.wait([futures[7], futures[9]], timeout=1)
+    assert futures[7].done() and futures[9].done()
+    assert not any(f.done() for i, f in enumerate(futures) if i not in (7, 9))
     for i in range(100):
         watch.forget(f"c{i}")
     await asyncio.sleep(0.03)
