@@ -82,7 +82,8 @@ class DockerSettings(HasTraits):
 
     healthcheck = Dict(
         help="""The servers' healthcheck, in docker-py form (`test`, `interval`, ... in ns).
-        Default: the server's own /api, asked from inside the container every 30 s.""",
+        Default: the server's own /api, asked from inside the container every 5 minutes
+        (each probe is an exec: about 0.1 CPU-s with the engine's part).""",
     ).tag(config=True)
 
 
