@@ -27,7 +27,6 @@ if __package__ in (None, ""):
 
 import argparse
 import asyncio
-import json
 import os
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from benchmarks.common import IMAGE, CpuMeter, log, machine, summary
+from benchmarks.common import IMAGE, CpuMeter, log, machine, publish, summary
 from hardened_spawner.admission.rules import AdmissionRules
 from hardened_spawner.docker import admission, image_records
 from hardened_spawner.docker.hub_context import HubContext
@@ -182,13 +181,7 @@ def main(argv=None) -> int:
     results["duration_seconds"] = round(time.monotonic() - started, 1)
     results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
-    table = render(results)
-    print(table)
-    results["table"] = table
-    out = args.out or Path(__file__).parent / "results" / time.strftime("admission-%Y%m%d-%H%M%S.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str))
-    log(f"results written to {out}")
+    publish(results, render(results), args.out, "admission-")
     return 0
 
 

@@ -10,6 +10,7 @@ run's prefix (``hsbench`` unless told otherwise) and is removed at the end.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -576,6 +577,18 @@ def _code_version() -> str:
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     return head + (f" + uncommitted changes in {len(changed.splitlines())} files of hardened_spawner/"
                    if changed else "")
+
+
+def publish(results: dict, table: str, out: Path | None, stem: str = "") -> Path:
+    """Print a measurement's table, keep it in its results and write them as JSON to ``out``
+    (default ``benchmarks/results/<stem><date>.json``, which git ignores)."""
+    print(table)
+    results["table"] = table
+    out = out or ROOT / "benchmarks" / "results" / time.strftime(f"{stem}%Y%m%d-%H%M%S.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    log(f"results written to {out}")
+    return out
 
 
 def log(message: str) -> None:

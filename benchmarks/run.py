@@ -16,7 +16,6 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -27,7 +26,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks import burst, restart, spawn_latency, training
-from benchmarks.common import Bench, Settings, log, machine
+from benchmarks.common import Bench, Settings, log, machine, publish
 
 PHASES = {
     "latency": spawn_latency.run,
@@ -119,13 +118,7 @@ def main(argv=None, default_phases=tuple(PHASES)) -> int:
     results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["targets"] = targets(results)
 
-    table = render(results)
-    print(table)
-    results["table"] = table
-    out = args.out or Path(__file__).parent / "results" / time.strftime("%Y%m%d-%H%M%S.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str))
-    log(f"results written to {out}")
+    publish(results, render(results), args.out, "")
     return 2 if failed else 0
 
 

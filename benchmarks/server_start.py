@@ -73,6 +73,7 @@ from benchmarks.common import (
     cgroup_cpu_ns,
     log,
     machine,
+    publish,
     summary,
 )
 from hardened_spawner._version import __version__
@@ -551,13 +552,7 @@ def main(argv=None) -> int:
     results["duration_seconds"] = round(time.monotonic() - started, 1)
     results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
-    table = render(results)
-    print(table)
-    results["table"] = table
-    out = args.out or Path(__file__).parent / "results" / time.strftime("server-start-%Y%m%d-%H%M%S.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str))
-    log(f"results written to {out}")
+    publish(results, render(results), args.out, "server-start-")
     return 0 if all("error" not in r for r in records) else 2
 
 

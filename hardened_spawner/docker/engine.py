@@ -16,6 +16,19 @@ from .workspace import IDENTITY_VOLUME
 MANAGED_SERVERS = labels.MANAGED_SERVERS
 
 
+async def image_for_start(ask, image: str, pull_policy: str, pull) -> dict:
+    """The image's ``inspect`` (``ask`` calls the engine), pulled first as ``pull_policy``
+    says (``pull``: DockerSpawner's ``pull_image``): an image that is there costs one
+    ``inspect``, not two."""
+    if pull_policy.lower() != "always":
+        try:
+            return await ask("inspect_image", image)
+        except docker.errors.NotFound:
+            pass
+    await pull(image)  # 'never' raises the image's NotFound here
+    return await ask("inspect_image", image)
+
+
 async def ensure_volume(context: HubContext, name: str, volume_labels: dict) -> tuple[dict, bool]:
     """The volume (made, with its labels, if missing) and whether it was just made."""
     try:

@@ -123,6 +123,9 @@ class HubContext:
         self.isolation_lock = asyncio.Lock()
         #: one spawn at a time picks and claims a UID (see `uid_claims`)
         self.uid_lock = asyncio.Lock()
+        #: (owner, workspace) -> the UID this process already claimed or checked for them: a
+        #: later spawn of theirs asks the engine nothing more (a claim is never taken back)
+        self.claimed: dict[tuple[str, str], int] = {}
         #: facts about the engine, keyed by the users' network they were gathered for
         self.engine_facts: dict[str, dict] = {}
         #: the last isolation check, keyed by (network name, the policy's summary)

@@ -32,7 +32,7 @@ from ..server_events import ServerEvents
 from ..settings import HardenedSettings
 from . import admission, hub_start, uid_claims
 from .container import DockerPlacement, WorkspaceMount, build_server_spec
-from .engine import ensure_volume, gather_engine_facts, run_helper, running_servers
+from .engine import ensure_volume, gather_engine_facts, image_for_start, run_helper, running_servers
 from .guard import GuardPolicy, check_container
 from .hub_context import HubContext, IsolationCheck, connect, engine_address, engine_settings, hub_context
 from .image_settings import ImageAdmissionSettings
@@ -62,6 +62,7 @@ class StartPlan:
     workspace: WorkspaceMount
     identity_files: dict[str, str]
     image_digest: str
+    image_cmd: tuple[str, ...]  # the image's CMD, for `get_command`
 
 
 class HardenedSpawner(ServerEvents, ImageAdmissionSettings, DockerSettings, HardenedSettings, DockerSpawner):
@@ -249,9 +250,10 @@ class HardenedSpawner(ServerEvents, ImageAdmissionSettings, DockerSettings, Hard
             request = UidRequest(self.user.name, workspace, offer, self.uid_min, self.uid_max, __version__)
             if uid is None:
                 uid = await self.context.run(uid_claims.claim_free_uid, self.client, request, self.log)
-            else:
+            elif self.context.claimed.get((self.user.name, workspace)) != uid:  # not yet in this process
                 await self.context.run(uid_claims.claim_known_uid, self.client, uid, decision.source,
                                        request, self.log)
+            self.context.claimed[(self.user.name, workspace)] = uid
         self._uid = uid
         return make_identity(self.user.name, uid, self.home_template)
 
@@ -317,8 +319,7 @@ class HardenedSpawner(ServerEvents, ImageAdmissionSettings, DockerSettings, Hard
         await self._require_isolation()
         if self.user_options.get("image"):
             self.image = await self.check_allowed(self.user_options["image"])
-        await self.pull_image(self.image)
-        image = await self.docker("inspect_image", self.image)
+        image = await image_for_start(self.docker, self.image, self.pull_policy, self.pull_image)
         await self._admit_image(image)
         identity = await self._resolve_identity()
         # GPUs before the workspace: a busy pool refuses at once, before any container runs
@@ -332,6 +333,7 @@ class HardenedSpawner(ServerEvents, ImageAdmissionSettings, DockerSettings, Hard
             workspace=workspace,
             identity_files=identity_file_sources(facts["identity_mountpoint"], identity.uid),
             image_digest=(image.get("RepoDigests") or [image["Id"]])[0],
+            image_cmd=tuple(image["Config"].get("Cmd") or ()),
         )
         self._report(55, "Creating your server container")
         ip, port = await self._create_and_start()
@@ -423,6 +425,12 @@ class HardenedSpawner(ServerEvents, ImageAdmissionSettings, DockerSettings, Hard
                 log_message=f"Refused {self._log_name}: " + "; ".join(map(str, violations)),
             )
         return await self.docker("create_container_from_config", config, self.container_name)
+
+    async def get_command(self):
+        """DockerSpawner's, with the image's CMD from this start's plan (not asked again)."""
+        if self.cmd or self._plan is None:
+            return await super().get_command()
+        return list(self._plan.image_cmd) + self.get_args()
 
     async def _resolved(self, value):
         value = self._eval_if_callable(value)

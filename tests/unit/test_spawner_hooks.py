@@ -201,6 +201,19 @@ async def test_a_second_spawn_of_an_admitted_image_asks_the_engine_nothing_more(
     assert admitted == engine.calls  # the same engine calls as a spawn without admission
 
 
+async def test_a_returning_user_s_uid_is_checked_on_the_engine_once_per_hub_process(engine, server_port):
+    first = make_spawner(server_port)
+    await first.start()
+    await first.stop()
+    engine.calls.clear()
+    again = make_spawner(server_port)
+    again.load_state(first.get_state())
+    await again.start()
+    # no list of the UID's holders and no claim again: this process checked them already
+    assert "volumes" not in engine.calls and "create_volume" not in engine.calls
+    assert engine.calls.count("inspect_image") == 1  # and the image asked about once
+
+
 async def test_a_retagged_image_is_refused_until_approved(engine, server_port):
     await make_spawner(server_port).start()  # first sight: the tag is approved for sha256:image
     engine.images["hardened-spawner-singleuser:latest"] = {**engine.images["hardened-spawner-singleuser:latest"],
