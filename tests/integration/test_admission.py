@@ -199,8 +199,8 @@ def test_a_retagged_image_is_refused_until_an_admin_approves_it(engine, images, 
     # the server still running the image the name meant before is one check reports
     checked = admin_command(hub, "check")
     assert checked.returncode == 1
-    assert (f"Images of running servers that would not be admitted today: 1 of 2\n"
-            f"  {name} ({first['image_digest'][:19]})\n      image-changed: {name} is image "
+    assert "Images of running servers that would not be admitted today:" in checked.stdout  # of every hub
+    assert (f"  {name} ({first['image_digest'][:19]})\n      image-changed: {name} is image "
             f"{first['image_digest']} here, not the approved {images['rebuilt']}") in checked.stdout
     for user in ("before", "after"):
         hub.stop_server(user)
