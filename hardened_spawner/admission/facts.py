@@ -59,6 +59,11 @@ class ImageFacts:
     read_seconds: float = 0.0  # how long reading the layers took
     version: int = FACTS_VERSION
 
+    def covers(self, names: tuple[str, ...]) -> bool:
+        """Whether these facts were read by this reading and looked for every one of ``names``
+        (`commands_to_find`); if not, the layers must be read again."""
+        return self.version == FACTS_VERSION and all(name in self.commands for name in names)
+
     # --- JSON, for the engine's cache ------------------------------------------
 
     def to_json(self) -> dict:

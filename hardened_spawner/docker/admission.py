@@ -107,12 +107,12 @@ def stale(record: ScanRecord | None, settings: AdmissionSettings) -> bool:
 
 
 async def _facts(context, cache: ImageCache, inspect: dict, command: tuple[str, ...]) -> ImageFacts:
-    image_id = inspect["Id"]
+    image_id, names = inspect["Id"], commands_to_find(inspect, command)
     facts = cache.facts.get(image_id)
-    if facts is None or not all(n in facts.commands for n in commands_to_find(inspect, command)):
+    if facts is None or not facts.covers(names):
         async with cache.lock(image_id):
             facts = cache.facts.get(image_id)
-            if facts is None or not all(n in facts.commands for n in commands_to_find(inspect, command)):
+            if facts is None or not facts.covers(names):
                 facts = await context.run(image_records.facts_for, context.client, inspect, command)
                 cache.facts[image_id] = facts
     return facts

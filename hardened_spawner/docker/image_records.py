@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 import docker.errors
 
 from .. import labels
-from ..admission.facts import FACTS_VERSION, ImageFacts, commands_to_find, image_facts
+from ..admission.facts import ImageFacts, commands_to_find, image_facts
 from ..admission.layers import scan_image
 from ..admission.rules import Approval, ScanRecord
 
@@ -122,8 +122,7 @@ def stored_facts(client, image_id: str) -> ImageFacts | None:
 def facts_for(client, inspect: dict, command: tuple[str, ...] = ()) -> ImageFacts:
     """The stored facts when this version read them and they cover ``command``, else read anew."""
     facts = stored_facts(client, inspect["Id"])
-    if facts is not None and facts.version == FACTS_VERSION and \
-            all(name in facts.commands for name in commands_to_find(inspect, command)):
+    if facts is not None and facts.covers(commands_to_find(inspect, command)):
         return facts
     return read_facts(client, inspect, command)
 

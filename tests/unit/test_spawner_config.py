@@ -130,6 +130,20 @@ TMPFS_PATH = (
         ({"gpu_default_per_user": -1}, "HardenedSpawner.gpu_default_per_user must be at least 0, not -1."),
         ({"gpu_idle_timeout": -1}, "HardenedSpawner.gpu_idle_timeout must be at least 0, not -1."),
         ({"gpu_max_hold": -60}, "HardenedSpawner.gpu_max_hold must be at least 0, not -60."),
+        ({"image_allowed_special_files": ["usr/bin/ping"]},
+         "HardenedSpawner.image_allowed_special_files: 'usr/bin/ping' is not an absolute path (name the file "
+         "as the container sees it, e.g. /usr/bin/ping)."),
+        ({"image_scanner": ["trivy", "image", "--format", "json"]},
+         "HardenedSpawner.image_scanner must name the image to scan with {image_id} (or {image}), "
+         "e.g. ['trivy', 'image', '--format', 'json', '{image_id}']."),
+        ({"image_scanner": ["/nonexistent/trivy", "{image_id}"]},
+         "HardenedSpawner.image_scanner: '/nonexistent/trivy' is not an executable on the hub's PATH. "
+         "Install the scanner, or give its absolute path."),
+        ({"image_scan_severity": "severe"},
+         "HardenedSpawner.image_scan_severity must be one of UNKNOWN, NEGLIGIBLE, LOW, MEDIUM, HIGH, CRITICAL, "
+         "not 'severe'."),
+        ({"image_scan_max_age": 0}, "HardenedSpawner.image_scan_max_age must be a positive number of seconds."),
+        ({"image_scan_timeout": -5}, "HardenedSpawner.image_scan_timeout must be a positive number of seconds."),
     ],
     ids=lambda value: next(iter(value)) if isinstance(value, dict) else None,
 )
