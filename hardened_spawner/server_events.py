@@ -36,8 +36,11 @@ class ServerEvents:
         self._start_done = True
         self._event_signal.set()
 
-    def _report(self, progress: int, message: str) -> None:
-        self.log.info("%s: %s", self._log_name, message)
+    def _report(self, progress: int, message: str, log: bool = True) -> None:
+        """Tell the spawn page (and the hub log, unless ``log`` is False: a message that
+        repeats, such as a place in the start queue, is logged once)."""
+        if log:
+            self.log.info("%s: %s", self._log_name, message)
         self._events.append({"progress": progress, "message": message})
         self._event_signal.set()
 

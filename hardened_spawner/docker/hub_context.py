@@ -19,7 +19,8 @@ engine settings:
 - the GPU brokers, the engine facts and the isolation checks, each keyed by the
   settings it depends on;
 - what admission knows of images (`admission.ImageCache`), by image ID and name;
-- the one watch over the servers starting at a moment (`start_watch.StartWatch`).
+- the one watch over the servers starting at a moment (`start_watch.StartWatch`), and the
+  queue that lets only so many start at once (`start_queue.StartQueue`).
 
 `hub_context` finds or builds the context under a process-wide lock;
 `reset_hub_contexts` forgets them all (for tests).
@@ -44,6 +45,7 @@ import requests.exceptions
 from docker.utils import kwargs_from_env
 
 from .admission import ImageCache
+from .start_queue import StartQueue
 from .start_watch import StartWatch
 
 #: the errors docker-py raises when the engine cannot be reached or goes away
@@ -137,6 +139,8 @@ class HubContext:
         self.images = ImageCache()
         #: which starting servers still run, one look for all of them (`start_watch`)
         self.start_watch = StartWatch(self)
+        #: how many servers start at once, the others in line (`start_queue`)
+        self.start_queue = StartQueue()
 
     @property
     def client(self):

@@ -9,6 +9,7 @@ from .. import refusals
 from ..errors import SpawnRefused
 from ..refusals import Row
 from .hub_context import UNREACHABLE, EngineUnavailable, unreachable_message
+from .start_queue import QueueTimeout
 from .workspace import WorkspaceError
 
 
@@ -38,6 +39,14 @@ TABLE: tuple[Row, ...] = (
         "engine", 500, matches=_engine_refused,
         log=lambda e, s: f"The engine refused the server: {e.explanation}"),  # type: ignore[attr-defined]
     refusals.GPUS,
+    # 429, as JupyterHub's own concurrent_spawn_limit: the hub is busy, nothing is broken
+    Row((QueueTimeout,),
+        lambda e, s: f"The hub is starting many servers at once ({e.starting} now), and yours "  # type: ignore[attr-defined]
+                     f"waited {e.waited:.0f} s with {e.ahead} still ahead of it. Nothing of "  # type: ignore[attr-defined]
+                     "yours was changed: press Start again in a minute.",
+        "busy", 429,
+        log=lambda e, s: f"no start slot after {e.waited:.0f}s ({e.ahead} ahead, {e.starting} starting): "  # type: ignore[attr-defined]
+                         "raise HardenedSpawner.concurrent_starts or Spawner.start_timeout if this is frequent"),
     # 4xx: an engine outage must not count toward consecutive_failure_limit
     Row(UNREACHABLE, lambda e, s: ENGINE_GONE, "engine-unavailable", 424,
         matches=_engine_gone,

@@ -95,6 +95,17 @@ class DockerSettings(HasTraits):
         so one slow call delays every user's spawn.""",
     ).tag(config=True)
 
+    concurrent_starts = Integer(
+        None,
+        allow_none=True,
+        help="""How many servers may be starting at once on the engine (from creating the
+        container until the server answers); the spawns beyond them wait their turn in order,
+        and the spawn page says how many are ahead. Starting a whole class at once makes
+        everyone wait for the slowest: the starts share the cores. None (the default): twice
+        the engine's CPUs. 0: no limit. A spawn still waiting after three quarters of
+        `start_timeout` is refused with a message saying the hub is busy.""",
+    ).tag(config=True)
+
 
     # --- the users' network (see hardened_spawner.docker.isolation) --------
 
@@ -187,6 +198,15 @@ class DockerSettings(HasTraits):
     def _validate_threads(self, proposal):
         if proposal.value < 1:
             raise TraitError(f"HardenedSpawner.docker_threads must be at least 1, not {proposal.value}.")
+        return proposal.value
+
+    @validate("concurrent_starts")
+    def _validate_concurrent_starts(self, proposal):
+        if proposal.value is not None and proposal.value < 0:
+            raise TraitError(
+                f"HardenedSpawner.concurrent_starts must be 0 (no limit), a positive number or None "
+                f"(twice the engine's CPUs), not {proposal.value}."
+            )
         return proposal.value
 
     @validate("seccomp_profile")

@@ -42,6 +42,7 @@ from .readiness import wait_until_up
 from .refusals import TABLE as REFUSALS
 from .refusals import name_taken
 from .settings import DockerSettings
+from .start_queue import default_limit
 from .workspace import (
     PreparedMarker,
     helper_container_spec,
@@ -325,23 +326,35 @@ class HardenedSpawner(ServerEvents, ImageAdmissionSettings, DockerSettings, Hard
         # GPUs before the workspace: a busy pool refuses at once, before any container runs
         self._report(15, "Assigning GPUs")
         gpus = await self._assign_gpus()
-        workspace = await self._prepare_workspace(identity, image["Id"])
-        self._plan = StartPlan(
-            identity=identity,
-            gpus=gpus,
-            profile=self.security_profile(facts),
-            workspace=workspace,
-            identity_files=identity_file_sources(facts["identity_mountpoint"], identity.uid),
-            image_digest=(image.get("RepoDigests") or [image["Id"]])[0],
-            image_cmd=tuple(image["Config"].get("Cmd") or ()),
-        )
-        self._report(55, "Creating your server container")
-        ip, port = await self._create_and_start()
-        self._report(70, "Waiting for your server to answer")
-        url = url_path_join(f"http://{ip}:{port}", self.server.base_url, "api")
-        await wait_until_up(self.context, self.container_id, url, self.http_timeout, self._log_name)
+        async with self._start_slot(facts["cpus"]):  # the part that costs the engine's CPU
+            workspace = await self._prepare_workspace(identity, image["Id"])
+            self._plan = StartPlan(
+                identity=identity,
+                gpus=gpus,
+                profile=self.security_profile(facts),
+                workspace=workspace,
+                identity_files=identity_file_sources(facts["identity_mountpoint"], identity.uid),
+                image_digest=(image.get("RepoDigests") or [image["Id"]])[0],
+                image_cmd=tuple(image["Config"].get("Cmd") or ()),
+            )
+            self._report(55, "Creating your server container")
+            ip, port = await self._create_and_start()
+            self._report(70, "Waiting for your server to answer")
+            url = url_path_join(f"http://{ip}:{port}", self.server.base_url, "api")
+            await wait_until_up(self.context, self.container_id, url, self.http_timeout, self._log_name)
         self.audit.emit("server-started", **self._audit_fields())
         return ip, port
+
+    def _start_slot(self, engine_cpus: int):
+        """One of the engine's start slots (`start_queue`): waits its turn while too many
+        servers are starting, for at most three quarters of `start_timeout`."""
+        limit = default_limit(engine_cpus) if self.concurrent_starts is None else self.concurrent_starts
+        return self.context.start_queue.slot(limit, 0.75 * self.start_timeout, self._report_place)
+
+    def _report_place(self, ahead: int, starting: int) -> None:
+        message = (f"Waiting for your turn to start: {starting} "
+                   f"{'server is' if starting == 1 else 'servers are'} starting, {ahead} ahead of yours")
+        self._report(20, message, log=not any(e["progress"] == 20 for e in self._events))
 
     async def _admit_image(self, image: dict) -> None:
         """Judge the image before anything of the user's is made (`docker.admission`)."""

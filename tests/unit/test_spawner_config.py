@@ -101,6 +101,8 @@ TMPFS_PATH = (
         ({"pids_limit": 0}, "HardenedSpawner.pids_limit must be at least 1, not 0."),
         ({"pids_limit": -1}, "HardenedSpawner.pids_limit must be at least 1, not -1."),
         ({"docker_threads": 0}, "HardenedSpawner.docker_threads must be at least 1, not 0."),
+        ({"concurrent_starts": -1}, "HardenedSpawner.concurrent_starts must be 0 (no limit), a positive "
+                                    "number or None (twice the engine's CPUs), not -1."),
         ({"shm_size": "1M"}, "HardenedSpawner.shm_size is 1048576 bytes; use at least 64M (e.g. '1G')."),
         ({"tmp_size": "63M"}, "HardenedSpawner.tmp_size is 66060288 bytes; use at least 64M (e.g. '1G')."),
         ({"extra_tmpfs": {"relative": "1M"}}, TMPFS_PATH.format("relative")),

@@ -274,3 +274,86 @@ def test_the_records_of_images_the_engine_no_longer_has_are_pruned(engine):
                                  image_records.RECORD: "{}"})
     assert image_records.prune(engine) == [image_records.facts_volume("sha256:gone")]
     assert image_records.stored_facts(engine, "sha256:image") is not None
+
+
+# --- the start queue ---------------------------------------------------------------
+
+
+class HeldStarts:
+    """Every server's readiness held until `go` is set: how many were starting at once."""
+
+    def __init__(self, monkeypatch):
+        self.go = asyncio.Event()
+        self.now = self.most = 0
+        answered = spawner_module.wait_until_up
+
+        async def held(*args):
+            self.now += 1
+            self.most = max(self.most, self.now)
+            try:
+                await self.go.wait()
+                await answered(*args)
+            finally:
+                self.now -= 1
+
+        monkeypatch.setattr(spawner_module, "wait_until_up", held)
+
+
+async def until(condition, seconds: float = 10) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never happened")
+
+
+def waiting_messages(spawner) -> list[str]:
+    return [e["message"] for e in getattr(spawner, "_events", []) if e["message"].startswith("Waiting for your turn")]
+
+
+async def test_a_class_starts_a_few_servers_at_a_time_and_the_others_see_their_place(engine, server_port, monkeypatch):
+    held = HeldStarts(monkeypatch)
+    spawners = [make_spawner(server_port, name=f"s{i}", user_id=i, concurrent_starts=2) for i in range(1, 6)]
+    tasks = [asyncio.create_task(s.start()) for s in spawners]
+    await until(lambda: held.now == 2 and all(waiting_messages(s) for s in spawners if s._plan is None))
+    assert len(engine.servers()) == 2  # the others made no container yet
+    assert sorted(waiting_messages(s)[0] for s in spawners if s._plan is None) == [
+        f"Waiting for your turn to start: 2 servers are starting, {ahead} ahead of yours" for ahead in range(3)]
+    held.go.set()
+    await asyncio.gather(*tasks)
+    assert held.most == 2 and len(engine.servers()) == 5
+
+
+async def test_a_spawn_that_waits_out_its_turn_is_refused_as_busy_and_made_nothing(engine, server_port, monkeypatch):
+    held = HeldStarts(monkeypatch)
+    first = make_spawner(server_port, name="ann", user_id=1, concurrent_starts=1)
+    starting = asyncio.create_task(first.start())
+    await until(lambda: held.now == 1)
+    late = make_spawner(server_port, name="ben", user_id=2, concurrent_starts=1, start_timeout=1,
+                        gpu_default_per_user=1)
+    with pytest.raises(SpawnRefused) as refused:
+        await late.start()
+    assert (refused.value.reason, refused.value.status_code) == ("busy", 429)  # 4xx: not a hub failure
+    assert refused.value.jupyterhub_message == (
+        "The hub is starting many servers at once (1 now), and yours waited 1 s with 0 still "
+        "ahead of it. Nothing of yours was changed: press Start again in a minute.")
+    assert await late.gpus.held_by("ben") == ()
+    held.go.set()
+    await starting
+    assert [s["Name"] for s in engine.servers()] == ["/jupyter-ann"]
+
+
+async def test_a_spawn_the_hub_gives_up_on_while_it_waits_never_makes_a_container(engine, server_port, monkeypatch):
+    held = HeldStarts(monkeypatch)
+    first = make_spawner(server_port, name="ann", user_id=1, concurrent_starts=1)
+    starting = asyncio.create_task(first.start())
+    await until(lambda: held.now == 1)
+    late = make_spawner(server_port, name="ben", user_id=2, concurrent_starts=1)
+    waiting = asyncio.create_task(late.start())
+    await until(lambda: waiting_messages(late) != [])
+    waiting.cancel()  # what the hub's start_timeout does (asyncio.wait_for)
+    held.go.set()
+    await starting
+    assert waiting.cancelled()
+    assert [s["Name"] for s in engine.servers()] == ["/jupyter-ann"]
+    assert (first.context.start_queue.starting, first.context.start_queue.waiting) == (0, 0)

@@ -1,0 +1,100 @@
+"""How many servers start at once on one engine: the rest wait their turn, in order.
+
+A single-user server's start is a couple of CPU-seconds of Python imports. When a whole class
+presses Start in the same minute, starting every server at once does not finish sooner: the
+starts share the cores, every one of them is slow, and nobody's server answers until nearly
+all of them do. Thirty servers at once on two cores were all answering after 42.5 s, the
+median user after 41 s; three at a time, all after 28.2 s and the median user after 16.6 s
+(`benchmarks/README.md`, "A class of 100"). So one `StartQueue` per hub (in its `HubContext`)
+lets `limit` servers be between "create the container" and "the server answers" at once; the
+others wait first come, first served, and their spawn page says how many are ahead of them.
+
+A spawn that waits longer than it may (`wait_limit`: the spawner leaves the rest of
+``start_timeout`` to the start itself) is refused with a message that says so, instead of the
+hub's bare timeout; a spawn the hub gives up on (``start_timeout``) or stops leaves the queue
+at once and never starts a container afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+#: seconds between two updates of a waiting spawn's place in the queue
+REPORT_EVERY = 2.0
+
+
+class QueueTimeout(Exception):
+    """A spawn waited ``waited`` seconds for a slot and ``ahead`` spawns were still before it."""
+
+    def __init__(self, waited: float, ahead: int, starting: int):
+        super().__init__(f"waited {waited:.0f}s; {ahead} ahead, {starting} starting")
+        self.waited, self.ahead, self.starting = waited, ahead, starting
+
+
+def default_limit(engine_cpus: int) -> int:
+    """Two starts per CPU of the engine: its cores stay busy while one start waits for the
+    engine (creating the container, its network) and another for its disk."""
+    return max(2, 2 * engine_cpus)
+
+
+class StartQueue:
+    """Slots for the servers starting at once; the spawns beyond them wait in order. Only the
+    hub's event loop uses it."""
+
+    def __init__(self) -> None:
+        #: spawns holding a slot now
+        self.starting = 0
+        self._waiting: deque[asyncio.Future] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @asynccontextmanager
+    async def slot(self, limit: int, wait_limit: float, on_wait: Callable[[int, int], None]) -> AsyncIterator[None]:
+        """Hold one of ``limit`` slots (0: no limit) while the body runs. While it waits,
+        ``on_wait(ahead, starting)`` hears of its place whenever that changes; after
+        ``wait_limit`` seconds it raises `QueueTimeout`."""
+        await self._acquire(limit, wait_limit, on_wait)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, limit: int, wait_limit: float, on_wait: Callable[[int, int], None]) -> None:
+        if limit <= 0 or (self.starting < limit and not self._waiting):
+            self.starting += 1
+            return
+        loop = asyncio.get_running_loop()
+        ticket = loop.create_future()
+        self._waiting.append(ticket)
+        began = loop.time()
+        told = None
+        try:
+            while not ticket.done():
+                place = (self._waiting.index(ticket), self.starting)
+                if place != told:
+                    on_wait(*place)
+                    told = place
+                left = began + wait_limit - loop.time()
+                if left <= 0:
+                    raise QueueTimeout(loop.time() - began, *place)
+                await asyncio.wait([ticket], timeout=min(left, REPORT_EVERY))
+        except BaseException:  # refused, or cancelled (the hub's start_timeout, a stop)
+            if ticket.done() and not ticket.cancelled():
+                self._release()  # a slot was handed over just now: pass it on
+            else:
+                ticket.cancel()
+                self._waiting.remove(ticket)
+            raise
+
+    def _release(self) -> None:
+        """Hand the slot to the first spawn waiting (a spawn that stops waiting leaves the
+        line at once), else free it."""
+        if self._waiting:
+            self._waiting.popleft().set_result(None)
+        else:
+            self.starting -= 1
