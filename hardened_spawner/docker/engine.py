@@ -34,8 +34,7 @@ async def ensure_volume(context: HubContext, name: str, volume_labels: dict) -> 
     try:
         return await context.docker("inspect_volume", name), False
     except docker.errors.NotFound:
-        await context.docker("create_volume", name=name, labels=volume_labels)
-        return await context.docker("inspect_volume", name), True
+        return await context.docker("create_volume", name=name, labels=volume_labels), True
 
 
 async def ensure_network(context: HubContext, name: str, bridge: str, isolation: bool, log) -> None:

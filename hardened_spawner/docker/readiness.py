@@ -29,14 +29,15 @@ def poll_ceiling(starting: int) -> float:
     return min(1.0 + starting / 25, 5.0)
 
 
-async def wait_until_up(context: HubContext, container_id: str, url: str, timeout: float, name: str) -> None:
+async def wait_until_up(context: HubContext, container_id: str, state: dict, url: str, timeout: float,
+                        name: str) -> None:
     """Return once ``url`` answers below 500; raise a refusal if the container stops first
-    (with its last output) or nothing answers within ``timeout`` seconds."""
+    (with its last output) or nothing answers within ``timeout`` seconds. ``state``: the
+    container's, right after its start (one that died at once is told at once)."""
     client = AsyncHTTPClient()
     clock = asyncio.get_running_loop().time
     deadline = clock() + timeout
     delay = 0.1
-    state = (await context.docker("inspect_container", container_id))["State"]  # once: died at once?
     watch = context.start_watch
     stopped = watch.watch(container_id)
     try:

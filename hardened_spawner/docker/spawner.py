@@ -32,7 +32,7 @@ from ..server_events import ServerEvents
 from ..settings import HardenedSettings
 from . import admission, hub_start, uid_claims
 from .container import DockerPlacement, WorkspaceMount, build_server_spec
-from .engine import ensure_volume, gather_engine_facts, image_for_start, run_helper, running_servers
+from .engine import gather_engine_facts, image_for_start, running_servers
 from .guard import GuardPolicy, check_container
 from .hub_context import HubContext, IsolationCheck, connect, engine_address, engine_settings, hub_context
 from .image_settings import ImageAdmissionSettings
@@ -42,14 +42,9 @@ from .readiness import wait_until_up
 from .refusals import TABLE as REFUSALS
 from .refusals import name_taken
 from .settings import DockerSettings
-from .start_queue import default_limit
-from .workspace import (
-    PreparedMarker,
-    helper_container_spec,
-    identity_file_sources,
-    interpret_helper_result,
-    volume_labels,
-)
+from .start_queue import default_limit, place_message
+from .workspace import identity_file_sources
+from .workspace_steps import WorkspaceSteps
 
 
 @dataclass(frozen=True)
@@ -66,7 +61,8 @@ class StartPlan:
     image_cmd: tuple[str, ...]  # the image's CMD, for `get_command`
 
 
-class HardenedSpawner(ServerEvents, ImageAdmissionSettings, DockerSettings, HardenedSettings, DockerSpawner):
+class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, DockerSettings, HardenedSettings,
+                      DockerSpawner):
     """A DockerSpawner whose users each run as their own UID in a locked-down container."""
 
     _plan: StartPlan | None = None
@@ -210,21 +206,6 @@ class HardenedSpawner(ServerEvents, ImageAdmissionSettings, DockerSettings, Hard
             return check_policy_uid(self.uid_map[self.user.name], self.user.name)
         return None
 
-    def _workspace_source(self) -> tuple[str, bool]:
-        if self.workspace_host_path:
-            return self._render_templates(self.workspace_host_path), True
-        return self._render_templates(self.workspace_volume_name), False
-
-    async def _workspace_uid(self) -> int | None:
-        source, is_host_path = self._workspace_source()
-        if is_host_path:
-            return None
-        try:
-            volume = await self.docker("inspect_volume", source)
-        except docker.errors.NotFound:
-            return None
-        return int((volume.get("Labels") or {}).get(labels.UID, "") or 0) or None
-
     async def _resolve_identity(self):
         """The user's UID: the one their files already carry, else `uid_map`'s, else the
         first UID from `uid_min + hub user id` on that no label on the engine holds.
@@ -257,27 +238,6 @@ class HardenedSpawner(ServerEvents, ImageAdmissionSettings, DockerSettings, Hard
             self.context.claimed[(self.user.name, workspace)] = uid
         self._uid = uid
         return make_identity(self.user.name, uid, self.home_template)
-
-    async def _prepare_workspace(self, identity, image_id: str) -> WorkspaceMount:
-        source, is_host_path = self._workspace_source()
-        mount = WorkspaceMount(source, identity.home, host_path=is_host_path)
-        created = not is_host_path and (await ensure_volume(
-            self.context, source, volume_labels(self.user.name, identity, __version__)
-        ))[1]
-        marker = PreparedMarker(source, identity.uid, image_id).as_state()
-        if created or marker != self._prepared:
-            self._report(30, "Preparing your workspace")
-            create, host = helper_container_spec(
-                image=self.image, volume=mount.source, identity=identity, owner=self.user.name,
-                allow_adopt=self.workspace_allow_adopt, version=__version__,
-            )
-            if mount.host_path:
-                host["mounts"][0] = {"Type": "bind", "Source": mount.source, "Target": "/workspace"}
-            status, output = await run_helper(self.context, create, host, self.hub_id)
-            action = interpret_helper_result(status, output, volume=mount.source, uid=identity.uid)
-            self.log.info("Workspace %s for %s: %s", mount.source, self.user.name, action)
-            self._prepared = marker
-        return mount
 
     async def _assign_gpus(self) -> GpuGrant:
         try:
@@ -341,7 +301,8 @@ class HardenedSpawner(ServerEvents, ImageAdmissionSettings, DockerSettings, Hard
             ip, port = await self._create_and_start()
             self._report(70, "Waiting for your server to answer")
             url = url_path_join(f"http://{ip}:{port}", self.server.base_url, "api")
-            await wait_until_up(self.context, self.container_id, url, self.http_timeout, self._log_name)
+            await wait_until_up(self.context, self.container_id, self._started_state, url, self.http_timeout,
+                                self._log_name)
         self.audit.emit("server-started", **self._audit_fields())
         return ip, port
 
@@ -349,12 +310,14 @@ class HardenedSpawner(ServerEvents, ImageAdmissionSettings, DockerSettings, Hard
         """One of the engine's start slots (`start_queue`): waits its turn while too many
         servers are starting, for at most three quarters of `start_timeout`."""
         limit = default_limit(engine_cpus) if self.concurrent_starts is None else self.concurrent_starts
-        return self.context.start_queue.slot(limit, 0.75 * self.start_timeout, self._report_place)
+        first = True  # the hub log hears of the wait once, the spawn page of every move
 
-    def _report_place(self, ahead: int, starting: int) -> None:
-        message = (f"Waiting for your turn to start: {starting} "
-                   f"{'server is' if starting == 1 else 'servers are'} starting, {ahead} ahead of yours")
-        self._report(20, message, log=not any(e["progress"] == 20 for e in self._events))
+        def tell(ahead: int, starting: int) -> None:
+            nonlocal first
+            self._report(20, place_message(ahead, starting), log=first)
+            first = False
+
+        return self.context.start_queue.slot(limit, 0.75 * self.start_timeout, tell)
 
     async def _admit_image(self, image: dict) -> None:
         """Judge the image before anything of the user's is made (`docker.admission`)."""
@@ -381,6 +344,18 @@ class HardenedSpawner(ServerEvents, ImageAdmissionSettings, DockerSettings, Hard
         if self.post_start_cmd:
             await self.post_start_exec()
         return await self.get_ip_and_port()
+
+    async def get_ip_and_port(self):
+        """The server's address on the users' network (`use_internal_ip` is always True:
+        servers publish no port), from one ``inspect`` whose state `wait_until_up` starts from."""
+        found = await self.docker("inspect_container", self.container_id)
+        self._started_state = found["State"]
+        if self.use_internal_hostname:
+            return self.internal_hostname, self.port
+        return self.get_network_ip(found["NetworkSettings"]), self.port
+
+    #: the container's state right after its start (`get_ip_and_port`)
+    _started_state: dict | None = None
 
     def _another_hubs(self, container: dict) -> bool:
         other = (container["Config"].get("Labels") or {}).get(labels.HUB)

@@ -22,8 +22,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-#: seconds between two updates of a waiting spawn's place in the queue
-REPORT_EVERY = 2.0
+#: seconds between two looks at a waiting spawn's place: each change is an event on its spawn
+#: page, and a hundred waiting pages told every moment cost the hub and the proxy CPU that the
+#: starts need
+REPORT_EVERY = 5.0
 
 
 class QueueTimeout(Exception):
@@ -32,6 +34,12 @@ class QueueTimeout(Exception):
     def __init__(self, waited: float, ahead: int, starting: int):
         super().__init__(f"waited {waited:.0f}s; {ahead} ahead, {starting} starting")
         self.waited, self.ahead, self.starting = waited, ahead, starting
+
+
+def place_message(ahead: int, starting: int) -> str:
+    """What a waiting user's spawn page says."""
+    servers = "server is" if starting == 1 else "servers are"
+    return f"Waiting for your turn to start: {starting} {servers} starting, {ahead} ahead of yours"
 
 
 def default_limit(engine_cpus: int) -> int:

@@ -93,9 +93,13 @@ async def test_a_second_start_keeps_the_uid_and_skips_the_prepared_workspace(eng
     spawner.clear_state()
     again = make_spawner(server_port)
     again.load_state(state)
+    engine.calls.clear()
     await again.start()
     assert again.get_state()["uid"] == 200001
     assert "Preparing your workspace" not in [e["message"] async for e in again.progress()]
+    # what a returning user's spawn asks the engine, each once (each call is hub CPU in a burst)
+    assert engine.calls == ["inspect_image", "inspect_volume", "inspect_container", "create_container_from_config",
+                            "start", "inspect_container"]
 
 
 async def test_stop_removes_the_container_and_frees_the_gpus(engine, server_port):
