@@ -29,6 +29,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import time
+from collections import Counter
 from pathlib import Path
 
 from benchmarks.common import (
@@ -107,6 +108,8 @@ def _burst(bench: Bench, hub, users: list[str], options: list, what: str) -> dic
         f"burst {what}: {len(ok)}/{len(users)} ready, all ready after "
         f"{out['time_to_all_ready'] or float('nan'):.2f}s, p50 {out['per_user']['median']:.2f}s"
     )
+    for message, count in Counter(f["message"][:160] for f in failed).most_common():
+        log(f"   {count} failed: {message}")
     return out
 
 

@@ -60,6 +60,8 @@ class Settings:
     training_seconds: float = 6.0
     #: sample the hubs with py-spy during each burst, and keep their top frames
     profile: bool = False
+    #: both hubs' start and HTTP timeouts (None: long enough for the whole burst)
+    spawn_timeout: int | None = None
 
     @classmethod
     def make(cls, quick: bool, prefix: str, uid_base: int, workdir: Path, **overrides) -> Settings:
@@ -154,10 +156,10 @@ def plain_config(prefix: str) -> str:
     )
 
 
-def spawn_timeouts(burst_users: int) -> str:
-    """The same start and HTTP timeouts for both hubs, long enough for the last of a burst (the
-    hub driver's 120 s and 60 s hold up to a burst of about 30 on this machine)."""
-    seconds = max(120, 6 * burst_users)
+def spawn_timeouts(burst_users: int, seconds: int | None = None) -> str:
+    """The same start and HTTP timeouts for both hubs: ``seconds``, or long enough for the last
+    of a burst (the hub driver's 120 s and 60 s hold up to a burst of about 30 on this machine)."""
+    seconds = seconds or max(120, 6 * burst_users)
     return f"\nc.Spawner.start_timeout = {seconds}\nc.Spawner.http_timeout = {seconds}\n"
 
 
@@ -206,7 +208,7 @@ class Bench:
         work = self.settings.workdir
         # a burst of N on 2 cores brings the last server up after ~N CPU-seconds: both hubs
         # wait long enough for it, as an admin expecting a whole class at once would set them
-        timeouts = spawn_timeouts(self.settings.burst_users)
+        timeouts = spawn_timeouts(self.settings.burst_users, self.settings.spawn_timeout)
         self.plain = BenchHub(
             workdir=work / "plain",
             extra_config=plain_config(self.prefix) + timeouts,

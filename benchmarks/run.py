@@ -58,6 +58,9 @@ def parse_args(argv=None, default_phases=tuple(PHASES)) -> argparse.Namespace:
     p.add_argument("--latency-rounds", type=int, help="spawns per latency series (default 10, --quick 1)")
     p.add_argument("--restart-containers", type=int, help="managed containers for the restart (default 200)")
     p.add_argument("--restart-reps", type=int, help="hub restarts per condition (default 3, --quick 1)")
+    p.add_argument("--spawn-timeout", type=int,
+                   help="both hubs' start_timeout and http_timeout, in seconds (default: long enough "
+                        "for the whole burst, max(120, 6 x burst users))")
     p.add_argument("--keep-workdir", action="store_true", help="keep the hubs' logs and databases")
     p.add_argument("--profile", action="store_true",
                    help="sample each hub with py-spy during the bursts; the top frames go in the JSON "
@@ -75,6 +78,7 @@ def main(argv=None, default_phases=tuple(PHASES)) -> int:
         restart_containers=args.restart_containers,
         restart_reps=args.restart_reps,
         profile=args.profile or None,
+        spawn_timeout=args.spawn_timeout,
     )
     bench = Bench(settings)
     results: dict = {
