@@ -40,11 +40,7 @@ TABLE: tuple[Row, ...] = (
         log=lambda e, s: f"The engine refused the server: {e.explanation}"),  # type: ignore[attr-defined]
     refusals.GPUS,
     # 429, as JupyterHub's own concurrent_spawn_limit: the hub is busy, nothing is broken
-    Row((QueueTimeout,),
-        lambda e, s: f"The hub is starting many servers at once ({e.starting} now), and yours "  # type: ignore[attr-defined]
-                     f"waited {e.waited:.0f} s with {e.ahead} still ahead of it. Nothing of "  # type: ignore[attr-defined]
-                     "yours was changed: press Start again in a minute.",
-        "busy", 429,
+    Row((QueueTimeout,), lambda e, s: e.user_message, "busy", 429,  # type: ignore[attr-defined]
         log=lambda e, s: f"no start slot after {e.waited:.0f}s ({e.ahead} ahead, {e.starting} starting): "  # type: ignore[attr-defined]
                          "raise HardenedSpawner.concurrent_starts or Spawner.start_timeout if this is frequent"),
     # 4xx: an engine outage must not count toward consecutive_failure_limit

@@ -308,7 +308,7 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
 
     def _start_slot(self, engine_cpus: int):
         """One of the engine's start slots (`start_queue`): waits its turn while too many
-        servers are starting, for at most three quarters of `start_timeout`."""
+        servers are starting, as long as `start_timeout` leaves time for the start after it."""
         limit = default_limit(engine_cpus) if self.concurrent_starts is None else self.concurrent_starts
         first = True  # the hub log hears of the wait once, the spawn page of every move
 
@@ -317,7 +317,7 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
             self._report(20, place_message(ahead, starting), log=first)
             first = False
 
-        return self.context.start_queue.slot(limit, 0.75 * self.start_timeout, tell)
+        return self.context.start_queue.slot(limit, self.start_timeout, tell)
 
     async def _admit_image(self, image: dict) -> None:
         """Judge the image before anything of the user's is made (`docker.admission`)."""

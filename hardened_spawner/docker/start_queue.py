@@ -9,10 +9,13 @@ median user after 41 s; three at a time, all after 28.2 s and the median user af
 lets `limit` servers be between "create the container" and "the server answers" at once; the
 others wait first come, first served, and their spawn page says how many are ahead of them.
 
-A spawn that waits longer than it may (`wait_limit`: the spawner leaves the rest of
-``start_timeout`` to the start itself) is refused with a message that says so, instead of the
-hub's bare timeout; a spawn the hub gives up on (``start_timeout``) or stops leaves the queue
-at once and never starts a container afterwards.
+A spawn's whole start, its wait included, must end within ``start_timeout`` (the hub cancels it
+then). So a spawn waits at most that budget less what a start itself needs now: twice the
+longest of the last starts, at least `MIN_RESERVE` seconds (a quarter of the budget before any
+start finished). With a 120 s budget and starts of 5 s, a spawn waits up to 110 s instead of
+giving up at 90 s with its turn a second away. One that waits longer is refused with a message
+that says so, instead of the hub's bare timeout; a spawn the hub gives up on or stops leaves the
+queue at once and never starts a container afterwards.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from contextlib import asynccontextmanager
 #: starts need
 REPORT_EVERY = 5.0
 
+#: the least time left for a start after its wait, and how many recent starts tell how long one takes
+MIN_RESERVE = 10.0
+RECENT_STARTS = 20
+
 
 class QueueTimeout(Exception):
     """A spawn waited ``waited`` seconds for a slot and ``ahead`` spawns were still before it."""
@@ -34,6 +41,13 @@ class QueueTimeout(Exception):
     def __init__(self, waited: float, ahead: int, starting: int):
         super().__init__(f"waited {waited:.0f}s; {ahead} ahead, {starting} starting")
         self.waited, self.ahead, self.starting = waited, ahead, starting
+
+    @property
+    def user_message(self) -> str:
+        turn = "it was next" if self.ahead == 0 else f"{self.ahead} still ahead of it"
+        return (f"The hub is starting many servers at once ({self.starting} now), and yours waited "
+                f"{self.waited:.0f} s for its turn ({turn}). Nothing of yours was changed: "
+                "press Start again in a minute.")
 
 
 def place_message(ahead: int, starting: int) -> str:
@@ -56,23 +70,34 @@ class StartQueue:
         #: spawns holding a slot now
         self.starting = 0
         self._waiting: deque[asyncio.Future] = deque()
+        #: how long the last starts held their slot, in seconds
+        self._recent: deque[float] = deque(maxlen=RECENT_STARTS)
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def reserve(self, budget: float) -> float:
+        """What to leave of ``budget`` for the start itself (see the module's docstring)."""
+        if not self._recent:
+            return budget / 4
+        return min(max(2 * max(self._recent), MIN_RESERVE), budget / 2)
+
     @asynccontextmanager
-    async def slot(self, limit: int, wait_limit: float, on_wait: Callable[[int, int], None]) -> AsyncIterator[None]:
+    async def slot(self, limit: int, budget: float, on_wait: Callable[[int, int], None]) -> AsyncIterator[None]:
         """Hold one of ``limit`` slots (0: no limit) while the body runs. While it waits,
-        ``on_wait(ahead, starting)`` hears of its place whenever that changes; after
-        ``wait_limit`` seconds it raises `QueueTimeout`."""
-        await self._acquire(limit, wait_limit, on_wait)
+        ``on_wait(ahead, starting)`` hears of its place whenever that changes; once less than
+        the start needs is left of ``budget`` seconds it raises `QueueTimeout`."""
+        await self._acquire(limit, budget, on_wait)
+        clock = asyncio.get_running_loop().time
+        began = clock()
         try:
             yield
         finally:
+            self._recent.append(clock() - began)
             self._release()
 
-    async def _acquire(self, limit: int, wait_limit: float, on_wait: Callable[[int, int], None]) -> None:
+    async def _acquire(self, limit: int, budget: float, on_wait: Callable[[int, int], None]) -> None:
         if limit <= 0 or (self.starting < limit and not self._waiting):
             self.starting += 1
             return
@@ -87,7 +112,7 @@ class StartQueue:
                 if place != told:
                     on_wait(*place)
                     told = place
-                left = began + wait_limit - loop.time()
+                left = began + budget - self.reserve(budget) - loop.time()
                 if left <= 0:
                     raise QueueTimeout(loop.time() - began, *place)
                 await asyncio.wait([ticket], timeout=min(left, REPORT_EVERY))

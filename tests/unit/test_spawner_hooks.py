@@ -339,8 +339,8 @@ async def test_a_spawn_that_waits_out_its_turn_is_refused_as_busy_and_made_nothi
         await late.start()
     assert (refused.value.reason, refused.value.status_code) == ("busy", 429)  # 4xx: not a hub failure
     assert refused.value.jupyterhub_message == (
-        "The hub is starting many servers at once (1 now), and yours waited 1 s with 0 still "
-        "ahead of it. Nothing of yours was changed: press Start again in a minute.")
+        "The hub is starting many servers at once (1 now), and yours waited 1 s for its turn (it "
+        "was next). Nothing of yours was changed: press Start again in a minute.")
     assert await late.gpus.held_by("ben") == ()
     held.go.set()
     await starting

@@ -19,8 +19,8 @@ def quick(monkeypatch):
 class Starts:
     """Spawns that hold a slot until told to finish; records who was in, in what order."""
 
-    def __init__(self, queue: StartQueue, limit: int, wait_limit: float = 10):
-        self.queue, self.limit, self.wait_limit = queue, limit, wait_limit
+    def __init__(self, queue: StartQueue, limit: int, budget: float = 40):
+        self.queue, self.limit, self.budget = queue, limit, budget
         self.inside: set[str] = set()
         self.most_inside = 0
         self.order: list[str] = []
@@ -30,7 +30,7 @@ class Starts:
     async def spawn(self, name: str) -> None:
         self.finish[name] = asyncio.Event()
         self.places[name] = []
-        async with self.queue.slot(self.limit, self.wait_limit, lambda *p: self.places[name].append(p)):
+        async with self.queue.slot(self.limit, self.budget, lambda *p: self.places[name].append(p)):
             self.inside.add(name)
             self.order.append(name)
             self.most_inside = max(self.most_inside, len(self.inside))
@@ -105,16 +105,41 @@ async def test_a_slot_handed_to_a_spawn_cancelled_at_that_moment_passes_on():
 
 
 async def test_a_spawn_that_waits_too_long_is_told_how_busy_the_hub_is():
-    starts = Starts(StartQueue(), limit=1, wait_limit=0.05)
+    starts = Starts(StartQueue(), limit=1, budget=0.2)  # no start finished yet: a quarter is kept
     holder = asyncio.create_task(starts.spawn("a"))
     await settle()
     with pytest.raises(QueueTimeout) as timeout:
         await starts.spawn("b")
-    assert (timeout.value.ahead, timeout.value.starting) == (0, 1) and timeout.value.waited >= 0.05
+    assert (timeout.value.ahead, timeout.value.starting) == (0, 1) and 0.15 <= timeout.value.waited < 0.2
+    assert timeout.value.user_message == (
+        "The hub is starting many servers at once (1 now), and yours waited 0 s for its turn (it was "
+        "next). Nothing of yours was changed: press Start again in a minute.")
     assert starts.queue.waiting == 0
     starts.finish["a"].set()
     await holder
     assert starts.queue.starting == 0
+
+
+def test_the_refusal_says_how_many_were_still_ahead():
+    assert "(3 still ahead of it)" in QueueTimeout(90, 3, 4).user_message
+
+
+async def test_a_spawn_waits_as_long_as_the_recent_starts_leave_time_for_its_own(monkeypatch):
+    queue = StartQueue()
+    assert queue.reserve(120) == 30  # nothing measured yet: a quarter of the budget
+    for _ in range(3):
+        async with queue.slot(0, 120, lambda *p: None):
+            pass
+    assert queue.reserve(120) == start_queue.MIN_RESERVE  # quick starts: the least
+    assert queue.reserve(12) == 6  # never more than half the budget
+    monkeypatch.setattr(start_queue, "MIN_RESERVE", 0.0)
+    async with queue.slot(0, 120, lambda *p: None):
+        await asyncio.sleep(0.1)
+    assert 0.2 <= queue.reserve(120) < 0.4  # twice the longest recent start
+    for _ in range(start_queue.RECENT_STARTS):  # a slow start long ago is forgotten
+        async with queue.slot(0, 120, lambda *p: None):
+            pass
+    assert queue.reserve(120) < 0.05
 
 
 async def test_a_start_that_fails_frees_its_slot():
