@@ -6,6 +6,7 @@ the spawn page, the users who wait are told their place."""
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from datetime import datetime
 
 import pytest
@@ -27,8 +28,13 @@ def when(timestamp: str) -> datetime:
     return datetime.fromisoformat(stamp)
 
 
-def test_with_one_start_at_a_time_no_two_servers_start_together(hub_factory, engine):
-    hub = hub_factory(ONE_AT_A_TIME)
+@pytest.fixture(scope="module")
+def queue_hub(hub_factory):
+    return hub_factory(ONE_AT_A_TIME)
+
+
+def test_with_one_start_at_a_time_no_two_servers_start_together(queue_hub, engine):
+    hub = queue_hub
     users = ["sqann", "sqben", "sqcat"]  # no dashes: DockerSpawner escapes them in names
     for user in users:
         hub.create_user(user)
@@ -50,3 +56,28 @@ def test_with_one_start_at_a_time_no_two_servers_start_together(hub_factory, eng
     assert waited, "nobody was told to wait, though their servers started one after another"
     for user in waited:
         assert told[user][0].startswith("Waiting for your turn to start: 1 server is starting, ")
+
+
+def test_a_user_who_stops_a_waiting_spawn_leaves_the_line_and_no_container(queue_hub, engine):
+    hub = queue_hub
+    for user in ("sqdan", "sqeve"):
+        hub.create_user(user)
+    assert hub.api("POST", "/users/sqdan/server").status_code == 202
+    dan = hub.progress_events("sqdan", timeout=120)
+    for event in dan:
+        if event.get("progress", 0) >= 30:  # past the line: sqdan holds the one slot
+            break
+    assert hub.api("POST", "/users/sqeve/server").status_code == 202
+    for event in hub.progress_events("sqeve", timeout=60):
+        assert not event.get("ready"), "sqeve never waited: the slot was free"
+        if event.get("message", "").startswith("Waiting for your turn"):
+            break
+    stopped = hub.api("DELETE", "/users/sqeve/server")  # the spawn page's "Stop Server"
+    assert stopped.status_code in (202, 204), stopped.text
+    assert [e for e in dan if e.get("ready")], "sqdan's server never answered"
+    time.sleep(3)  # had the waiting start gone on, its container would be there by now
+    assert engine.containers.list(all=True, filters={"name": f"{TEST_PREFIX}-sqeve--"}) == []
+    # the line is empty again and no slot was kept: the next spawn starts at once
+    again = hub.spawn("sqeve")
+    assert again.ready, again.message
+    assert not [e for e in again.events if e.get("message", "").startswith("Waiting for your turn")]
