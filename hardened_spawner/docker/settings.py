@@ -44,6 +44,7 @@ class DockerSettings(HasTraits):
 
     if TYPE_CHECKING:  # DockerSpawner's and HardenedSettings' traits read below
         network_name: str
+        http_timeout: int
         cpu_limit: float
         log: Any
 
@@ -184,6 +185,14 @@ class DockerSettings(HasTraits):
     @default("healthcheck")
     def _default_healthcheck(self):
         return server_healthcheck()
+
+    @default("start_timeout")
+    def _default_start_timeout(self):
+        """JupyterHub's 60 s plus `http_timeout`: this spawner's start ends when the server
+        answers (and waits its turn in the start queue), where DockerSpawner's ends when the
+        container runs and the hub then gives the server `http_timeout` more. The same total
+        either way."""
+        return 60 + self.http_timeout
 
 
     # --- validation: bad config fails at hub start, naming the setting ---

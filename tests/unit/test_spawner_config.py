@@ -4,6 +4,7 @@ without a hub or a Docker engine (only traitlets)."""
 import re
 
 import pytest
+from dockerspawner import DockerSpawner
 from traitlets import TraitError
 from traitlets.config import Config
 
@@ -45,6 +46,14 @@ def test_defaults():
     assert spawner.gpu_max_per_user == 1
     assert spawner.gpu_max_users_per_gpu == 1
     assert spawner.gpu_default_per_user == 0
+
+
+def test_the_start_has_the_time_plain_dockerspawner_has_for_start_and_answer_together():
+    # DockerSpawner: 60 s to start the container, then http_timeout for the server to answer;
+    # HardenedSpawner's start covers both (and the start queue), so its default is their sum
+    assert (HardenedSpawner().start_timeout, DockerSpawner().start_timeout + DockerSpawner().http_timeout) == (90, 90)
+    assert HardenedSpawner(http_timeout=120).start_timeout == 180
+    assert HardenedSpawner(start_timeout=45, http_timeout=120).start_timeout == 45  # an admin's value stands
 
 
 def test_default_config_passes_check_config():
