@@ -40,7 +40,6 @@ from .docker.checks import (
     engine_client,
     network_report,
 )
-from .docker.engine import MANAGED_SERVERS
 from .docker.image_admin import ImageReport
 from .docker.inspection import (
     NetworkReport,
@@ -55,6 +54,7 @@ from .docker.inspection import (
 from .docker.isolation.command import FirewallCommand
 from .errors import CannotCheck
 from .hubconfig import DEFAULT_CONFIG_FILE, build_spawner, default_config_file, load_hub_config
+from .labels import MANAGED_SERVERS
 
 EXIT_OK = 0
 EXIT_CANNOT_CHECK = 2

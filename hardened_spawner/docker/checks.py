@@ -14,7 +14,7 @@ from traitlets.config import Config
 
 from ..core.egress import NetworkConfigError
 from ..errors import CannotCheck
-from .engine import MANAGED_SERVERS
+from ..labels import MANAGED_SERVERS
 from .hub_context import UNREACHABLE as _ENGINE_ERRORS
 from .hub_context import EngineUnavailable, unreachable_message
 from .inspection import ContainerReport, NetworkReport, hub_start_log_lines, report_container

@@ -13,8 +13,6 @@ from .hub_context import HubContext
 from .isolation import docker_network
 from .workspace import IDENTITY_VOLUME
 
-MANAGED_SERVERS = labels.MANAGED_SERVERS
-
 
 async def image_for_start(ask, image: str, pull_policy: str, pull) -> dict:
     """The image's ``inspect`` (``ask`` calls the engine), pulled first as ``pull_policy``
@@ -89,7 +87,7 @@ async def running_servers(context: HubContext, hub_id: str, known_servers, audit
     ``known_servers`` returns the (user, server name) pairs the hub's database has as
     running or starting, or None when there is no database to ask (then nothing is removed).
     """
-    running = await context.docker("containers", filters=MANAGED_SERVERS)
+    running = await context.docker("containers", filters=labels.MANAGED_SERVERS)
     known = known_servers()
     if known is None:
         return running

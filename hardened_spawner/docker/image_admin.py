@@ -16,9 +16,9 @@ from ..admission.facts import SINGLEUSER
 from ..admission.rules import Approval, Case, judge, summary
 from ..core.violations import Violation
 from ..errors import CannotCheck
+from ..labels import MANAGED_SERVERS
 from . import image_records
 from .admission import AdmissionSettings, now_iso, run_scanner
-from .engine import MANAGED_SERVERS
 
 
 @dataclass(frozen=True)

@@ -206,16 +206,17 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
             return check_policy_uid(self.uid_map[self.user.name], self.user.name)
         return None
 
-    async def _resolve_identity(self):
+    async def _resolve_identity(self) -> tuple[Identity, bool]:
         """The user's UID: the one their files already carry, else `uid_map`'s, else the
-        first UID from `uid_min + hub user id` on that no label on the engine holds.
+        first UID from `uid_min + hub user id` on that no label on the engine holds; and
+        whether the workspace volume exists (`_prepare_workspace` need not ask again).
 
         One spawn at a time decides (per hub; across hubs the engine's claim volumes
         decide), and the UID is claimed on the engine before anyone else can pick it.
         """
         async with self.context.uid_lock:
             workspace = self._workspace_source()[0]
-            remembered = await self._workspace_uid()
+            workspace_found, remembered = await self._workspace_uid()
             if self._uid is None and remembered is None:  # a claim is all a new workspace has
                 remembered = await self.context.run(uid_claims.claimed_uid, self.client, self.user.name, workspace)
             offer, static = derived_uid(self.user.id, self.uid_min, self.uid_max), await self._static_uid()
@@ -237,7 +238,7 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
                                        request, self.log)
             self.context.claimed[(self.user.name, workspace)] = uid
         self._uid = uid
-        return make_identity(self.user.name, uid, self.home_template)
+        return make_identity(self.user.name, uid, self.home_template), workspace_found
 
     async def _assign_gpus(self) -> GpuGrant:
         try:
@@ -282,12 +283,12 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
             self.image = await self.check_allowed(self.user_options["image"])
         image = await image_for_start(self.docker, self.image, self.pull_policy, self.pull_image)
         await self._admit_image(image)
-        identity = await self._resolve_identity()
+        identity, workspace_found = await self._resolve_identity()
         # GPUs before the workspace: a busy pool refuses at once, before any container runs
         self._report(15, "Assigning GPUs")
         gpus = await self._assign_gpus()
         async with self._start_slot(facts["cpus"]):  # the part that costs the engine's CPU
-            workspace = await self._prepare_workspace(identity, image["Id"])
+            workspace = await self._prepare_workspace(identity, image["Id"], workspace_found)
             self._plan = StartPlan(
                 identity=identity,
                 gpus=gpus,
@@ -298,11 +299,10 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
                 image_cmd=tuple(image["Config"].get("Cmd") or ()),
             )
             self._report(55, "Creating your server container")
-            ip, port = await self._create_and_start()
+            ip, port, state = await self._create_and_start()
             self._report(70, "Waiting for your server to answer")
             url = url_path_join(f"http://{ip}:{port}", self.server.base_url, "api")
-            await wait_until_up(self.context, self.container_id, self._started_state, url, self.http_timeout,
-                                self._log_name)
+            await wait_until_up(self.context, self.container_id, state, url, self.http_timeout, self._log_name)
         self.audit.emit("server-started", **self._audit_fields())
         return ip, port
 
@@ -329,9 +329,11 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
             if not verdict.admitted:
                 raise admission.refusal(verdict, self._log_name)
 
-    async def _create_and_start(self) -> tuple[str, int]:
+    async def _create_and_start(self) -> tuple[str, int, dict]:
         """What `DockerSpawner.start` does after its image check and pull (done once, above):
-        remove a container left in the way (never one another hub runs), create, start."""
+        remove a container left in the way (never one another hub runs), create, start. The
+        server's address and the container's state then (`wait_until_up` starts from it), from
+        one ``inspect``."""
         found = await self.get_object()
         if found is not None:
             if found["State"]["Running"] and self._another_hubs(found):
@@ -343,19 +345,16 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
         await self.start_object()
         if self.post_start_cmd:
             await self.post_start_exec()
-        return await self.get_ip_and_port()
+        started = await self.docker("inspect_container", self.container_id)
+        return *self._address(started), started["State"]
 
-    async def get_ip_and_port(self):
-        """The server's address on the users' network (`use_internal_ip` is always True:
-        servers publish no port), from one ``inspect`` whose state `wait_until_up` starts from."""
-        found = await self.docker("inspect_container", self.container_id)
-        self._started_state = found["State"]
+    def _address(self, container: dict) -> tuple[str, int]:
+        """The server's address on the users' network, from the container's ``inspect``
+        (what DockerSpawner's `get_ip_and_port` asks the engine again for: `use_internal_ip`
+        is always True here, servers publish no port)."""
         if self.use_internal_hostname:
             return self.internal_hostname, self.port
-        return self.get_network_ip(found["NetworkSettings"]), self.port
-
-    #: the container's state right after its start (`get_ip_and_port`)
-    _started_state: dict | None = None
+        return self.get_network_ip(container["NetworkSettings"]), self.port
 
     def _another_hubs(self, container: dict) -> bool:
         other = (container["Config"].get("Labels") or {}).get(labels.HUB)

@@ -36,10 +36,10 @@ class StartWatch:
     def watch(self, container_id: str) -> asyncio.Future:
         """A future that is done once the container no longer runs (or the engine could not
         be asked: it then carries that error)."""
+        loop = asyncio.get_running_loop()
         found = self.waiting.get(container_id)
         if found is None:
-            found = self.waiting[container_id] = asyncio.get_running_loop().create_future()
-        loop = asyncio.get_running_loop()
+            found = self.waiting[container_id] = loop.create_future()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._task = loop.create_task(self._run())
         return found

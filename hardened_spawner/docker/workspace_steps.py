@@ -42,27 +42,24 @@ class WorkspaceSteps:
             return self._render_templates(self.workspace_host_path), True
         return self._render_templates(self.workspace_volume_name), False
 
-    async def _workspace_uid(self) -> int | None:
-        """The UID the workspace volume's label names, if it exists (remembered for
-        `_prepare_workspace`, which then need not ask again)."""
+    async def _workspace_uid(self) -> tuple[bool, int | None]:
+        """Whether the workspace volume exists, and the UID its label names (a host folder:
+        neither; the helper decides about it)."""
         source, is_host_path = self._workspace_source()
-        self._workspace_found = False
         if is_host_path:
-            return None
+            return False, None
         try:
             volume = await self.docker("inspect_volume", source)
         except docker.errors.NotFound:
-            return None
-        self._workspace_found = True
-        return int((volume.get("Labels") or {}).get(labels.UID, "") or 0) or None
+            return False, None
+        return True, int((volume.get("Labels") or {}).get(labels.UID, "") or 0) or None
 
-    #: whether this start found the workspace volume (`_workspace_uid`)
-    _workspace_found = False
-
-    async def _prepare_workspace(self, identity, image_id: str) -> WorkspaceMount:
+    async def _prepare_workspace(self, identity, image_id: str, volume_found: bool) -> WorkspaceMount:
+        """The workspace mount, its volume made if this start did not find it
+        (``volume_found``: `_workspace_uid` asked just before) and prepared when needed."""
         source, is_host_path = self._workspace_source()
         mount = WorkspaceMount(source, identity.home, host_path=is_host_path)
-        created = not (is_host_path or self._workspace_found) and (await ensure_volume(
+        created = not (is_host_path or volume_found) and (await ensure_volume(
             self.context, source, volume_labels(self.user.name, identity, __version__)
         ))[1]
         marker = PreparedMarker(source, identity.uid, image_id).as_state()
