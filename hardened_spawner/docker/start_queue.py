@@ -3,9 +3,9 @@
 A single-user server's start is a couple of CPU-seconds of Python imports. When a whole class
 presses Start in the same minute, starting every server at once does not finish sooner: the
 starts share the cores, every one of them is slow, and nobody's server answers until nearly
-all of them do. Thirty servers at once on two cores were all answering after 42.5 s, the
-median user after 41 s; three at a time, all after 28.2 s and the median user after 16.6 s
-(`benchmarks/README.md`, "A class of 100"). So one `StartQueue` per hub (in its `HubContext`)
+all of them do. Thirty servers at once on two cores were all answering after 41.7 s, the
+median user after 40.1 s; three at a time, all after 29.0 s and the median user after 15.7 s
+(`benchmarks/start_concurrency.py`; `benchmarks/README.md`, "A class of 100"). So one `StartQueue` per hub (in its `HubContext`)
 lets `limit` servers be between "create the container" and "the server answers" at once; the
 others wait first come, first served, and their spawn page says how many are ahead of them.
 
