@@ -75,6 +75,8 @@ if [ "$GPU_STUB" -eq 1 ]; then
     # container, slirp4netns for a network that touches no iptables rule)
     { command -v podman && command -v catatonit && command -v slirp4netns; } >/dev/null \
         || apt_install podman catatonit slirp4netns
+    # the disk tests make a loop-mounted btrfs with quotas for workspace quotas (mkfs.btrfs, btrfs)
+    command -v mkfs.btrfs >/dev/null || apt_install btrfs-progs
 fi
 
 # ------------------------------------------------------------------ dockerd

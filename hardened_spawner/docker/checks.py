@@ -8,13 +8,17 @@ start (`hubstart`) and the CLI (`cli`) import this module; it imports neither.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import docker.errors
 from traitlets.config import Config
 
+from .. import labels
 from ..core.egress import NetworkConfigError
+from ..core.quota import BTRFS, NO_QUOTA
 from ..errors import CannotCheck
 from ..labels import MANAGED_SERVERS
+from . import quota
 from .hub_context import UNREACHABLE as _ENGINE_ERRORS
 from .hub_context import EngineUnavailable, unreachable_message
 from .inspection import ContainerReport, NetworkReport, hub_start_log_lines, report_container
@@ -123,3 +127,103 @@ def audit_at_hub_start(spawner, log: logging.Logger) -> None:
         return
     for level, message in hub_start_log_lines(reports):
         log.log(level, message)
+
+
+# --- workspace quotas (issue 28) ----------------------------------------------------
+
+#: the engine's filter for every hardened hub's workspace volumes
+WORKSPACES = {"label": [f"{labels.MANAGED}=true", f"{labels.ROLE}={labels.ROLE_WORKSPACE}"]}
+
+
+@dataclass(frozen=True)
+class WorkspaceQuota:
+    """One workspace volume's quota as the engine and the host say it: ``method`` is
+    `core.quota`'s (``btrfs``, ``xfs``, ``none``); ``limit`` the XFS size or the btrfs
+    qgroup's limit, ``used`` what the qgroup counts (None where it cannot be read)."""
+
+    volume: str
+    owner: str
+    uid: str
+    method: str
+    limit: int | None = None
+    used: int | None = None
+    problem: str = ""  # why the limit could not be read
+
+
+@dataclass(frozen=True)
+class WorkspaceQuotaReport:
+    """The workspaces, judged against the quota settings (``asked``: their words)."""
+
+    asked: str
+    required: bool
+    setting: str  # "HardenedSpawner"
+    workspaces: tuple[WorkspaceQuota, ...]
+
+    @property
+    def without_quota(self) -> list[WorkspaceQuota]:
+        return [w for w in self.workspaces if w.method == NO_QUOTA or (w.method == BTRFS and w.limit is None
+                                                                          and not w.problem)]
+
+
+def workspace_quotas(client, btrfs_root: str, run: quota.Runner = quota.run_as_given) -> list[WorkspaceQuota]:
+    """Every hardened workspace volume on the engine with its quota; a btrfs one's limit and
+    use are read on the host (as root), else its problem says why not."""
+    found = []
+    for volume in client.volumes(filters=WORKSPACES).get("Volumes") or []:
+        volume_labels = volume.get("Labels") or {}
+        held = quota.volume_quota(volume, btrfs_root)
+        row = WorkspaceQuota(volume["Name"], volume_labels.get(labels.OWNER, ""), volume_labels.get(labels.UID, ""),
+                             held.method, held.size)
+        if held.method == BTRFS:
+            try:
+                used, limit = quota.read_limit(held.path, run)
+                row = WorkspaceQuota(row.volume, row.owner, row.uid, BTRFS, limit, used)
+            except quota.BtrfsError as e:
+                row = WorkspaceQuota(row.volume, row.owner, row.uid, BTRFS, problem=str(e))
+        found.append(row)
+    return sorted(found, key=lambda w: w.volume)
+
+
+def workspace_quota_report(client, spawner, run: quota.Runner = quota.run_as_given) -> WorkspaceQuotaReport | None:
+    """The workspaces and their quotas, when the settings ask for quotas (None otherwise)."""
+    if not spawner.quota_policy().asks_for_quotas:
+        return None
+    return WorkspaceQuotaReport(spawner.quota_summary(), spawner.workspace_quota_required,
+                                type(spawner).__name__, tuple(workspace_quotas(client, spawner.workspace_btrfs_root, run)))
+
+
+def workspace_quota_as_text(report: WorkspaceQuotaReport | None) -> str:
+    """``check``'s paragraph: the workspaces without a quota (made before quotas were set, or
+    where none could be enforced), each with its owner; btrfs limits that cannot be read."""
+    if report is None or not report.workspaces:
+        return ""
+    missing = report.without_quota
+    lines = [f"Workspaces without a quota ({report.setting}.workspace_quota is {report.asked}): "
+             f"{len(missing)} of {len(report.workspaces)}."]
+    lines += [f"    {w.volume}  owner={w.owner or '?'}  uid={w.uid or '?'}" for w in missing]
+    unread = [w for w in report.workspaces if w.problem]
+    lines += [f"    {w.volume}: its btrfs limit could not be read ({w.problem})" for w in unread]
+    if missing:
+        lines.append("  They are used as they are; move their files into a new workspace to give them one"
+                     + (f" ({report.setting}.workspace_quota_required refuses their spawns)." if report.required
+                        else "."))
+    return "\n".join(lines) + "\n"
+
+
+def workspace_quota_as_json(report: WorkspaceQuotaReport | None) -> dict | None:
+    if report is None:
+        return None
+    return {
+        "asked": report.asked,
+        "required": report.required,
+        "workspaces": [
+            {"volume": w.volume, "owner": w.owner, "uid": w.uid, "method": w.method, "limit": w.limit,
+             "used": w.used, "problem": w.problem or None} for w in report.workspaces
+        ],
+        "without_quota": [w.volume for w in report.without_quota],
+    }
+
+
+def workspace_quota_exit_status(report: WorkspaceQuotaReport | None) -> int:
+    """1 when quotas are required and a workspace has none; informational otherwise."""
+    return int(bool(report and report.required and report.without_quota))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .. import labels
 from ..core.decision import ServerDecision
-from .host_config import render_healthcheck, render_host_config
+from .host_config import log_config, render_healthcheck, render_host_config
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class WorkspaceMount:
     source: str  # volume name, or host path when `host_path`
     target: str
     host_path: bool = False
+    quota: int | None = None  # bytes the storage holds the workspace to; None: no quota enforced
 
     def as_mount(self) -> dict:
         """A Docker API mount. Volumes get ``NoCopy``: see `workspace`."""
@@ -57,6 +58,9 @@ class DockerPlacement:
     version: str
     extra_binds: dict = field(default_factory=dict)  # DockerSpawner's `volumes`, rendered
     hub_id: str = ""  # which hub database started it (`labels.HUB`); "" outside a hub
+    #: the container log's driver and cap (`host_config.log_config`; the Docker settings'
+    #: `container_log_config()`): never left to the engine's default, which has no cap
+    log_config: dict = field(default_factory=log_config)
 
 
 def server_labels(decision: ServerDecision, placement: DockerPlacement) -> dict[str, str]:
@@ -127,6 +131,7 @@ def build_server_spec(
         "mounts": [placement.workspace.as_mount()],
         "device_requests": gpu_device_requests(decision.gpus.devices),
         "network_mode": placement.network_name,
+        "log_config": placement.log_config,
         "init": True,  # reap the kernels' zombie children, forward signals
     }
     create, replaced_create = merge_overrides(create, extra_create_kwargs, "extra_create_kwargs")

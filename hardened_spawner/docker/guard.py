@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..core.identity import MIN_SAFE_UID
 from ..core.violations import Violation
+from .host_config import CAPPED_LOG_DRIVERS
 
 #: Host paths that must never be mounted into a user's container: the host's
 #: root, its configuration, kernel interfaces, devices, binaries, the engine's
@@ -444,6 +445,54 @@ def _healthcheck(config, host_config, policy):
             "healthcheck", "Config.Healthcheck", "HardenedSpawner.healthcheck",
             "The container has no healthcheck",
             "keep the default healthcheck",
+        )
+
+
+def _positive_size(text) -> bool:
+    """A log option's size or count as the engine reads it (``10485760``, ``10m``): a
+    positive number. ``-1`` (json-file's "unlimited"), ``0`` (local's) and words are not."""
+    digits = str(text).strip().lower().rstrip("b").rstrip("i").rstrip("kmgtp")
+    try:
+        return float(digits) > 0
+    except ValueError:
+        return False
+
+
+_FILLS_DISK = ": one user's output could fill the host's disk"
+
+
+def _log_cap_problem(log_config: dict) -> str:
+    """What lets a container's log grow on the host without a cap (or keeps none the hub can
+    read), or "" when nothing does."""
+    driver = log_config.get("Type") or ""
+    options = log_config.get("Config") or {}
+    if not driver:
+        return "No log driver is set, so the engine's default applies, which has no cap" + _FILLS_DISK
+    if driver == "none":
+        return ("The container would keep no log (driver 'none'): neither `docker logs` nor the hub "
+                "(for a server that dies while starting) could read its output")
+    if driver not in CAPPED_LOG_DRIVERS:
+        return (f"The log driver {driver!r} keeps no per-container cap the engine enforces, nor a log "
+                "`docker logs` and the hub can read" + _FILLS_DISK)
+    # json-file keeps everything without max-size; local rotates at 20 MiB x 5 unless told otherwise
+    if "max-size" not in options and driver == "json-file":
+        return "The json-file log has no max-size, so it grows without a cap" + _FILLS_DISK
+    for option in ("max-size", "max-file"):
+        if option in options and not _positive_size(options[option]):
+            return f"The {driver} log's {option} is {options[option]!r}, so it grows without a cap" + _FILLS_DISK
+    return ""
+
+
+@rule("log-cap")
+def _log_cap(config, host_config, policy):
+    problem = _log_cap_problem(host_config.get("LogConfig") or {})
+    if problem:
+        yield Violation(
+            "log-cap", "HostConfig.LogConfig",
+            "HardenedSpawner.container_log_* or extra_host_config['log_config']",
+            problem,
+            "keep the spawner's log_config (json-file or local with a positive max-size and max-file: "
+            "container_log_driver, container_log_max_size, container_log_max_files)",
         )
 
 

@@ -9,6 +9,17 @@ from __future__ import annotations
 
 from ..core.profile import FIXED, SecurityProfile
 
+#: The servers' container log, by default: the engine's json-file driver (what `docker logs`,
+#: the hub's "last output" of a server that died and log shippers read) rotated at 10 MiB,
+#: three files kept. At most 30 MiB of one server's output stays on the host's disk (a
+#: hundred servers: 3 GiB), which holds tens of thousands of lines for an admin's look.
+LOG_DRIVER = "json-file"
+LOG_MAX_SIZE = 10 * 1024 * 1024
+LOG_MAX_FILES = 3
+#: the drivers that keep the log on the engine's host, with a size and file count, where
+#: `docker logs` reads it
+CAPPED_LOG_DRIVERS = ("json-file", "local")
+
 
 def tmpfs_options(size: int) -> str:
     """Mount options of a scratch tmpfs: sized, sticky and world-writable like /tmp,
@@ -44,6 +55,13 @@ def render_host_config(profile: SecurityProfile) -> dict:
         "nano_cpus": int(profile.cpu_limit * 1e9),
         "privileged": FIXED.privileged,
     }
+
+
+def log_config(driver: str = LOG_DRIVER, max_size: int = LOG_MAX_SIZE, max_files: int = LOG_MAX_FILES) -> dict:
+    """``create_host_config``'s ``log_config``: the driver, rotated at ``max_size`` bytes with
+    ``max_files`` files kept (docker-py's lower-case keys, so an admin's ``extra_host_config``
+    ``log_config`` merges into it key by key, and the guard judges the result)."""
+    return {"type": driver, "config": {"max-size": str(max_size), "max-file": str(max_files)}}
 
 
 def render_healthcheck(profile: SecurityProfile) -> dict | None:

@@ -17,9 +17,13 @@ from traitlets import Bool, Dict, HasTraits, Integer, List, TraitError, Unicode,
 
 from ..core.egress import parse_addresses
 from ..core.profile import SecurityProfile
+from ..quota_settings import Size
 from ..settings import _network_setting
-from .host_config import server_healthcheck
+from .host_config import CAPPED_LOG_DRIVERS, LOG_DRIVER, LOG_MAX_FILES, LOG_MAX_SIZE, log_config, server_healthcheck
 from .isolation.docker_network import check_bridge_name
+
+if TYPE_CHECKING:
+    from .hub_context import EngineFacts
 
 #: DockerSpawner settings the hardened container spec does not carry out, each with the test
 #: for a value that would be ignored and what to do instead: refused at hub start, so none
@@ -65,6 +69,16 @@ class DockerSettings(HasTraits):
         volume (e.g. `/srv/workspaces/{username}`); it is created and prepared the same way.""",
     ).tag(config=True)
 
+    workspace_btrfs_root = Unicode(
+        "",
+        help="""A directory on a btrfs filesystem with quotas on (`btrfs quota enable`), at the
+        same path for the Docker engine and the hub, in which each workspace becomes a
+        subvolume `<root>/<volume name>` limited to the user's `workspace_quota` by a qgroup;
+        its Docker volume is a bind of that subvolume. The hub runs `btrfs` (btrfs-progs), so it
+        must run as root on the Docker host. Empty (default): workspaces are the engine's own
+        volumes, with a quota only where the engine has XFS project quotas.""",
+    ).tag(config=True)
+
 
 
     # --- what the engine enforces beyond the shared profile ---------------
@@ -87,6 +101,25 @@ class DockerSettings(HasTraits):
         (each probe is an exec: about 0.1 CPU-s with the engine's part).""",
     ).tag(config=True)
 
+
+    container_log_driver = Unicode(
+        LOG_DRIVER,
+        help="""The servers' log driver: `json-file` (default: what `docker logs`, the hub and log
+        shippers read) or `local` (compressed). Other drivers are refused: they have no cap the
+        engine enforces per container, or no log the hub can read when a server dies.""",
+    ).tag(config=True)
+
+    container_log_max_size = Size(
+        LOG_MAX_SIZE,
+        help="""Size at which a server's log file is rotated (default 10M). With
+        `container_log_max_files`, the most one server's output keeps on the host's disk
+        (default 30 MiB); a kernel printing gigabytes cannot fill it.""",
+    ).tag(config=True)
+
+    container_log_max_files = Integer(
+        LOG_MAX_FILES,
+        help="How many rotated log files of a server are kept (default 3), the current one included.",
+    ).tag(config=True)
 
     # --- the engine ---------------------------------------------------------
 
@@ -238,6 +271,36 @@ class DockerSettings(HasTraits):
         return proposal.value
 
 
+    @validate("container_log_driver")
+    def _validate_log_driver(self, proposal):
+        if proposal.value not in CAPPED_LOG_DRIVERS:
+            raise TraitError(
+                f"HardenedSpawner.container_log_driver must be 'json-file' or 'local', not {proposal.value!r}: "
+                "other drivers keep no per-container cap on the host or no log the hub can read."
+            )
+        return proposal.value
+
+    @validate("container_log_max_size")
+    def _validate_log_max_size(self, proposal):
+        if proposal.value is None or proposal.value < 1024 * 1024:
+            raise TraitError(f"HardenedSpawner.container_log_max_size must be at least 1M, not {proposal.value!r}.")
+        return proposal.value
+
+    @validate("container_log_max_files")
+    def _validate_log_max_files(self, proposal):
+        if not 1 <= proposal.value <= 100:
+            raise TraitError(f"HardenedSpawner.container_log_max_files must be 1 to 100, not {proposal.value}.")
+        return proposal.value
+
+    @validate("workspace_btrfs_root")
+    def _validate_btrfs_root(self, proposal):
+        root = proposal.value.rstrip("/") if proposal.value.strip("/") else proposal.value
+        if root and (not root.startswith("/") or root == "/"):
+            raise TraitError(
+                f"HardenedSpawner.workspace_btrfs_root must be an absolute directory other than /, not {root!r}."
+            )
+        return root
+
     @validate("network_name")
     def _validate_network_name(self, proposal):
         if proposal.value in ("bridge", "host", "none", "default", ""):
@@ -283,6 +346,11 @@ class DockerSettings(HasTraits):
 
     def check_docker_config(self) -> None:
         """Checks across the Docker settings, run once at hub start (`hubstart`)."""
+        if self.workspace_btrfs_root and self.workspace_host_path:
+            raise TraitError(
+                "HardenedSpawner.workspace_btrfs_root and HardenedSpawner.workspace_host_path are both set: "
+                "a workspace is either a subvolume of the btrfs root or a host folder. Set one."
+            )
         # DockerSpawner's own default is "bridge": setting that value from config
         # changes nothing traitlets notices, so @validate never sees it
         self._validate_network_name(SimpleNamespace(value=self.network_name))
@@ -291,7 +359,11 @@ class DockerSettings(HasTraits):
                 raise TraitError(f"DockerSpawner.{name} = {getattr(self, name)!r} is not supported by "
                                  f"HardenedSpawner: {why}")
 
-    def security_profile(self, facts: dict) -> SecurityProfile:
+    def container_log_config(self) -> dict:
+        """The servers' ``log_config`` (`host_config.log_config`), from the settings."""
+        return log_config(self.container_log_driver, self.container_log_max_size, self.container_log_max_files)
+
+    def security_profile(self, facts: EngineFacts) -> SecurityProfile:
         """The shared profile (`HardenedSettings.base_profile`) with what the engine adds:
         its CPUs cap cpu_limit, a custom seccomp JSON, AppArmor only where the engine has
         it, the healthcheck."""
@@ -301,8 +373,8 @@ class DockerSettings(HasTraits):
                 seccomp = json.dumps(json.load(f), separators=(",", ":"))
         return dataclasses.replace(
             self.base_profile(),
-            cpu_limit=min(self.cpu_limit, facts["cpus"] or self.cpu_limit),
+            cpu_limit=min(self.cpu_limit, facts.cpus or self.cpu_limit),
             seccomp_profile=seccomp,
-            apparmor_profile=self.apparmor_profile if facts["apparmor"] else "",
+            apparmor_profile=self.apparmor_profile if facts.apparmor else "",
             healthcheck=self.healthcheck or None,
         )

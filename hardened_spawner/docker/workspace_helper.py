@@ -7,7 +7,9 @@ allowed), no network and a read-only root. It
 
 1. makes the user's workspace volume, mounted at ``/workspace``, owned by
    the user's UID:GID with mode 0700 -- or refuses, if it belongs to someone
-   else and the admin did not allow adoption;
+   else and the admin did not allow adoption. A fresh one also gets what a server
+   start would otherwise write into it (`FIRST_START`), so that a workspace at its
+   quota still starts;
 2. writes ``passwd`` and ``group`` for the user into ``/identity/<uid>/``,
    built from the image's own files, so that ``id -un``, ``whoami`` and
    ``~`` work although the image has no entry for the UID and ``/etc`` is
@@ -30,6 +32,12 @@ READY = "ready"  # already owned by the user
 INITIALISE = "initialise"  # a fresh, empty, root-owned volume: give it to the user
 ADOPT = "adopt"  # owned by another UID, and the admin allows re-owning it
 REFUSE = "refuse"
+
+#: Made in a fresh workspace, owned by the user: jupyter_core's marker that its one-time
+#: migration of IPython 3 files is done (``~/.jupyter/migrated``). Without it, every server
+#: start that finds ``~/.ipython`` (made by the first kernel) creates ``~/.jupyter`` and the
+#: marker, and in a workspace at its quota that start dies with "Disk quota exceeded".
+FIRST_START = ((".jupyter", 0o700), (".jupyter/migrated", 0o600))
 
 
 def decide(owner_uid, is_empty, uid, adopt):
@@ -80,6 +88,23 @@ def _read(path):
         return ""
 
 
+def _seed(top, uid, gid):
+    """`FIRST_START` in a fresh (empty, root-owned) workspace: nothing of the user's is
+    there yet, so no link of theirs can redirect these writes. Everything is made first and
+    given away after, innermost first: the helper has no DAC_OVERRIDE, so it cannot write
+    into a folder once that folder is the user's 0700."""
+    for name, mode in FIRST_START:
+        path = os.path.join(top, name)
+        if mode & 0o100:
+            os.mkdir(path, 0o700)
+        else:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    for name, mode in reversed(FIRST_START):
+        path = os.path.join(top, name)
+        os.lchown(path, uid, gid)
+        os.chmod(path, mode)
+
+
 def _adopt(top, uid, gid):
     for root, dirs, files in os.walk(top):
         for name in dirs + files:
@@ -100,6 +125,8 @@ def main():
         return EXIT_REFUSED
     if action == ADOPT:
         _adopt(WORKSPACE, uid, gid)
+    if action == INITIALISE:
+        _seed(WORKSPACE, uid, gid)
     os.chown(WORKSPACE, uid, gid)
     os.chmod(WORKSPACE, 0o700)
 

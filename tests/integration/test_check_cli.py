@@ -45,6 +45,7 @@ def compliant_flags(read_only: bool = True) -> list[str]:
         "--cpus", "0.5",
         "--pids-limit", "64",
         "--health-cmd", "true",
+        "--log-opt", "max-size=10m",
     ]  # fmt: skip
 
 
@@ -73,7 +74,7 @@ CASES = {
         ],
         [
             "privileged", "docker-socket", "cap-drop", "cap-add", "user", "read-only-root",
-            "no-new-privileges", "label-unconfined", "memory", "cpu", "pids", "healthcheck",
+            "no-new-privileges", "label-unconfined", "memory", "cpu", "pids", "healthcheck", "log-cap",
         ],
     ),
 }  # fmt: skip

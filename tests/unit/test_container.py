@@ -20,6 +20,7 @@ from hardened_spawner.docker.container import (
     server_labels,
 )
 from hardened_spawner.docker.guard import GuardPolicy, check_container
+from hardened_spawner.docker.host_config import log_config
 
 GIB = 1024**3
 IDENTITY_DATA = "/var/lib/docker/volumes/hardened-spawner-identity/_data"
@@ -118,6 +119,7 @@ EXPECTED_HOST = {
     ],
     "device_requests": [],
     "network_mode": "hardened-spawner-users",
+    "log_config": {"type": "json-file", "config": {"max-size": "10485760", "max-file": "3"}},
     "init": True,
 }
 
@@ -329,6 +331,7 @@ def test_docker_py_accepts_the_spec(api):
         "CapDrop": ["ALL"],
         "DeviceRequests": [],
         "Init": True,
+        "LogConfig": {"Type": "json-file", "Config": {"max-size": "10485760", "max-file": "3"}},
         "Memory": 8589934592,
         "MemorySwap": 8589934592,
         "Mounts": [
@@ -375,6 +378,18 @@ def test_host_path_workspace_passes_the_guard(api):
     assert _guard(_api_config(api, build_server_spec(DECISION, placement, {}, {})), placement) == []
 
 
+def test_the_log_config_comes_from_the_placement(api):
+    placement = dataclasses.replace(PLACEMENT, log_config=log_config("local", 5 * 1024 * 1024, 2))
+    config = _api_config(api, build_server_spec(DECISION, placement, {}, {}))
+    assert config["HostConfig"]["LogConfig"] == {"Type": "local", "Config": {"max-size": "5242880", "max-file": "2"}}
+    assert _guard(config) == []
+
+
+def test_an_escape_hatch_replacing_the_log_cap_is_reported(api):
+    spec = build_server_spec(DECISION, PLACEMENT, {}, {"log_config": {"config": {"max-size": "-1"}}})
+    assert spec.overridden == ("extra_host_config['log_config']['config']['max-size']",)
+
+
 def test_privileged_override_is_caught_by_the_guard(api):
     spec = build_server_spec(DECISION, PLACEMENT, {}, {"privileged": True})
     assert spec.overridden == ("extra_host_config['privileged']",)
@@ -392,8 +407,15 @@ def test_privileged_override_is_caught_by_the_guard(api):
         ({}, {"binds": {"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}}}, ["docker-socket"]),
         ({}, {"device_requests": [{"Driver": "nvidia", "Count": -1, "Capabilities": [["gpu"]]}]}, ["gpu-count"]),
         ({}, {"pids_limit": -1}, ["pids"]),
-        # adding is fine: a new label, a sysctl
+        # an escape hatch cannot uncap the log: another driver, or json-file's "unlimited"
+        ({}, {"log_config": {"type": "syslog"}}, ["log-cap"]),
+        ({}, {"log_config": {"config": {"max-size": "-1"}}}, ["log-cap"]),
+        # docker-py reads the lower-case keys first: the spawner's cap stays
+        ({}, {"log_config": {"Type": "json-file", "Config": {}}}, []),
+        # adding is fine: a new label, a sysctl; so is another cap, or the local driver
         ({"labels": {"team": "ml"}}, {"sysctls": {"net.ipv4.ip_unprivileged_port_start": "0"}}, []),
+        ({}, {"log_config": {"config": {"max-size": "50m", "compress": "true"}}}, []),
+        ({}, {"log_config": {"type": "local"}}, []),
     ],
 )
 def test_escape_hatches_through_the_guard(api, extra_create, extra_host, checks):

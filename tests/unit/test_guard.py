@@ -65,6 +65,7 @@ HOST_CONFIG = {
         {"Driver": "nvidia", "Count": 0, "DeviceIDs": ["GPU-a"], "Capabilities": [["gpu"]], "Options": {}}
     ],
     "Init": True,
+    "LogConfig": {"Type": "json-file", "Config": {"max-size": "10485760", "max-file": "3"}},
 }
 
 
@@ -112,6 +113,12 @@ CGROUP_PARENT = "The container would be placed in the cgroup '/custom', outside 
 RESTART = "The engine would restart the server on its own ({}), behind the hub's back: a server the hub stopped, with GPUs it gave to someone else (HostConfig.RestartPolicy, set through extra_host_config['restart_policy']). Fix: remove 'restart_policy'; the hub starts and stops servers"
 PROPAGATION = "Mounts made inside the container would propagate to the host ({}: shared propagation) (HostConfig.Binds/Mounts, set through volumes or extra_host_config). Fix: remove the 'shared'/'rshared' mount option"
 READ_ONLY = "The root filesystem would be writable (HostConfig.ReadonlyRootfs, set through extra_host_config['read_only']). Fix: keep read_only=True; writable places are the workspace and the tmpfs mounts"
+
+LOG_CAP = "{} (HostConfig.LogConfig, set through HardenedSpawner.container_log_* or extra_host_config['log_config']). Fix: keep the spawner's log_config (json-file or local with a positive max-size and max-file: container_log_driver, container_log_max_size, container_log_max_files)"
+FILLS = ": one user's output could fill the host's disk"
+NO_MAX_SIZE = "The json-file log has no max-size, so it grows without a cap"
+NO_DRIVER = "No log driver is set, so the engine's default applies, which has no cap"
+OTHER_DRIVER = "The log driver {!r} keeps no per-container cap the engine enforces, nor a log `docker logs` and the hub can read"
 
 
 def _bind(source, read_only=False):
@@ -335,6 +342,23 @@ REFUSALS = {
     "healthcheck-missing": ({"Healthcheck": None}, {}, [("healthcheck", HEALTHCHECK)]),
     "healthcheck-empty": ({"Healthcheck": {}}, {}, [("healthcheck", HEALTHCHECK)]),
     "healthcheck-none": ({"Healthcheck": {"Test": ["NONE"]}}, {}, [("healthcheck", HEALTHCHECK)]),
+    # container logs: the engine's default json-file keeps everything (issue 28)
+    "log-engine-default": ({}, {"LogConfig": {"Type": "json-file", "Config": {}}},
+                           [("log-cap", LOG_CAP.format(NO_MAX_SIZE + FILLS))]),
+    "log-missing": ({}, {"LogConfig": None}, [("log-cap", LOG_CAP.format(NO_DRIVER + FILLS))]),
+    "log-json-unlimited": ({}, {"LogConfig": {"Type": "json-file", "Config": {"max-size": "-1"}}},
+                           [("log-cap", LOG_CAP.format("The json-file log's max-size is '-1', so it grows without a cap" + FILLS))]),
+    "log-local-unlimited": ({}, {"LogConfig": {"Type": "local", "Config": {"max-size": "0"}}},
+                            [("log-cap", LOG_CAP.format("The local log's max-size is '0', so it grows without a cap" + FILLS))]),
+    "log-max-file-0": ({}, {"LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "0"}}},
+                       [("log-cap", LOG_CAP.format("The json-file log's max-file is '0', so it grows without a cap" + FILLS))]),
+    "log-syslog": ({}, {"LogConfig": {"Type": "syslog", "Config": {}}},
+                   [("log-cap", LOG_CAP.format(OTHER_DRIVER.format("syslog") + FILLS))]),
+    "log-journald": ({}, {"LogConfig": {"Type": "journald", "Config": {"max-size": "10m"}}},
+                     [("log-cap", LOG_CAP.format(OTHER_DRIVER.format("journald") + FILLS))]),
+    "log-none": ({}, {"LogConfig": {"Type": "none", "Config": {}}}, [("log-cap", LOG_CAP.format(
+        "The container would keep no log (driver 'none'): neither `docker logs` nor the hub (for a server that "
+        "dies while starting) could read its output"))]),
 }
 
 
@@ -402,6 +426,13 @@ ALLOWED = {
     "exposed-not-published": ({}, {"PortBindings": {}}),
     "private-namespaces": ({}, {"IpcMode": "private", "PidMode": "", "UsernsMode": ""}),
     "shareable-ipc": ({}, {"IpcMode": "shareable"}),
+    "log-json-file-human-size": ({}, {"LogConfig": {"Type": "json-file", "Config": {"max-size": "10m"}}}),
+    "log-json-file-compressed": (
+        {}, {"LogConfig": {"Type": "json-file", "Config": {"max-size": "1g", "max-file": "5", "compress": "true"}}},
+    ),
+    # the local driver rotates at 20 MiB and keeps 5 files when told nothing
+    "log-local-defaults": ({}, {"LogConfig": {"Type": "local", "Config": {}}}),
+    "log-local-capped": ({}, {"LogConfig": {"Type": "local", "Config": {"max-size": "5242880", "max-file": "2"}}}),
 }
 
 
@@ -453,6 +484,7 @@ def test_empty_spec_breaks_every_default_free_rule_in_order():
         "cpu",
         "pids",
         "healthcheck",
+        "log-cap",
     ]
 
 

@@ -219,6 +219,18 @@ def test_main_initialises_a_fresh_root_owned_volume(helper_dirs, monkeypatch, ca
     assert json.loads(capsys.readouterr().out) == {"action": "initialise", "owner_uid": 0, "owner_gid": 0}
     assert (workspace.stat().st_uid, workspace.stat().st_gid, _mode(workspace)) == (300001, 300001, 0o700)
     assert (identity / "300001" / "passwd").read_text().endswith(PASSWD_ENTRY + "\n")
+    # what a server's start would write, there before a quota can be full (issue 28)
+    jupyter, marker = workspace / ".jupyter", workspace / ".jupyter" / "migrated"
+    assert [(p.stat().st_uid, p.stat().st_gid, _mode(p)) for p in (jupyter, marker)] == [
+        (300001, 300001, 0o700), (300001, 300001, 0o600)]
+    assert marker.read_text() == ""
+
+
+def test_main_seeds_only_a_fresh_workspace(helper_dirs, monkeypatch, capsys):
+    workspace, identity = helper_dirs
+    _helper_env(monkeypatch, os.getuid(), os.getgid(), adopt=False)
+    assert workspace_helper.main() == 0  # READY: the user's own files are never touched
+    assert list(workspace.iterdir()) == []
 
 
 @needs_root
