@@ -7,7 +7,8 @@ change it makes to JupyterHub is made here, when the hub asks for a spawner clas
 (an entry point, or ``hardened_spawner.HardenedSpawner``): JupyterHub has no
 start hook for spawners, so `hubstart.install_hub_start_checks` wraps the hub's
 ``init_tornado_settings`` to check the configuration (and stop the hub on a bad setting)
-before anything is served. A hub that uses another spawner class is not affected.
+before anything is served, for whichever hardened spawner the hub uses (both are a
+`lifecycle.HardenedLifecycle`). A hub that uses another spawner class is not affected.
 """
 
 from ._version import __version__
@@ -27,5 +28,5 @@ def __getattr__(name):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from .hubstart import install_hub_start_checks
 
-    install_hub_start_checks(spawner_class)
+    install_hub_start_checks()
     return spawner_class

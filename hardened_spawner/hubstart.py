@@ -16,9 +16,10 @@ from traitlets import TraitError
 
 from .gpu_board import ReclaimRule, culler_missing
 from .gpu_pages import SPAWNER_SETTING
+from .lifecycle import HardenedLifecycle
 
 
-def install_hub_start_checks(spawner_class) -> None:
+def install_hub_start_checks() -> None:
     """Make a bad configuration stop the hub at start, not fail a user's spawn.
 
     JupyterHub creates spawners lazily, so a bad setting would otherwise only
@@ -27,8 +28,9 @@ def install_hub_start_checks(spawner_class) -> None:
     config; so this wraps its ``init_tornado_settings`` (called once the
     config is complete, before anything is served) to build one spawner from
     the config first, which runs every validator and `check_config`, and then
-    audits the server containers already running, in the background. When the
-    hub uses another spawner class, the wrapper does nothing.
+    does the backend's hub-start work in the background. It acts for any
+    hardened spawner (a subclass of `HardenedLifecycle`, on either backend, whichever
+    was imported first) and does nothing when the hub uses another spawner class.
     """
     app_module = sys.modules.get("jupyterhub.app")
     if app_module is None:
@@ -39,17 +41,23 @@ def install_hub_start_checks(spawner_class) -> None:
         return
 
     def init_tornado_settings(app):
-        if isinstance(app.spawner_class, type) and issubclass(app.spawner_class, spawner_class):
+        if isinstance(app.spawner_class, type) and issubclass(app.spawner_class, HardenedLifecycle):
+            name = app.spawner_class.__name__
             try:
-                # a stand-in user: DockerSpawner's observers render name templates
+                # a stand-in user: the base spawners' observers render name templates
                 # (with the hub's database, so that the GPU table it may build knows this hub)
-                probe_user = SimpleNamespace(name="config-check", id=0, admin=False, groups=[], db=app.db)
+                probe_user = SimpleNamespace(name="config-check", escaped_name="config-check", id=0, admin=False,
+                                             groups=[], db=app.db, url="/user/config-check/")
                 spawner = app.spawner_class(config=app.config, log=app.log, user=probe_user)
                 spawner.check_config()
             except TraitError as e:
-                app.log.critical("Invalid HardenedSpawner configuration: %s", e)
+                app.log.critical("Invalid %s configuration: %s", name, e)
                 app.exit(1)
-            app.log.info("HardenedSpawner configuration checked")
+            except Exception as e:  # the backend cannot be set up at all (no kube config, ...)
+                app.log.debug("Building %s from the configuration failed", name, exc_info=True)
+                app.log.critical("%s cannot start: %s: %s", name, type(e).__name__, e)
+                app.exit(1)
+            app.log.info("%s configuration checked", name)
             # the GPU board's pages reach the hub's GPU table through it (`gpu_pages`)
             app.tornado_settings[SPAWNER_SETTING] = spawner
             missing = culler_missing(ReclaimRule(spawner.gpu_idle_timeout, spawner.gpu_max_hold),

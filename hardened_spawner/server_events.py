@@ -59,6 +59,10 @@ class ServerEvents:
         """The backend's own names for the server's object (container, pod)."""
         raise NotImplementedError
 
+    def _workspace_quota(self) -> int | None:
+        """The workspace quota this start enforces, in bytes (None: none); the backend knows."""
+        return None
+
     def _audit_fields(self, **extra) -> dict:
         handler = getattr(self, "handler", None)
         plan = self._plan
@@ -72,7 +76,7 @@ class ServerEvents:
             "image": self.image,
             "image_digest": plan.image_digest if plan else None,
             "policy_fingerprint": profile.fingerprint() if profile else None,
-            "security": audit_summary(profile) if profile else {},
+            "security": {**audit_summary(profile), "workspace_quota": self._workspace_quota()} if profile else {},
             "devices": list(self._gpus_held),
             **self._audit_object(),
         }

@@ -47,7 +47,8 @@ from .core.profile import ProfileError, SecurityProfile, normalise_capability
 _MIB = 1024 * 1024
 
 class HardenedSettings(HasTraits):
-    """The settings of `HardenedSpawner` (see the module docstring)."""
+    """The settings both hardened spawners share (see the module docstring). Messages name
+    the class the admin configured (``type(self).__name__``)."""
 
     if TYPE_CHECKING:  # the base spawners' traits that the checks below read
         mem_limit: int  # never None: the validators below refuse it
@@ -250,13 +251,13 @@ class HardenedSettings(HasTraits):
 
     @validate("uid_min")
     def _validate_uid_min(self, proposal):
-        _as_trait_error(check_uid_range, proposal.value, proposal.value + 1)
+        _as_trait_error(check_uid_range, proposal.value, proposal.value + 1, owner=type(self).__name__)
         return proposal.value
 
     @validate("cap_add")
     def _validate_cap_add(self, proposal):
         try:
-            return [normalise_capability(c) for c in proposal.value]
+            return [normalise_capability(c, f"{type(self).__name__}.cap_add") for c in proposal.value]
         except ProfileError as e:
             raise TraitError(str(e)) from None
 
@@ -264,7 +265,7 @@ class HardenedSettings(HasTraits):
     def _validate_positive(self, proposal):
         if proposal.value < 1:
             raise TraitError(
-                f"HardenedSpawner.{proposal.trait.name} must be at least 1, not {proposal.value}."
+                f"{type(self).__name__}.{proposal.trait.name} must be at least 1, not {proposal.value}."
             )
         return proposal.value
 
@@ -272,7 +273,7 @@ class HardenedSettings(HasTraits):
     def _validate_scratch_size(self, proposal):
         if proposal.value < 64 * _MIB:
             raise TraitError(
-                f"HardenedSpawner.{proposal.trait.name} is {proposal.value} bytes; use at "
+                f"{type(self).__name__}.{proposal.trait.name} is {proposal.value} bytes; use at "
                 "least 64M (e.g. '1G')."
             )
         return proposal.value
@@ -283,14 +284,14 @@ class HardenedSettings(HasTraits):
         for path, size in proposal.value.items():
             if not path.startswith("/") or path.rstrip("/") in ("", "/dev/shm", "/tmp"):
                 raise TraitError(
-                    f"HardenedSpawner.extra_tmpfs: {path!r} must be an absolute path other "
+                    f"{type(self).__name__}.extra_tmpfs: {path!r} must be an absolute path other "
                     "than /, /tmp and /dev/shm (those have tmp_size and shm_size)."
                 )
             try:
                 sizes[path] = ByteSpecification().validate(self, size)
             except TraitError:
                 raise TraitError(
-                    f"HardenedSpawner.extra_tmpfs[{path!r}] = {size!r} is not a size like '256M'."
+                    f"{type(self).__name__}.extra_tmpfs[{path!r}] = {size!r} is not a size like '256M'."
                 ) from None
         return sizes
 
@@ -298,14 +299,14 @@ class HardenedSettings(HasTraits):
     def _validate_mem_limit(self, proposal):
         if proposal.value is None or proposal.value < 128 * _MIB:
             raise TraitError(
-                f"HardenedSpawner.mem_limit must be set and at least 128M, not {proposal.value!r}."
+                f"{type(self).__name__}.mem_limit must be set and at least 128M, not {proposal.value!r}."
             )
         return proposal.value
 
     @validate("cpu_limit")
     def _validate_cpu_limit(self, proposal):
         if proposal.value is None or proposal.value <= 0:
-            raise TraitError(f"HardenedSpawner.cpu_limit must be > 0, not {proposal.value!r}.")
+            raise TraitError(f"{type(self).__name__}.cpu_limit must be > 0, not {proposal.value!r}.")
         return proposal.value
 
     @validate("gpu_default_per_user", "gpu_max_per_user", "gpu_max_users_per_gpu",
@@ -314,7 +315,7 @@ class HardenedSettings(HasTraits):
         low = 1 if proposal.trait.name == "gpu_max_users_per_gpu" else 0
         if proposal.value < low:
             raise TraitError(
-                f"HardenedSpawner.{proposal.trait.name} must be at least {low}, not {proposal.value}."
+                f"{type(self).__name__}.{proposal.trait.name} must be at least {low}, not {proposal.value}."
             )
         return proposal.value
 
@@ -332,13 +333,17 @@ class HardenedSettings(HasTraits):
 
     def check_config(self) -> None:
         """Checks across settings, run once at hub start (`hubstart`)."""
-        _as_trait_error(check_uid_range, self.uid_min, self.uid_max)
+        owner = type(self).__name__
+        _as_trait_error(check_uid_range, self.uid_min, self.uid_max, owner=owner)
         if isinstance(self.uid_map, dict):
-            _as_trait_error(check_static_uids, self.uid_map, self.uid_min, self.uid_max)
+            _as_trait_error(check_static_uids, self.uid_map, self.uid_min, self.uid_max, owner=owner)
         try:
             self.gpu_allocator()
+        except GpuConfigError as e:
+            raise TraitError(e.naming(owner)) from None
+        try:
             _ = self.audit  # opens the sink: a bad path fails now, not in a user's spawn
-        except (GpuConfigError, AuditLogError, ValueError, OSError) as e:
+        except (AuditLogError, ValueError, OSError) as e:
             raise TraitError(str(e)) from None
 
     # --- derived from the settings alone --------------------------------
@@ -387,9 +392,9 @@ class HardenedSettings(HasTraits):
         )
 
 
-def _as_trait_error(check, *args) -> None:
+def _as_trait_error(check, *args, **kwargs) -> None:
     try:
-        check(*args)
+        check(*args, **kwargs)
     except IdentityError as e:
         raise TraitError(str(e)) from None
 
@@ -404,6 +409,6 @@ def _network_setting(check, proposal, value=None):
     """Run an `isolation.policy` check on a setting; its error names the setting."""
     try:
         return check(proposal.value if value is None else value,
-                      f"HardenedSpawner.{proposal.trait.name}")
+                      f"{type(proposal.owner).__name__}.{proposal.trait.name}")
     except NetworkConfigError as e:
         raise TraitError(str(e)) from None

@@ -47,6 +47,8 @@ class Hub:
     proxy_api_port: int = field(default_factory=free_port)
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     debug: bool = True  # benchmarks start hubs as in production, without --debug
+    #: more environment for the hub process (over this process's own)
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     #: when the current process was started, and where its part of the log begins
     started_at: float = 0.0
@@ -117,7 +119,7 @@ class Hub:
                 [sys.executable, "-m", "jupyterhub", "-f", str(config)] + (["--debug"] if self.debug else []),
                 cwd=self.workdir,
                 # a crash of the interpreter itself leaves every thread's stack in the log
-                env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                env={**os.environ, "PYTHONFAULTHANDLER": "1", **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -141,6 +143,17 @@ class Hub:
 
     def wait_exit(self, timeout: float = 60) -> int:
         return self.proc.wait(timeout)
+
+    def wait_refused(self, timeout: float = 60) -> int:
+        """For a hub whose config must stop it at start: its exit status, once it has exited;
+        a HubError when it answers requests instead (it started), or neither within ``timeout``."""
+        try:
+            self.wait_ready(timeout)
+        except HubError:
+            if self.proc.poll() is not None:
+                return self.proc.returncode
+            raise
+        raise HubError(f"the hub started instead of stopping:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -28,7 +28,11 @@ class GpuConfigError(ValueError):
     def __init__(self, setting: str, message: str):
         self.setting = setting
         self.message = message
-        super().__init__(f"HardenedSpawner.{setting}: {message}")
+        super().__init__(f"{setting}: {message}")
+
+    def naming(self, owner: str) -> str:
+        """The message with the setting as the admin writes it (``owner``: the configured class)."""
+        return f"{owner}.{self.setting}: {self.message}"
 
 
 class GpuAllocationError(Exception):
@@ -322,7 +326,7 @@ def _check_counts(policy: GpuPolicy, inventory: Sequence[GpuDevice]) -> dict[str
     if policy.default_per_user > policy.max_per_user:
         raise GpuConfigError(
             "gpu_default_per_user",
-            f"{policy.default_per_user} is more than HardenedSpawner.gpu_max_per_user "
+            f"{policy.default_per_user} is more than gpu_max_per_user "
             f"({policy.max_per_user}) allows. Lower the default or raise the maximum.",
         )
     known = ", ".join(seen)
@@ -355,7 +359,7 @@ def _check_pins(policy: GpuPolicy, inventory: Sequence[GpuDevice], seen: dict[st
             raise GpuConfigError(
                 "gpu_pins",
                 f"{_join(users)} are pinned to {uuid}, but at most {limit} may hold a device "
-                f"(HardenedSpawner.gpu_max_users_per_gpu is {limit}). Pin them to different "
+                f"(gpu_max_users_per_gpu is {limit}). Pin them to different "
                 "devices, or raise gpu_max_users_per_gpu to let them share it without isolation.",
             )
     for device in inventory:
@@ -468,7 +472,7 @@ class GpuAllocator:
                 )
             if len(users) > limit:
                 warnings.append(
-                    f"{uuid} is held by {names}, more than HardenedSpawner.gpu_max_users_per_gpu "
+                    f"{uuid} is held by {names}, more than gpu_max_users_per_gpu "
                     f"({limit}) allows; nobody else gets it until they stop."
                 )
         for d in self.inventory:

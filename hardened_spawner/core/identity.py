@@ -42,27 +42,28 @@ class Identity:
         return f"{self.uid}:{self.gid}"
 
 
-def check_uid_range(uid_min: int, uid_max: int) -> None:
-    """Reject a range that could hand out root or a host system account."""
+def check_uid_range(uid_min: int, uid_max: int, *, owner: str) -> None:
+    """Reject a range that could hand out root or a host system account (``owner``: the
+    configured class, as the messages name its settings)."""
     if uid_min < MIN_SAFE_UID:
         raise IdentityError(
-            f"HardenedSpawner.uid_min is {uid_min}; it must be at least {MIN_SAFE_UID} "
+            f"{owner}.uid_min is {uid_min}; it must be at least {MIN_SAFE_UID} "
             "so that no user runs as root or as a host system account. "
             "Pick a range above your host's human accounts, e.g. 200000."
         )
     if uid_max <= uid_min:
         raise IdentityError(
-            f"HardenedSpawner.uid_max ({uid_max}) must be greater than "
-            f"HardenedSpawner.uid_min ({uid_min})."
+            f"{owner}.uid_max ({uid_max}) must be greater than "
+            f"{owner}.uid_min ({uid_min})."
         )
     if uid_max > MAX_UID:
         raise IdentityError(
-            f"HardenedSpawner.uid_max ({uid_max}) is above the largest UID Linux "
+            f"{owner}.uid_max ({uid_max}) is above the largest UID Linux "
             f"accepts ({MAX_UID})."
         )
 
 
-def check_static_uids(uid_map: dict[str, int], uid_min: int, uid_max: int) -> None:
+def check_static_uids(uid_map: dict[str, int], uid_min: int, uid_max: int, *, owner: str) -> None:
     """Static UIDs must be safe, unique, and outside the derived range.
 
     Outside the range, because a derived UID is ``uid_min + hub user id``:
@@ -72,27 +73,27 @@ def check_static_uids(uid_map: dict[str, int], uid_min: int, uid_max: int) -> No
     for name, uid in sorted(uid_map.items()):
         if not isinstance(uid, int) or isinstance(uid, bool):
             raise IdentityError(
-                f"HardenedSpawner.uid_map[{name!r}] is {uid!r}; UIDs must be integers."
+                f"{owner}.uid_map[{name!r}] is {uid!r}; UIDs must be integers."
             )
         if uid < MIN_SAFE_UID:
             raise IdentityError(
-                f"HardenedSpawner.uid_map[{name!r}] is {uid}; UIDs below "
+                f"{owner}.uid_map[{name!r}] is {uid}; UIDs below "
                 f"{MIN_SAFE_UID} (root and system accounts) are never handed out."
             )
         if uid > MAX_UID:
             raise IdentityError(
-                f"HardenedSpawner.uid_map[{name!r}] is {uid}, above the largest UID "
+                f"{owner}.uid_map[{name!r}] is {uid}, above the largest UID "
                 f"Linux accepts ({MAX_UID})."
             )
         if uid_min <= uid <= uid_max:
             raise IdentityError(
-                f"HardenedSpawner.uid_map[{name!r}] is {uid}, inside the derived range "
-                f"{uid_min}-{uid_max} (HardenedSpawner.uid_min/uid_max), where it would "
+                f"{owner}.uid_map[{name!r}] is {uid}, inside the derived range "
+                f"{uid_min}-{uid_max} ({owner}.uid_min/uid_max), where it would "
                 "collide with another user's UID. Choose a UID outside that range."
             )
         if uid in seen:
             raise IdentityError(
-                f"HardenedSpawner.uid_map gives UID {uid} to both {seen[uid]!r} and "
+                f"{owner}.uid_map gives UID {uid} to both {seen[uid]!r} and "
                 f"{name!r}; every user needs a UID of their own."
             )
         seen[uid] = name
@@ -109,7 +110,7 @@ def derived_uid(hub_user_id: int, uid_min: int, uid_max: int) -> int:
     return uid_min + hub_user_id % (uid_max - uid_min + 1)
 
 
-def first_free_uid(preferred: int, uid_min: int, uid_max: int, taken: Iterable[int]) -> int:
+def first_free_uid(preferred: int, uid_min: int, uid_max: int, taken: Iterable[int], *, owner: str) -> int:
     """The first UID at or after ``preferred`` that no one holds, wrapping to ``uid_min``.
 
     The same inputs always give the same answer, so a user who retries is offered the
@@ -119,9 +120,9 @@ def first_free_uid(preferred: int, uid_min: int, uid_max: int, taken: Iterable[i
     size = uid_max - uid_min + 1
     if len(held) >= size:
         raise IdentityError(
-            f"No UID is free: all {size} UIDs of HardenedSpawner.uid_min..uid_max "
+            f"No UID is free: all {size} UIDs of {owner}.uid_min..uid_max "
             f"({uid_min}-{uid_max}) are held by workspaces on this engine. Ask your hub admin "
-            "to raise HardenedSpawner.uid_max (or remove workspaces no one needs)."
+            f"to raise {owner}.uid_max (or remove workspaces no one needs)."
         )
     uid = preferred if uid_min <= preferred <= uid_max else uid_min
     while uid in held:  # ends within len(held) + 1 steps
@@ -129,22 +130,22 @@ def first_free_uid(preferred: int, uid_min: int, uid_max: int, taken: Iterable[i
     return uid
 
 
-def check_policy_uid(uid: object, username: str) -> int:
+def check_policy_uid(uid: object, username: str, *, owner: str) -> int:
     """Validate a UID produced by a map or an admin callable."""
     if not isinstance(uid, int) or isinstance(uid, bool):
         raise IdentityError(
             f"The UID chosen for {username!r} is {uid!r}, not an integer. "
-            "Fix HardenedSpawner.uid_map (or the callable given there)."
+            f"Fix {owner}.uid_map (or the callable given there)."
         )
     if uid < MIN_SAFE_UID:
         raise IdentityError(
             f"The UID chosen for {username!r} is {uid}; UIDs below {MIN_SAFE_UID} "
-            "(root and system accounts) are never used. Fix HardenedSpawner.uid_map."
+            f"(root and system accounts) are never used. Fix {owner}.uid_map."
         )
     if uid > MAX_UID:
         raise IdentityError(
             f"The UID chosen for {username!r} is {uid}, above the largest UID Linux "
-            f"accepts ({MAX_UID}). Fix HardenedSpawner.uid_map."
+            f"accepts ({MAX_UID}). Fix {owner}.uid_map."
         )
     return uid
 
@@ -243,20 +244,21 @@ class UidRequest:
     uid_min: int
     uid_max: int
     version: str
+    setting_owner: str  # the configured class, as messages name its settings
 
 
 #: where a remembered UID came from, for messages
 _SOURCES = {"state": "database", "workspace": "workspace label"}
 
 
-def uid_held_elsewhere(uid: int, source: str) -> IdentityError:
+def uid_held_elsewhere(uid: int, source: str, *, owner: str) -> IdentityError:
     """The refusal for a UID (from `resolve_uid`'s ``source``) that another user's files
     carry too. A collision with a static UID names `uid_map`; any other blames no setting."""
     if source == "policy":
         return IdentityError(
-            f"UID {uid}, which HardenedSpawner.uid_map gives you, is already used by another "
+            f"UID {uid}, which {owner}.uid_map gives you, is already used by another "
             "user's workspace, so it cannot be yours too. Ask your hub admin to fix "
-            "HardenedSpawner.uid_map."
+            f"{owner}.uid_map."
         )
     return IdentityError(
         f"Your UID {uid} (remembered by the hub's {_SOURCES[source]}) is also carried by "

@@ -31,7 +31,7 @@ class ProfileError(ValueError):
     """A profile setting is invalid; the message names the setting."""
 
 
-def normalise_capability(name: str, setting: str = "HardenedSpawner.cap_add") -> str:
+def normalise_capability(name: str, setting: str) -> str:
     """Accept ``net_bind_service`` or ``CAP_NET_BIND_SERVICE``; refuse the rest clearly."""
     cap = name.strip().upper().removeprefix("CAP_")
     if cap not in KNOWN_CAPABILITIES:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import docker.errors
 
 from .. import labels
-from .hub_context import HubContext
+from .hub_context import EngineFacts, HubContext
 from .isolation import docker_network
 from .workspace import IDENTITY_VOLUME
 
@@ -48,7 +48,7 @@ async def ensure_network(context: HubContext, name: str, bridge: str, isolation:
 
 
 async def gather_engine_facts(context: HubContext, network: str, bridge: str, isolation: bool,
-                              log) -> dict:
+                              log) -> EngineFacts:
     """AppArmor support, the identity volume's host path and the engine's CPUs; makes the
     identity volume and the users' network if they are missing."""
     info = await context.docker("info")
@@ -56,11 +56,11 @@ async def gather_engine_facts(context: HubContext, network: str, bridge: str, is
         context, IDENTITY_VOLUME, {labels.MANAGED: "true", labels.ROLE: labels.ROLE_IDENTITY}
     )
     await ensure_network(context, network, bridge, isolation, log)
-    return {
-        "apparmor": any("apparmor" in o for o in info.get("SecurityOptions") or []),
-        "identity_mountpoint": identity["Mountpoint"],
-        "cpus": info.get("NCPU") or 0,
-    }
+    return EngineFacts(
+        apparmor=any("apparmor" in o for o in info.get("SecurityOptions") or []),
+        identity_mountpoint=identity["Mountpoint"],
+        cpus=info.get("NCPU") or 0,
+    )
 
 
 def orphans(containers: list[dict], hub_id: str, known: set[tuple[str, str]]) -> list[dict]:

@@ -16,8 +16,8 @@ engine settings:
   never replaced: when the engine does not answer, nothing is stored and the
   next call tries again;
 - the thread pool for Docker calls;
-- the GPU brokers, the engine facts and the isolation checks, each keyed by the
-  settings it depends on;
+- the engine facts and the isolation checks, each keyed by the settings it depends on
+  (the GPU table is the hub's, for either backend: `gpu_broker.broker_for`);
 - what admission knows of images (`admission.ImageCache`), by image ID and name;
 - the one watch over the servers starting at a moment (`start_watch.StartWatch`), and the
   queue that lets only so many start at once (`start_queue.StartQueue`).
@@ -97,6 +97,16 @@ def connect(tls_config: dict, client_kwargs: dict, threads: int):
     return docker.APIClient(**kwargs)
 
 
+@dataclass(frozen=True)
+class EngineFacts:
+    """What every spawn needs to know of the engine, asked once per hub process and users'
+    network (`HardenedSpawner.engine_facts`)."""
+
+    apparmor: bool  # whether the engine can apply an AppArmor profile
+    identity_mountpoint: str  # the identity volume's path on the host (its files are bind-mounted)
+    cpus: int  # the engine's CPUs; 0 when it did not say
+
+
 @dataclass
 class IsolationCheck:
     """The last check of one users' network's isolation (see `HardenedSpawner`)."""
@@ -108,7 +118,7 @@ class IsolationCheck:
 
 
 class HubContext:
-    """The engine client, the Docker thread pool and the hub-wide tables of one hub."""
+    """The engine client, the Docker thread pool and the hub-wide Docker tables of one hub."""
 
     def __init__(self, connect: Callable[[], Any], threads: int, address: str = ""):
         """``connect`` makes the docker-py client (it may ask the engine its API version)."""
@@ -129,12 +139,9 @@ class HubContext:
         #: later spawn of theirs asks the engine nothing more (a claim is never taken back)
         self.claimed: dict[tuple[str, str], int] = {}
         #: facts about the engine, keyed by the users' network they were gathered for
-        self.engine_facts: dict[str, dict] = {}
+        self.engine_facts: dict[str, EngineFacts] = {}
         #: the last isolation check, keyed by (network name, the policy's summary)
         self.isolation: dict[tuple[str, str], IsolationCheck] = {}
-        #: GPU brokers, keyed by the inventory and policy they were built from
-        self.brokers: dict[str, Any] = {}
-        self._brokers_lock = threading.Lock()
         #: image facts, scans and approvals (`admission`)
         self.images = ImageCache()
         #: which starting servers still run, one look for all of them (`start_watch`)
@@ -168,14 +175,6 @@ class HubContext:
     def docker(self, method: str, *args, **kwargs) -> asyncio.Future:
         """Call a docker-py ``APIClient`` method on the Docker threads."""
         return self.run(lambda: getattr(self.client, method)(*args, **kwargs))
-
-    def broker(self, key: str, build: Callable[[], Any]):
-        """The GPU broker for these settings, built by ``build`` the first time."""
-        with self._brokers_lock:
-            found = self.brokers.get(key)
-            if found is None:
-                found = self.brokers[key] = build()
-            return found
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

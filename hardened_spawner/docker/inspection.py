@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from .. import labels
 from ..core.gpus import GpuAllocator, GpuSummary, _index_key, relatives
 from ..core.violations import Violation
-from ..gpu_broker import holder_key, holdings_from_containers
+from ..gpu_broker import holder_key
 from .guard import GuardPolicy, check_container, rule_for
+from .holdings import holdings_from_containers
 from .workspace import identity_file_sources
 
 #: The benchmark whose item numbers the reports quote.

@@ -1,40 +1,49 @@
-"""HardenedSpawner: the glue between JupyterHub, the policy modules and the engine.
+"""HardenedSpawner: the Docker backend's verbs under the one hardened lifecycle.
 
-Every decision lives in a pure module (identity, profile, guard, container,
-workspace, gpus); this class reads the settings, asks the engine what it
-must know, calls those functions in order and reports progress, refusals and
-events. ``start`` is the whole story:
+The order of a start, its refusals and audit, GPU assignment and the state a user
+keeps are the shared lifecycle's (`lifecycle.HardenedLifecycle`). This class says
+what each step means on one Docker engine, with every decision in a pure module
+(identity, profile, guard, container, workspace, gpus):
 
-identity -> GPUs -> workspace -> container spec -> guard -> create -> start -> wait
+admit (engine facts, isolation, the image) -> the UID's claim volume -> (GPUs) ->
+in a start slot: workspace -> container spec -> guard -> create -> start -> wait
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import docker.errors
 from dockerspawner import DockerSpawner
 from jupyterhub.utils import maybe_future, url_path_join
+from tornado import web
 
 from .. import hub_database, labels
 from .._version import __version__
 from ..core.decision import GpuGrant, decide
 from ..core.egress import NetworkConfigError
-from ..core.identity import Identity, UidRequest, check_policy_uid, derived_uid, make_identity, resolve_uid
-from ..core.options import OptionsError, gpu_request
+from ..core.identity import Identity, UidRequest
 from ..core.profile import SecurityProfile
 from ..core.violations import describe
 from ..errors import SpawnRefused
-from ..gpu_broker import GpuBroker, holder_key
-from ..refusals import Situation, as_refusal
-from ..server_events import ServerEvents
-from ..settings import HardenedSettings
+from ..gpu_broker import HoldingsSource
+from ..lifecycle import HardenedLifecycle
 from . import admission, hub_start, uid_claims
 from .container import DockerPlacement, WorkspaceMount, build_server_spec
 from .engine import gather_engine_facts, image_for_start, running_servers
 from .guard import GuardPolicy, check_container
-from .hub_context import HubContext, IsolationCheck, connect, engine_address, engine_settings, hub_context
+from .holdings import holdings_from_containers
+from .hub_context import (
+    UNREACHABLE,
+    EngineFacts,
+    HubContext,
+    IsolationCheck,
+    connect,
+    context_key,
+    engine_address,
+    engine_settings,
+    hub_context,
+)
 from .image_settings import ImageAdmissionSettings
 from .isolation import hub_check
 from .isolation.policy import IsolationPolicy, hub_endpoint, isolation_settings, policy_from_settings
@@ -61,10 +70,26 @@ class StartPlan:
     image_cmd: tuple[str, ...]  # the image's CMD, for `get_command`
 
 
-class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, DockerSettings, HardenedSettings,
-                      DockerSpawner):
-    """A DockerSpawner whose users each run as their own UID in a locked-down container."""
+@dataclass(frozen=True)
+class Admitted:
+    """What `_admit` found before anything of the user's is made: the engine's facts and the
+    image's ``inspect`` (admitted)."""
 
+    facts: EngineFacts
+    image: dict
+
+
+class HardenedSpawner(WorkspaceSteps, ImageAdmissionSettings, DockerSettings, HardenedLifecycle, DockerSpawner):
+    """A DockerSpawner whose users each run as their own UID in a locked-down container.
+
+    The shared lifecycle (with the shared settings, `WorkspaceQuotaSettings` among them)
+    calls the verbs below; DockerSpawner's own ``stop`` and ``poll`` are called by name,
+    under the lifecycle's.
+    """
+
+    refusals = REFUSALS
+    kept_state = {**HardenedLifecycle.kept_state, "workspace_prepared": "_prepared"}
+    _prepared: str = ""
     _plan: StartPlan | None = None
 
     def check_config(self) -> None:
@@ -75,9 +100,6 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
     async def hub_start_work(self, app) -> None:
         """Once, in the background, when the hub starts (`docker.hub_start`)."""
         await hub_start.hub_start_work(self, app)
-
-    #: why the next stop happens, for the audit trail: set by the GPU reclaim API (`gpu_pages`)
-    stop_reason: str | None = None
 
     # --- hub-wide shared pieces (one `HubContext` per set of engine settings) ---
 
@@ -104,27 +126,22 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
         """A pool shared by all users, so one slow Docker call does not queue the others."""
         return self.context.executor
 
-    @property
-    def gpus(self) -> GpuBroker:
-        """The GPU table for this inventory and policy, one per hub."""
-        key = json.dumps([self.gpu_inventory, repr(self._gpu_policy())], default=repr)
-        hub_id, db = self.hub_id, getattr(self.user, "db", None)
-        audit, log = self.audit, self.log
-        context = self.context
+    def _backend_address(self) -> str:
+        return self.context.address
 
-        def build() -> GpuBroker:
-            async def running() -> list[dict]:
-                return await running_servers(context, hub_id, lambda: hub_database.servers_in_database(db), audit, log)
+    def _gpu_table_scope(self) -> str:
+        return "docker:" + context_key(engine_settings(self.tls_config, self.client_kwargs), self.docker_threads)
 
-            return GpuBroker(self.gpu_allocator(), running, self.log)
+    def _holdings_source(self) -> HoldingsSource:
+        context, hub_id, db, audit, log = self.context, self.hub_id, getattr(self.user, "db", None), self.audit, self.log
 
-        return context.broker(key, build)
+        async def holdings():
+            servers = await running_servers(context, hub_id, lambda: hub_database.servers_in_database(db), audit, log)
+            return holdings_from_containers(servers)
 
-    @property
-    def hub_id(self) -> str:
-        return hub_database.hub_id(getattr(self.user, "db", None))
+        return holdings
 
-    async def engine_facts(self) -> dict:
+    async def engine_facts(self) -> EngineFacts:
         """Facts about the engine every spawn needs, asked once per hub process and users'
         network: AppArmor support, the identity volume's host path, the network itself.
         Nothing is kept when the engine does not answer: the next spawn asks again."""
@@ -134,13 +151,12 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
             if facts is None:
                 facts = await gather_engine_facts(
                     context, self.network_name, self.network_bridge_name, self.network_isolation, self.log)
-                if facts["cpus"] and self.cpu_limit > facts["cpus"]:
+                if facts.cpus and self.cpu_limit > facts.cpus:
                     self.log.warning(
-                        "HardenedSpawner.cpu_limit is %s but the engine has %s CPUs; "
-                        "servers get %s (the engine refuses more).",
-                        self.cpu_limit, facts["cpus"], facts["cpus"],
+                        "%s.cpu_limit is %s but the engine has %s CPUs; servers get %s (the engine refuses more).",
+                        self.setting_owner, self.cpu_limit, facts.cpus, facts.cpus,
                     )
-                if not facts["apparmor"] and self.apparmor_profile:
+                if not facts.apparmor and self.apparmor_profile:
                     self.log.info("The engine has no AppArmor; servers run without an AppArmor profile.")
                 context.engine_facts[self.network_name] = facts
             return facts
@@ -170,140 +186,96 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
             if refusal is not None:
                 raise refusal
 
-    # --- state: the UID and the prepared workspace outlive each server ---
+    # --- the lifecycle's verbs: admit, claim -----------------------------------
 
-    _uid: int | None = None
-    _prepared: str = ""
-    _gpus_held: tuple[str, ...] = ()
-
-    def load_state(self, state):
-        super().load_state(state)
-        self._uid = state.get("uid", self._uid)
-        self._prepared = state.get("workspace_prepared", self._prepared)
-
-    def get_state(self):
-        state = super().get_state()
-        if self._uid is not None:
-            state["uid"] = self._uid
-        if self._prepared:
-            state["workspace_prepared"] = self._prepared
-        return state
-
-    def clear_state(self):
-        """Forget the container, never the UID: it owns the user's files."""
-        uid, prepared = self._uid, self._prepared
-        super().clear_state()
-        self._uid, self._prepared = uid, prepared
-
-    # --- start, step by step -----------------------------------------------
-
-    async def _static_uid(self) -> int | None:
-        """The UID `uid_map` gives this user, or None when it gives none."""
-        if callable(self.uid_map):
-            uid = await maybe_future(self.uid_map(self))
-            return check_policy_uid(uid, self.user.name)
-        if self.user.name in self.uid_map:
-            return check_policy_uid(self.uid_map[self.user.name], self.user.name)
-        return None
-
-    async def _resolve_identity(self) -> tuple[Identity, bool]:
-        """The user's UID: the one their files already carry, else `uid_map`'s, else the
-        first UID from `uid_min + hub user id` on that no label on the engine holds; and
-        whether the workspace volume exists (`_prepare_workspace` need not ask again).
-
-        One spawn at a time decides (per hub; across hubs the engine's claim volumes
-        decide), and the UID is claimed on the engine before anyone else can pick it.
-        """
-        async with self.context.uid_lock:
-            workspace = self._workspace_source()[0]
-            workspace_found, remembered = await self._workspace_uid()
-            if self._uid is None and remembered is None:  # a claim is all a new workspace has
-                remembered = await self.context.run(uid_claims.claimed_uid, self.client, self.user.name, workspace)
-            offer, static = derived_uid(self.user.id, self.uid_min, self.uid_max), await self._static_uid()
-            decision = resolve_uid(
-                self.user.name,
-                from_state=self._uid,
-                from_workspace=remembered,
-                from_policy=offer if static is None else static,
-                static=static is not None,
-            )
-            if decision.warning:
-                self.log.warning(decision.warning)
-            uid = decision.uid
-            request = UidRequest(self.user.name, workspace, offer, self.uid_min, self.uid_max, __version__)
-            if uid is None:
-                uid = await self.context.run(uid_claims.claim_free_uid, self.client, request, self.log)
-            elif self.context.claimed.get((self.user.name, workspace)) != uid:  # not yet in this process
-                await self.context.run(uid_claims.claim_known_uid, self.client, uid, decision.source,
-                                       request, self.log)
-            self.context.claimed[(self.user.name, workspace)] = uid
-        self._uid = uid
-        return make_identity(self.user.name, uid, self.home_template), workspace_found
-
-    async def _assign_gpus(self) -> GpuGrant:
-        try:
-            count, devices = gpu_request(self.user_options)
-        except OptionsError as e:
-            raise SpawnRefused(str(e), reason="options") from None
-        if devices is not None and not self.user.admin:
-            raise SpawnRefused("Only admins may choose GPU devices.", reason="gpu", status_code=403)
-        groups = [g.name for g in self.user.groups]
-        holder = holder_key(self.user.name, self.name)
-        uuids, since = await self.gpus.assign(holder, groups, count, devices, owner=self.user.name)
-        self._gpus_held = uuids
-        if uuids:
-            self.audit.emit("gpus-assigned", **self._audit_fields(devices=list(uuids)))
-        return GpuGrant(uuids, since.isoformat())
+    def _asked_image(self) -> str:
+        return self.user_options.get("image") or self.image
 
     async def start(self):
         self._start_events()
-        self.audit.emit("spawn-requested", **self._audit_fields())
-        try:
-            return await self._start()
-        except Exception as e:
-            await self._release_gpus()
-            refusal = self._as_refusal(e)
-            self.audit.emit("spawn-refused", **self._audit_fields(reason=refusal.jupyterhub_message))
-            if refusal is e:
-                raise
-            raise refusal from e
-        finally:
-            self._end_events()
+        return await self._hardened_start()
 
-    def _as_refusal(self, e: Exception) -> SpawnRefused:
-        board = url_path_join(self.hub.base_url, "gpus") if self.gpu_board else ""
-        return as_refusal(e, Situation(self.image, self.context.address, board), self.log, self._log_name,
-                          REFUSALS)
-
-    async def _start(self):
-        self._report(5, "Checking your identity")
+    async def _admit(self) -> Admitted:
+        """The engine's facts, the users' network's isolation and the image (allowed, there,
+        admitted), before anything of the user's is made."""
         facts = await self.engine_facts()
         await self._require_isolation()
         if self.user_options.get("image"):
-            self.image = await self.check_allowed(self.user_options["image"])
+            self.image = await self._allowed_image(self.user_options["image"])
         image = await image_for_start(self.docker, self.image, self.pull_policy, self.pull_image)
         await self._admit_image(image)
-        identity, workspace_found = await self._resolve_identity()
-        # GPUs before the workspace: a busy pool refuses at once, before any container runs
-        self._report(15, "Assigning GPUs")
-        gpus = await self._assign_gpus()
-        async with self._start_slot(facts["cpus"]):  # the part that costs the engine's CPU
+        return Admitted(facts, image)
+
+    async def _allowed_image(self, asked: str) -> str:
+        """The image the user chose, if `allowed_images` offers it (DockerSpawner's check,
+        whose 400 becomes a refusal that names the choices)."""
+        try:
+            return await self.check_allowed(asked)
+        except web.HTTPError as e:
+            if e.status_code != 400:
+                raise
+            offered = self._get_allowed_images()
+            choices = ", ".join(offered) if isinstance(offered, dict) and offered else ""
+            raise SpawnRefused(
+                f"The image {asked!r} is not one this hub offers."
+                + (f" Choose one of: {choices}." if choices else " This hub does not let users choose an image."),
+                reason="image", status_code=400,
+            ) from None
+
+    async def _admit_image(self, image: dict) -> None:
+        """Judge the image before anything of the user's is made (`docker.admission`)."""
+        if self.image_admission:
+            self._report(10, "Checking the image")
+            verdict = await admission.admit(self.context, self.context.images, self.admission_settings(),
+                                            self.image, image, tuple(self.cmd or ()))
+            admission.record(verdict, lambda event, **fields: self.audit.emit(event, **self._audit_fields(**fields)))
+            if not verdict.admitted:
+                raise admission.refusal(verdict, self._log_name)
+
+    def _uid_lock(self):
+        return self.context.uid_lock
+
+    def _workspace_name(self) -> str:
+        return self._workspace_source()[0]
+
+    async def _claimed_uid(self) -> int | None:
+        return await self.context.run(uid_claims.claimed_uid, self.client, self.user.name, self._workspace_name())
+
+    async def _claim_new_uid(self, request: UidRequest) -> int:
+        uid = await self.context.run(uid_claims.claim_free_uid, self.client, request, self.log)
+        self.context.claimed[(self.user.name, request.workspace)] = uid
+        return uid
+
+    async def _claim_known_uid(self, uid: int, source: str, request: UidRequest) -> None:
+        key = (self.user.name, request.workspace)
+        if self.context.claimed.get(key) != uid:  # not yet checked in this process
+            await self.context.run(uid_claims.claim_known_uid, self.client, uid, source, request, self.log)
+            self.context.claimed[key] = uid
+
+    # --- the lifecycle's verbs: launch ---------------------------------------------
+
+    async def _launch(self, identity: Identity, gpus: GpuGrant, admitted: Admitted, workspace_found: bool):
+        facts, image = admitted.facts, admitted.image
+        async with self._start_slot(facts.cpus):  # the part that costs the engine's CPU
             workspace = await self._prepare_workspace(identity, image["Id"], workspace_found)
             self._plan = StartPlan(
                 identity=identity,
                 gpus=gpus,
                 profile=self.security_profile(facts),
                 workspace=workspace,
-                identity_files=identity_file_sources(facts["identity_mountpoint"], identity.uid),
+                identity_files=identity_file_sources(facts.identity_mountpoint, identity.uid),
                 image_digest=(image.get("RepoDigests") or [image["Id"]])[0],
                 image_cmd=tuple(image["Config"].get("Cmd") or ()),
             )
             self._report(55, "Creating your server container")
-            ip, port, state = await self._create_and_start()
-            self._report(70, "Waiting for your server to answer")
-            url = url_path_join(f"http://{ip}:{port}", self.server.base_url, "api")
-            await wait_until_up(self.context, self.container_id, state, url, self.http_timeout, self._log_name)
-        self.audit.emit("server-started", **self._audit_fields())
+            try:
+                ip, port, state = await self._create_and_start()
+                self._report(70, "Waiting for your server to answer")
+                url = url_path_join(f"http://{ip}:{port}", self.server.base_url, "api")
+                await wait_until_up(self.context, self.container_id, state, url, self.http_timeout, self._log_name)
+            except Exception:
+                await self._remove_failed_container()
+                raise
         return ip, port
 
     def _start_slot(self, engine_cpus: int):
@@ -318,16 +290,6 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
             first = False
 
         return self.context.start_queue.slot(limit, self.start_timeout, tell)
-
-    async def _admit_image(self, image: dict) -> None:
-        """Judge the image before anything of the user's is made (`docker.admission`)."""
-        if self.image_admission:
-            self._report(10, "Checking the image")
-            verdict = await admission.admit(self.context, self.context.images, self.admission_settings(),
-                                            self.image, image, tuple(self.cmd or ()))
-            admission.record(verdict, lambda event, **fields: self.audit.emit(event, **self._audit_fields(**fields)))
-            if not verdict.admitted:
-                raise admission.refusal(verdict, self._log_name)
 
     async def _create_and_start(self) -> tuple[str, int, dict]:
         """What `DockerSpawner.start` does after its image check and pull (done once, above):
@@ -369,6 +331,17 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
             return None
         return found
 
+    async def _remove_failed_container(self) -> None:
+        """The container of a start that failed is removed: why it failed went to the user
+        and the hub log already, and an exited container that no one starts again would only
+        be listed by ``check``. (Never another hub's: `_create_and_start` forgets that one.)"""
+        if self.object_id:
+            try:
+                await self.remove_object()
+            except UNREACHABLE as e:
+                self.log.warning("Could not remove %s's failed container %s: %s", self._log_name, self.object_id, e)
+            self.object_id = ""
+
     async def create_object(self):
         """Decide the whole spec, let the guard judge it, and only then create."""
         plan = self._plan
@@ -391,6 +364,7 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
             version=__version__,
             extra_binds=self.volume_binds,
             hub_id=self.hub_id,
+            log_config=self.container_log_config(),
         )
         spec = build_server_spec(
             decision,
@@ -423,13 +397,7 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
         value = self._eval_if_callable(value)
         return self._render_templates(await maybe_future(value))
 
-    # --- stop and poll ---------------------------------------------------
-
-    async def _release_gpus(self, reason: str | None = None) -> None:
-        released = await self.gpus.release(holder_key(self.user.name, self.name))
-        if released:
-            self.audit.emit("gpus-released", **self._audit_fields(devices=list(released), reason=reason))
-        self._gpus_held = ()
+    # --- the lifecycle's verbs: stop and poll ------------------------------------
 
     async def remove_object(self):
         """Remove the container even while it runs: DockerSpawner's plain remove fails on a
@@ -446,23 +414,16 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
                 raise
             self.log.debug("Already removing container %s", self.object_id)
 
-    async def stop(self, now=False):
+    async def _remove_server(self, now: bool) -> None:
         if not self.object_id:  # a server whose start the hub never saw finish
             await self._own_container()
         if self.object_id:
-            await super().stop(now=now)
-        reason, self.stop_reason = self.stop_reason, None
-        await self._release_gpus(reason)
-        self.audit.emit("server-stopped", **self._audit_fields(reason=reason))
+            await DockerSpawner.stop(self, now=now)
 
-    async def poll(self):
+    async def _poll_server(self):
         if not self.object_id and not self._spawn_pending:
             return await self._discard_unfinished_spawn()
-        status = await super().poll()
-        if status is not None and await self.gpus.held_by(holder_key(self.user.name, self.name)):
-            self.audit.emit("server-died", **self._audit_fields(reason=str(status)))
-            await self._release_gpus()
-        return status
+        return await DockerSpawner.poll(self)
 
     async def _discard_unfinished_spawn(self) -> str:
         """The database has this server as started, but no container was ever recorded for
@@ -482,3 +443,6 @@ class HardenedSpawner(WorkspaceSteps, ServerEvents, ImageAdmissionSettings, Dock
 
     def _audit_object(self) -> dict:
         return {"container_id": self.object_id or None, "container_name": self.object_name}
+
+    def _workspace_quota(self) -> int | None:
+        return self._plan.workspace.quota if self._plan else None

@@ -92,7 +92,7 @@ def claim_free_uid(client, request: UidRequest, log) -> int:
     """The first UID from the offer on that no one else's labels hold, claimed."""
     taken: set[int] = set()
     for _ in range(PROBES):
-        uid = first_free_uid(request.offer, request.uid_min, request.uid_max, taken)
+        uid = first_free_uid(request.offer, request.uid_min, request.uid_max, taken, owner=request.setting_owner)
         if uid_holders(client, uid).get(uid, set()) - {request.owner}:
             taken.add(uid)
         elif claim(client, uid, request.owner, request.workspace, request.version):
@@ -102,7 +102,7 @@ def claim_free_uid(client, request: UidRequest, log) -> int:
     holders = uid_holders(client)  # a crowded range: every holder at once
     taken |= {uid for uid, owners in holders.items() if owners - {request.owner}}
     while True:
-        uid = first_free_uid(request.offer, request.uid_min, request.uid_max, taken)
+        uid = first_free_uid(request.offer, request.uid_min, request.uid_max, taken, owner=request.setting_owner)
         if claim(client, uid, request.owner, request.workspace, request.version):
             return _claimed(uid, request, log)
         taken.add(uid)
@@ -122,4 +122,4 @@ def claim_known_uid(client, uid: int, source: str, request: UidRequest, log) -> 
         return
     log.error("UID %s of %s (from %s) is also held by %s", uid, request.owner, source,
               ", ".join(sorted(others)) or "another hub's claim")
-    raise uid_held_elsewhere(uid, source)
+    raise uid_held_elsewhere(uid, source, owner=request.setting_owner)

@@ -119,7 +119,7 @@ async def claim_free_uid(api, namespace: str, request: UidRequest, home_template
     holders = await uid_holders(api, namespace)
     taken = {uid for uid, owners in holders.items() if owners - {request.owner}}
     while True:
-        uid = first_free_uid(request.offer, request.uid_min, request.uid_max, taken)
+        uid = first_free_uid(request.offer, request.uid_min, request.uid_max, taken, owner=request.setting_owner)
         if await claim(api, namespace, uid, request, home_template):
             if uid != request.offer:
                 log.info("%s gets UID %s: %s is held by another user's files", request.owner, uid, request.offer)
@@ -136,4 +136,4 @@ async def claim_known_uid(api, namespace: str, uid: int, source: str, request: U
         return
     log.error("UID %s of %s (from %s) is also held by %s", uid, request.owner, source,
               ", ".join(sorted(others)) or "another hub's claim")
-    raise uid_held_elsewhere(uid, source)
+    raise uid_held_elsewhere(uid, source, owner=request.setting_owner)

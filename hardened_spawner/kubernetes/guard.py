@@ -10,6 +10,13 @@ same check ids where the meaning is the same; `DOCKER_RULES` says, for each Dock
 which pod check carries it or why a pod has nothing to judge. Every container of the pod
 is judged (init and ephemeral containers too). A violation's words reach the spawn page
 through the same `core.violations.describe` as on Docker.
+
+Beyond the Docker guard's rules, the pod is held to the Pod Security Standards' *baseline*
+and *restricted* items that only a Pod has (the PSS text of Kubernetes 1.34): AppArmor as a
+field or as the older ``container.apparmor.security.beta.kubernetes.io/*`` annotation,
+SELinux options, and a probe's or lifecycle hook's ``host`` (which makes the kubelet
+connect from the node, past the server's NetworkPolicy). Capabilities are held to what
+restricted allows (`RESTRICTED_ADDABLE`) here too, not only by the hub-start check.
 """
 
 from __future__ import annotations
@@ -20,6 +27,15 @@ from dataclasses import dataclass
 from ..core.identity import MIN_SAFE_UID
 from ..core.violations import Violation
 from .objects import RESTRICTED_VOLUME_TYPES
+
+#: what the PSS restricted profile lets a container add back after dropping ALL: a
+#: capability beyond it is refused even where `PodGuardPolicy.allowed_cap_add` lists it
+RESTRICTED_ADDABLE = frozenset({"NET_BIND_SERVICE"})
+#: AppArmor profiles PSS baseline allows, as a field and as the older annotation
+APPARMOR_TYPES = ("RuntimeDefault", "Localhost")
+APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/"
+#: SELinux types PSS baseline allows ("" is unset; container_engine_t since Kubernetes 1.31)
+SELINUX_TYPES = frozenset({"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"})
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,14 @@ def _containers(spec: dict) -> Iterator[tuple[str, dict]]:
             yield f"spec.{kind}[{container.get('name', '?')}]", container
 
 
+def _security_contexts(spec: dict) -> Iterator[tuple[str, str, dict]]:
+    """Each securityContext of the pod as PSS reads them, one by one: the pod's own, then each
+    container's (where it is, the escape hatch that sets it, the context)."""
+    yield "spec.securityContext", "extra_pod_config", spec.get("securityContext") or {}
+    for where, container in _containers(spec):
+        yield f"{where}.securityContext", "extra_container_config", container.get("securityContext") or {}
+
+
 def _effective(spec: dict, container: dict, key: str):
     """A securityContext field as the kubelet applies it: the container's, else the pod's."""
     value = (container.get("securityContext") or {}).get(key)
@@ -44,11 +68,20 @@ def _effective(spec: dict, container: dict, key: str):
 
 
 Judge = Callable[[dict, PodGuardPolicy], Iterator[Violation]]
-#: every rule, in the order its violations are reported
+#: every rule, in the order its violations are reported; each judges the whole Pod
 RULES: list[tuple[tuple[str, ...], Judge]] = []
 
 
 def rule(*checks: str) -> Callable[[Judge], Judge]:
+    """Register a rule that judges the pod's ``spec``."""
+    def register(judge: Judge) -> Judge:
+        RULES.append((checks, lambda pod, policy: judge(pod.get("spec") or {}, policy)))
+        return judge
+    return register
+
+
+def pod_rule(*checks: str) -> Callable[[Judge], Judge]:
+    """Register a rule that judges the whole Pod (its metadata too)."""
     def register(judge: Judge) -> Judge:
         RULES.append((checks, judge))
         return judge
@@ -118,13 +151,20 @@ def _capabilities(spec, policy):
         if "ALL" not in [c.upper() for c in capabilities.get("drop") or []]:
             yield Violation("cap-drop", f"{where}.securityContext.capabilities.drop", "extra_container_config",
                             "Not all capabilities would be dropped", "keep capabilities.drop: [ALL]")
-        extra = sorted({c.upper().removeprefix("CAP_") for c in capabilities.get("add") or []}
-                       - policy.allowed_cap_add)
+        added = {c.upper().removeprefix("CAP_") for c in capabilities.get("add") or []}
+        extra = sorted(added - policy.allowed_cap_add)
         if extra:
             yield Violation("cap-add", f"{where}.securityContext.capabilities.add",
                             "HardenedKubeSpawner.cap_add or extra_container_config",
                             f"Capabilities outside the allowlist would be added: {', '.join(extra)}",
                             "add capabilities only through HardenedKubeSpawner.cap_add, from its allowlist")
+        # allowed by the policy (cap_add), but not by the restricted profile a pod is held to
+        beyond = sorted((added & policy.allowed_cap_add) - RESTRICTED_ADDABLE)
+        if beyond:
+            yield Violation("cap-add", f"{where}.securityContext.capabilities.add", "HardenedKubeSpawner.cap_add",
+                            f"Capabilities the Pod Security Standards' restricted profile forbids would be "
+                            f"added: {', '.join(beyond)}",
+                            "on Kubernetes add only NET_BIND_SERVICE; remove the others from cap_add")
 
 
 @rule("group-add")
@@ -179,7 +219,7 @@ def _profile_type(context: dict | None, key: str) -> str | None:
     return ((context or {}).get(key) or {}).get("type")
 
 
-@rule("seccomp-unconfined", "apparmor-unconfined", "proc-mount")
+@rule("seccomp-unconfined", "proc-mount")
 def _unconfined(spec, policy):
     pod_context = spec.get("securityContext") or {}
     for where, container in _containers(spec):
@@ -190,13 +230,72 @@ def _unconfined(spec, policy):
                             "container_security_context / pod_security_context",
                             f"seccomp would be off ({seccomp or 'not set, which Kubernetes runs Unconfined'})",
                             "keep seccompProfile type RuntimeDefault")
-        if (_profile_type(context, "appArmorProfile") or _profile_type(pod_context, "appArmorProfile")) == "Unconfined":
-            yield Violation("apparmor-unconfined", f"{where}.securityContext.appArmorProfile",
-                            "container_security_context / pod_security_context",
-                            "AppArmor would be switched off (Unconfined)", "remove the appArmorProfile")
         if context.get("procMount", "Default") != "Default":
             yield Violation("proc-mount", f"{where}.securityContext.procMount", "container_security_context",
                             "/proc would be unmasked", "remove 'procMount'")
+
+
+def _allowed_apparmor_annotation(value: str) -> bool:
+    return value == "runtime/default" or (value.startswith("localhost/") and value != "localhost/")
+
+
+@pod_rule("apparmor-unconfined")
+def _apparmor(pod, policy):
+    """PSS baseline: each appArmorProfile field (pod and containers, each on its own) is unset,
+    RuntimeDefault or Localhost; each AppArmor annotation is runtime/default or localhost/*."""
+    for where, setting, context in _security_contexts(pod.get("spec") or {}):
+        kind = _profile_type(context, "appArmorProfile")
+        if kind is not None and kind not in APPARMOR_TYPES:
+            yield Violation("apparmor-unconfined", f"{where}.appArmorProfile.type", setting,
+                            f"AppArmor would be switched off ({kind})",
+                            "remove the appArmorProfile, or set its type to RuntimeDefault")
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    for key, value in sorted(annotations.items()):
+        if key.startswith(APPARMOR_ANNOTATION) and not _allowed_apparmor_annotation(str(value)):
+            container = key.removeprefix(APPARMOR_ANNOTATION)
+            yield Violation("apparmor-unconfined", f"metadata.annotations[{key}]", "extra_annotations",
+                            f"AppArmor would be switched off for container {container!r} ({value!r})",
+                            "remove the annotation, or set it to runtime/default")
+
+
+@rule("selinux-options")
+def _selinux(spec, policy):
+    """PSS baseline: seLinuxOptions.type only one of the runtime's container types, and no
+    custom SELinux user or role (each securityContext on its own)."""
+    for where, setting, context in _security_contexts(spec):
+        options = context.get("seLinuxOptions") or {}
+        kind = options.get("type") or ""
+        if kind not in SELINUX_TYPES:
+            yield Violation("selinux-options", f"{where}.seLinuxOptions.type", setting,
+                            f"The SELinux type would be {kind!r}, not one of the types that confine a container "
+                            f"({', '.join(sorted(SELINUX_TYPES - {''}))})",
+                            "remove seLinuxOptions.type (the runtime gives container_t)")
+        for field in ("user", "role"):
+            if options.get(field):
+                yield Violation("selinux-options", f"{where}.seLinuxOptions.{field}", setting,
+                                f"A custom SELinux {field} would be set ({options[field]!r})",
+                                f"remove seLinuxOptions.{field}")
+
+
+_PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
+_HOOKS = ("postStart", "preStop")
+
+
+@rule("probe-host")
+def _probe_hosts(spec, policy):
+    """PSS baseline (1.34): no probe or lifecycle hook names a ``host``. The kubelet makes
+    those connections itself, from the node, where no NetworkPolicy of the pod applies."""
+    for where, container in _containers(spec):
+        handlers = [(f"{where}.{probe}", container.get(probe)) for probe in _PROBES]
+        handlers += [(f"{where}.lifecycle.{hook}", (container.get("lifecycle") or {}).get(hook)) for hook in _HOOKS]
+        for path, handler in handlers:
+            for action in ("httpGet", "tcpSocket"):
+                host = ((handler or {}).get(action) or {}).get("host")
+                if host:
+                    yield Violation("probe-host", f"{path}.{action}.host", "extra_container_config",
+                                    f"The kubelet would connect to {host!r} from the node for a probe or hook, "
+                                    "past the server's NetworkPolicy",
+                                    "remove 'host'; a probe or hook reaches the container at the pod's own address")
 
 
 @rule("sysctls")
@@ -245,8 +344,7 @@ def _gpus(spec, policy):
 
 def check_pod(pod: dict, policy: PodGuardPolicy) -> list[Violation]:
     """Every way the Pod ``pod`` breaks the policy; empty means allowed."""
-    spec = pod.get("spec") or {}
-    return [violation for _, judge in RULES for violation in judge(spec, policy)]
+    return [violation for _, judge in RULES for violation in judge(pod, policy)]
 
 
 #: each Docker guard check, and the pod check that carries it or why a pod has none
@@ -273,10 +371,12 @@ DOCKER_RULES = {
     "seccomp-unconfined": "seccomp-unconfined",
     "apparmor-unconfined": "apparmor-unconfined",
     "systempaths-unconfined": "proc-mount",
-    "label-unconfined": "none: SELinux options are the runtime's (restricted allows only its standard types)",
+    "label-unconfined": "selinux-options (a pod cannot switch SELinux off; it may set only the container types)",
     "memory": "memory",
     "oom-kill-disable": "none: a pod cannot turn off the OOM killer",
     "cpu": "cpu",
     "pids": "none: a pod has no pids field; the kubelet's podPidsLimit is the node's (README)",
     "healthcheck": "none: the server's readiness probe is the spawner's own, not a policy item",
+    "log-cap": "none: a pod names no log driver; the kubelet rotates container logs (containerLogMaxSize, "
+               "containerLogMaxFiles: node config)",
 }

@@ -18,7 +18,9 @@ compare each builder's output with a complete literal manifest.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from ..core.decision import ServerDecision
 from ..core.egress import BLOCKED_V4, BLOCKED_V6
@@ -52,6 +54,7 @@ RESTRICTED_VOLUME_TYPES = frozenset(
 )
 
 _GIB, _MIB = 1024**3, 1024**2
+_NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
 
 def owner_key(owner: str) -> str:
@@ -103,6 +106,8 @@ class PodPlacement:
     service_account: str = ""  # its token is never mounted (automountServiceAccountToken: false)
     scheduler_name: str = ""
     priority_class_name: str = ""
+    #: node disk the server may use outside its workspace (logs), bytes; 0 for no limit
+    ephemeral_storage: int = 0
 
 
 def server_labels(decision: ServerDecision, placement: PodPlacement) -> dict[str, str]:
@@ -176,8 +181,10 @@ def _scratch_volumes(decision: ServerDecision) -> list[tuple[str, str, int]]:
 def _resources(decision: ServerDecision, placement: PodPlacement) -> dict:
     profile = decision.profile
     gpus = {name: str(count) for name, count in decision.gpus.resources().items()}
+    if placement.ephemeral_storage:  # asked for as much as it may use: the scheduler places by it
+        gpus["ephemeral-storage"] = memory_quantity(placement.ephemeral_storage)
     return {
-        # extended resources (GPUs) must be asked for equally in both
+        # extended resources (GPUs) must be asked for equally in both; ephemeral storage is too
         "requests": {"cpu": cpu_quantity(min(placement.cpu_request, profile.cpu_limit)),
                      "memory": memory_quantity(min(placement.memory_request, profile.mem_limit)), **gpus},
         "limits": {"cpu": cpu_quantity(profile.cpu_limit), "memory": memory_quantity(profile.mem_limit), **gpus},
@@ -262,19 +269,28 @@ def make_pod(decision: ServerDecision, placement: PodPlacement) -> dict:
 def make_workspace_claim(
     name: str, namespace: str, owner: str, identity: Identity, *, capacity: str,
     storage_class: str | None, access_modes: tuple[str, ...], version: str,
+    extra_labels: Mapping[str, str] = _NO_LABELS,
 ) -> dict:
     """The user's workspace: a PersistentVolumeClaim labelled with the UID it belongs to,
-    which is what the user's UID is read back from after a new hub database."""
+    which is what the user's UID is read back from after a new hub database.
+
+    ``extra_labels`` (kubespawner's `storage_extra_labels`, z2jh's
+    ``singleuser.storage.extraLabels``) are added, but never in the spawner's own label
+    domain: a key under ``hardened-spawner.jupyter.org/`` is left out (the hub-start check
+    refuses such a setting, naming it), so no extra label can move a workspace to another
+    UID or owner, or unmark it as managed."""
     spec: dict = {"accessModes": list(access_modes), "resources": {"requests": {"storage": capacity}}}
     if storage_class is not None:
         spec["storageClassName"] = storage_class
+    labels = {key: value for key, value in extra_labels.items() if not key.startswith(f"{DOMAIN}/")}
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {MANAGED: "true", ROLE: ROLE_WORKSPACE, UID: str(identity.uid), OWNER_KEY: owner_key(owner)},
+            "labels": {**labels, MANAGED: "true", ROLE: ROLE_WORKSPACE, UID: str(identity.uid),
+                       OWNER_KEY: owner_key(owner)},
             "annotations": {OWNER: owner, GID: str(identity.gid), VERSION: version},
         },
         "spec": spec,
@@ -310,8 +326,9 @@ def make_uid_claim(owner: str, identity: Identity, workspace: str, namespace: st
 
 @dataclass(frozen=True)
 class NetworkRule:
-    """Who a server talks to: the hub's and proxy's pods (by label), the cluster's DNS,
-    and the egress setting shared with Docker (`core.egress`)."""
+    """Who a server talks to: the hub's and proxy's pods (by label), the cluster's DNS
+    (its pods by label, and node-local caches by address), and the egress setting shared
+    with Docker (`core.egress`)."""
 
     hub_labels: dict[str, str]
     proxy_labels: dict[str, str]
@@ -320,6 +337,9 @@ class NetworkRule:
     egress: str  # "internet" or "none"
     allow_cidrs: tuple[str, ...] = ()
     allow_dns: tuple[str, ...] = ()
+    #: ranges asked for DNS on port 53 only, beside the DNS pods: node-local caches, which
+    #: run with hostNetwork at a link-local address (`network_dns_cidrs`)
+    dns_cidrs: tuple[str, ...] = ()
 
 
 def _ip_block(cidr: str, blocked: tuple[tuple[str, str], ...]) -> dict:
@@ -331,8 +351,12 @@ def _egress_rules(rule: NetworkRule) -> list[dict]:
     rules = [
         {"to": [{"podSelector": {"matchLabels": dict(rule.hub_labels)}}],
          "ports": [{"port": rule.hub_port, "protocol": "TCP"}]},
-        # the cluster's DNS in any namespace (the hub's service name must resolve)
-        {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": dict(rule.dns_labels)}}], "ports": dns_ports},
+        # the cluster's DNS in any namespace (the hub's service name must resolve), and the
+        # node-local caches, which no pod selector reaches (policies are additive: port 53 of
+        # these ranges is open though `egress` blocks them)
+        {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": dict(rule.dns_labels)}},
+                *({"ipBlock": {"cidr": cidr}} for cidr in rule.dns_cidrs)],
+         "ports": dns_ports},
     ]
     if rule.egress == "internet":
         rules.append({"to": [_ip_block("0.0.0.0/0", BLOCKED_V4), _ip_block("::/0", BLOCKED_V6)]})
@@ -350,7 +374,8 @@ def _host_cidr(address: str) -> str:
 
 def make_network_policy(pod_name: str, namespace: str, port: int, rule: NetworkRule) -> dict:
     """One server's NetworkPolicy: reached only by the hub and the proxy, on its port;
-    reaching the hub's API, DNS, and per the egress setting the public internet (never
+    reaching the hub's API, DNS (the cluster's DNS pods, and port 53 of ``rule.dns_cidrs``),
+    and per the egress setting the public internet (never
     link-local, private or carrier-grade NAT ranges, where other pods and the cloud's
     metadata live) and the ranges an admin opened. Other users' pods are neither."""
     return {

@@ -10,15 +10,20 @@ refused at hub start, naming what to use instead (`UNSUPPORTED_KUBESPAWNER`).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import TYPE_CHECKING, Any
 
-from traitlets import Dict, HasTraits, TraitError, default, validate
+from jupyterhub.traitlets import ByteSpecification
+from traitlets import Dict, HasTraits, List, TraitError, Unicode, default, validate
 
 from ..core.gpus import GpuDevice
+from .guard import RESTRICTED_ADDABLE  # what PSS restricted lets a pod add back: `cap_add` beyond it stops the hub
+from .objects import DOMAIN
 
-#: what PSS restricted lets a pod add back; everything else in `cap_add` is refused here
-RESTRICTED_ADDABLE = frozenset({"NET_BIND_SERVICE"})
+#: where NodeLocal DNSCache listens unless the cluster chose otherwise (the upstream add-on's
+#: default): a link-local address, so `egress` alone blocks it
+NODE_LOCAL_DNS = "169.254.20.10/32"
 
 _RESOURCE = re.compile(r"^nvidia\.com/(gpu|mig-[0-9]+g\.[0-9]+gb)$")
 
@@ -90,6 +95,37 @@ class KubeSettings(HasTraits):
         port 53. `k8s-app: kube-dns` is what kube-dns and CoreDNS carry.""",
     ).tag(config=True)
 
+    network_dns_cidrs = List(
+        Unicode(),
+        [NODE_LOCAL_DNS],
+        help=f"""Address ranges servers may ask for DNS on port 53 (UDP and TCP) only, besides
+        the DNS pods of `network_dns_labels`: where a node-local DNS cache answers. The default,
+        `{NODE_LOCAL_DNS}`, is the address NodeLocal DNSCache listens on unless the cluster
+        chose another; it is link-local, so without this rule `egress` blocks it, and a cache
+        runs with hostNetwork, so no pod selector reaches it. Where the cache also answers at
+        the kube-dns Service's ClusterIP (kube-proxy in iptables mode), add that address
+        (`kubectl -n kube-system get svc kube-dns -o jsonpath='{{.spec.clusterIP}}'`); on GKE
+        with Cloud DNS add `169.254.169.254/32` (port 53 only: the metadata API stays blocked).
+        Unlike z2jh, port 53 of the private ranges is not opened by default. `0.0.0.0/0` and
+        `::/0` are refused. Empty: DNS pods only.""",
+    ).tag(config=True)
+
+    ephemeral_storage_limit = ByteSpecification(
+        "1G",
+        help="""Most node disk a server may use outside its workspace: the container's log and
+        anything else the kubelet counts as ephemeral storage (the root is read-only and /tmp
+        is memory). Past it the kubelet evicts the pod, so one user's runaway output cannot
+        fill a node's disk. The workspace's own limit is `workspace_quota` (the claim's size).
+        At least 64M.""",
+    ).tag(config=True)
+
+    @validate("ephemeral_storage_limit")
+    def _validate_ephemeral_storage_limit(self, proposal):
+        if proposal.value < 64 * 1024 * 1024:
+            raise TraitError(f"{type(self).__name__}.ephemeral_storage_limit is {proposal.value} bytes; "
+                             "use at least 64M (e.g. '1G').")
+        return proposal.value
+
     # --- kubespawner defaults that hardening changes -----------------------
 
     @default("cpu_guarantee")
@@ -133,6 +169,37 @@ class KubeSettings(HasTraits):
             if not isinstance(count, int) or isinstance(count, bool) or count < 0:
                 raise TraitError(f"HardenedKubeSpawner.gpu_resources[{name!r}] must be a count >= 0, not {count!r}.")
         return dict(proposal.value)
+
+    @validate("network_dns_cidrs")
+    def _validate_network_dns_cidrs(self, proposal):
+        ranges = []
+        for value in proposal.value:
+            try:
+                network = ipaddress.ip_network(value)
+            except ValueError as e:
+                raise TraitError(
+                    f"HardenedKubeSpawner.network_dns_cidrs: {value!r} is not an address range ({e}); give "
+                    f"CIDRs such as {NODE_LOCAL_DNS!r} or '10.96.0.10/32'."
+                ) from None
+            if network.prefixlen == 0:
+                raise TraitError(
+                    f"HardenedKubeSpawner.network_dns_cidrs: {value!r} would open port 53 of every address, a "
+                    "way out past egress 'none'; name the DNS caches' addresses."
+                )
+            ranges.append(str(network))
+        return ranges
+
+    @validate("storage_extra_labels")
+    def _validate_storage_extra_labels(self, proposal):
+        ours = sorted(key for key in proposal.value if str(key).startswith(f"{DOMAIN}/"))
+        if ours:
+            raise TraitError(
+                f"HardenedKubeSpawner.storage_extra_labels: {', '.join(ours)} "
+                f"{'is' if len(ours) == 1 else 'are'} the spawner's own "
+                "(the workspace claim's labels say whose UID its files carry); remove "
+                f"{'it' if len(ours) == 1 else 'them'}."
+            )
+        return proposal.value
 
     def check_kube_config(self) -> None:
         """Checks across the Kubernetes settings, run once at hub start (`hubstart`)."""

@@ -1,10 +1,12 @@
-"""HardenedKubeSpawner: the glue between JupyterHub, kubespawner and the policy core.
+"""HardenedKubeSpawner: the Kubernetes backend's verbs under the one hardened lifecycle.
 
-The decision is the Docker backend's (`core.decision`); only its rendering and the
-objects that hold the truth differ. A start is:
+The order of a start, its refusals and audit, GPU assignment and the state a user keeps
+are the shared lifecycle's (`lifecycle.HardenedLifecycle`); the decision is the Docker
+backend's too (`core.decision`). Only its rendering and the objects that hold the truth
+differ:
 
-identity (UID claim) -> GPUs (the hub's slot table) -> workspace claim -> NetworkPolicy
--> decision -> Pod -> guard -> kubespawner's create and wait
+UID claim (a ConfigMap) -> (GPUs: the hub's slot table) -> workspace claim ->
+NetworkPolicy -> decision -> Pod -> guard -> kubespawner's create and wait
 
 kubespawner keeps what it does well: the pod reflector, the create-and-wait loop, poll
 and stop. This class overrides the seams kubespawner offers for that (`_start`,
@@ -14,31 +16,26 @@ final pod after ``modify_pod_hook`` and every escape hatch, right before it is s
 
 from __future__ import annotations
 
-import json
-import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from urllib.parse import urlparse
 
-from jupyterhub.utils import maybe_future, url_path_join
+from jupyterhub.utils import url_path_join
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
 from kubespawner.utils import update_k8s_model
 
-from .. import hub_database, labels
 from .._version import __version__
 from ..core.decision import BY_SCHEDULER, GpuGrant, decide
-from ..core.gpus import GpuAllocator
-from ..core.identity import Identity, UidRequest, check_policy_uid, derived_uid, make_identity, resolve_uid
-from ..core.options import OptionsError, gpu_request
+from ..core.gpus import GpuAllocator, Holding
+from ..core.identity import Identity, UidRequest
 from ..core.profile import SecurityProfile
+from ..core.quota import storage_request
 from ..core.violations import describe
 from ..errors import SpawnRefused
-from ..gpu_broker import GpuBroker, holder_key
-from ..refusals import Situation, as_refusal
-from ..server_events import ServerEvents
-from ..settings import HardenedSettings
+from ..gpu_broker import HoldingsSource, read_holding
+from ..lifecycle import HardenedLifecycle
 from . import claims, objects
 from .guard import PodGuardPolicy, check_pod
 from .models import to_dict, to_model
@@ -56,30 +53,24 @@ class KubePlan:
     image_digest: str  # the image as named: the cluster resolves it (image admission is Docker's)
 
 
-#: the hub's GPU tables on Kubernetes, one per namespace, slots and policy
-_BROKERS: dict[str, GpuBroker] = {}
-_BROKERS_LOCK = threading.Lock()
-
-
-def _pods_as_servers(pods: list) -> list[dict]:
-    """Running or pending managed pods in the shape `gpu_broker.holdings_from_containers` reads."""
-    servers = []
+def holdings_from_pods(pods: list) -> list[Holding]:
+    """Who holds which GPU slot, from the annotations of the running or pending managed pods."""
+    found = []
     for pod in pods:
         pod = pod if isinstance(pod, dict) else to_dict(pod)
         if (pod.get("status") or {}).get("phase") not in ("Pending", "Running"):
             continue
-        annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        created = (pod.get("metadata") or {}).get("creationTimestamp") or ""
-        servers.append({
-            "Labels": {
-                labels.GPUS: annotations.get(objects.GPUS, ""),
-                labels.GPUS_SINCE: annotations.get(objects.GPUS_SINCE, ""),
-                labels.OWNER: annotations.get(objects.OWNER, "?"),
-                labels.SERVER_NAME: annotations.get(objects.SERVER_NAME, ""),
-            },
-            "Created": int(datetime.fromisoformat(created).timestamp()) if created else 0,
-        })
-    return servers
+        metadata = pod.get("metadata") or {}
+        annotations = metadata.get("annotations") or {}
+        created = metadata.get("creationTimestamp") or ""
+        holding = read_holding(
+            annotations.get(objects.OWNER, "?"), annotations.get(objects.SERVER_NAME, ""),
+            annotations.get(objects.GPUS, ""), annotations.get(objects.GPUS_SINCE, ""),
+            datetime.fromisoformat(created) if created else datetime.fromtimestamp(0, timezone.utc),
+        )
+        if holding is not None:
+            found.append(holding)
+    return found
 
 
 def _secret_names(secrets) -> list[str]:
@@ -91,14 +82,17 @@ def _secret_names(secrets) -> list[str]:
     return [s["name"] if isinstance(s, dict) else s for s in secrets]
 
 
-class HardenedKubeSpawner(ServerEvents, KubeSettings, HardenedSettings, KubeSpawner):
-    """A KubeSpawner whose users each run as their own UID in a restricted, read-only pod."""
+class HardenedKubeSpawner(KubeSettings, HardenedLifecycle, KubeSpawner):
+    """A KubeSpawner whose users each run as their own UID in a restricted, read-only pod.
 
+    The shared lifecycle calls the verbs below; kubespawner's own ``_start``, ``stop`` and
+    ``poll`` are called by name, under the lifecycle's.
+    """
+
+    refusals = REFUSALS
+    devices_choosable = False
+    devices_picked_by = BY_SCHEDULER
     _plan: KubePlan | None = None
-    #: why the next stop happens, for the audit trail: set by the GPU reclaim API (`gpu_pages`)
-    stop_reason: str | None = None
-    _uid: int | None = None
-    _gpus_held: tuple[str, ...] = ()
     _networking_api = None
 
     def check_config(self) -> None:
@@ -120,50 +114,31 @@ class HardenedKubeSpawner(ServerEvents, KubeSettings, HardenedSettings, KubeSpaw
             self._networking_api = shared_client("NetworkingV1Api")
         return self._networking_api
 
-    @property
-    def hub_id(self) -> str:
-        return hub_database.hub_id(getattr(self.user, "db", None))
+    def _backend_address(self) -> str:
+        return f"the Kubernetes API ({self.namespace})"
 
     # --- the hub's GPU table: slots of the cluster's GPU resources -------------
 
     def gpu_allocator(self) -> GpuAllocator:
         return GpuAllocator(self.gpu_slots(), self._gpu_policy())
 
-    @property
-    def gpus(self) -> GpuBroker:
-        """The GPU table for this namespace, slots and policy, one per hub; rebuilt from the
-        annotations of the pods that run (the cluster's truth after a hub restart)."""
-        key = json.dumps([self.namespace, self.gpu_resources, repr(self._gpu_policy())], default=repr)
-        api, namespace, log = self.api, self.namespace, self.log
-        with _BROKERS_LOCK:
-            broker = _BROKERS.get(key)
-            if broker is None:
-                async def running() -> list[dict]:
-                    pods = await api.list_namespaced_pod(namespace, label_selector=f"{objects.MANAGED}=true")
-                    return _pods_as_servers(pods.items)
+    def _gpu_table_settings(self):
+        return self.gpu_resources
 
-                broker = _BROKERS[key] = GpuBroker(self.gpu_allocator(), running, log)
-            return broker
+    def _gpu_table_scope(self) -> str:
+        return f"kubernetes:{self.namespace}"
 
-    # --- state: the UID outlives each server -----------------------------------
+    def _holdings_source(self) -> HoldingsSource:
+        """The annotations of the pods that run: the cluster's truth after a hub restart."""
+        api, namespace = self.api, self.namespace
 
-    def load_state(self, state):
-        super().load_state(state)
-        self._uid = state.get("uid", self._uid)
+        async def holdings():
+            pods = await api.list_namespaced_pod(namespace, label_selector=f"{objects.MANAGED}=true")
+            return holdings_from_pods(pods.items)
 
-    def get_state(self):
-        state = super().get_state()
-        if self._uid is not None:
-            state["uid"] = self._uid
-        return state
+        return holdings
 
-    def clear_state(self):
-        """Forget the pod, never the UID: it owns the user's files."""
-        uid = self._uid
-        super().clear_state()
-        self._uid = uid
-
-    # --- start, step by step ---------------------------------------------------
+    # --- the lifecycle's verbs: admit, claim -----------------------------------
 
     async def load_user_options(self):
         """The GPU form's options are read (and checked) at `_assign_gpus`; there are no
@@ -174,91 +149,49 @@ class HardenedKubeSpawner(ServerEvents, KubeSettings, HardenedSettings, KubeSpaw
         return super().start()
 
     async def _start(self):
-        self.audit.emit("spawn-requested", **self._audit_fields())
-        try:
-            await self._prepare()
-            url = await super()._start()
-        except Exception as e:
-            await self._release_gpus()
-            refusal = self._as_refusal(e)
-            self.audit.emit("spawn-refused", **self._audit_fields(reason=refusal.jupyterhub_message))
-            if refusal is e:
-                raise
-            raise refusal from e
-        else:
-            self.audit.emit("server-started", **self._audit_fields())
-            return url
-        finally:
-            self._end_events()
+        return await self._hardened_start()
 
-    def _as_refusal(self, e: Exception) -> SpawnRefused:
-        board = url_path_join(self.hub.base_url, "gpus") if self.gpu_board else ""
-        return as_refusal(e, Situation(self.image, f"the Kubernetes API ({self.namespace})", board),
-                          self.log, self._log_name, REFUSALS)
+    async def _admit(self) -> None:
+        """Nothing to judge before the UID's claim: the cluster resolves the image as named
+        (image admission is Docker's), and the guard judges the pod before it is sent."""
 
-    async def _prepare(self) -> None:
-        self._report(5, "Checking your identity")
-        identity = await self._resolve_identity()
-        self._report(15, "Assigning GPUs")
-        gpus = await self._assign_gpus()
+    def _workspace_name(self) -> str:
+        return self.pvc_name
+
+    async def _workspace_uid(self) -> tuple[bool, int | None]:
+        uid = await claims.workspace_uid(self.api, self.namespace, self.pvc_name, self.user.name,
+                                         self.workspace_allow_adopt)
+        return uid is not None, uid
+
+    async def _claimed_uid(self) -> int | None:
+        return await claims.claimed_uid(self.api, self.namespace, self.user.name, self.pvc_name)
+
+    async def _claim_new_uid(self, request: UidRequest) -> int:
+        return await claims.claim_free_uid(self.api, self.namespace, request, self.home_template, self.log)
+
+    async def _claim_known_uid(self, uid: int, source: str, request: UidRequest) -> None:
+        await claims.claim_known_uid(self.api, self.namespace, uid, source, request, self.home_template, self.log)
+
+    # --- the lifecycle's verbs: launch ---------------------------------------------
+
+    async def _launch(self, identity: Identity, gpus: GpuGrant, admitted: None, workspace_found: bool):
         self._report(30, "Preparing your workspace")
         await self._ensure_workspace(identity)
         await self._ensure_network_policy()
         self._plan = KubePlan(identity, gpus, self.base_profile(), self.image)
         self._report(55, "Creating your server pod")
-
-    async def _static_uid(self) -> int | None:
-        if callable(self.uid_map):
-            return check_policy_uid(await maybe_future(self.uid_map(self)), self.user.name)
-        if self.user.name in self.uid_map:
-            return check_policy_uid(self.uid_map[self.user.name], self.user.name)
-        return None
-
-    async def _resolve_identity(self) -> Identity:
-        """The user's UID: their state's, else their workspace claim's, else their UID claim's,
-        else `uid_map`'s, else the first free one from `uid_min + hub user id`; claimed on
-        the cluster before anyone else can take it (`claims`)."""
-        api, namespace = self.api, self.namespace
-        remembered = await claims.workspace_uid(api, namespace, self.pvc_name, self.user.name,
-                                                self.workspace_allow_adopt)
-        if self._uid is None and remembered is None:
-            remembered = await claims.claimed_uid(api, namespace, self.user.name, self.pvc_name)
-        offer, static = derived_uid(self.user.id, self.uid_min, self.uid_max), await self._static_uid()
-        decision = resolve_uid(self.user.name, from_state=self._uid, from_workspace=remembered,
-                               from_policy=offer if static is None else static, static=static is not None)
-        if decision.warning:
-            self.log.warning(decision.warning)
-        request = UidRequest(self.user.name, self.pvc_name, offer, self.uid_min, self.uid_max, __version__)
-        uid = decision.uid
-        if uid is None:
-            uid = await claims.claim_free_uid(api, namespace, request, self.home_template, self.log)
-        else:
-            await claims.claim_known_uid(api, namespace, uid, decision.source, request, self.home_template, self.log)
-        self._uid = uid
-        return make_identity(self.user.name, uid, self.home_template)
-
-    async def _assign_gpus(self) -> GpuGrant:
-        try:
-            count, devices = gpu_request(self.user_options)
-        except OptionsError as e:
-            raise SpawnRefused(str(e), reason="options") from None
-        if devices is not None:
-            raise SpawnRefused("On Kubernetes the scheduler picks the GPUs; ask for a number of them.",
-                               reason="gpu", status_code=403)
-        groups = [g.name for g in self.user.groups]
-        slots, since = await self.gpus.assign(holder_key(self.user.name, self.name), groups, count, None,
-                                              owner=self.user.name)
-        self._gpus_held = slots
-        if slots:
-            self.audit.emit("gpus-assigned", **self._audit_fields(devices=list(slots)))
-        return GpuGrant(slots, since.isoformat(), picked_by=BY_SCHEDULER)
+        return await KubeSpawner._start(self)  # renders (`get_pod_manifest`), guards, creates, waits
 
     async def _ensure_workspace(self, identity: Identity) -> None:
-        """Create the user's workspace claim, labelled with their UID, unless it is there."""
+        """Create the user's workspace claim, labelled with their UID and sized by their quota,
+        unless it is there (a claim's size is the storage class's to enforce, and to grow:
+        an existing claim keeps the size it was made with)."""
+        quota = self.workspace_quota_for([g.name for g in self.user.groups])
         claim = objects.make_workspace_claim(
-            self.pvc_name, self.namespace, self.user.name, identity, capacity=self.storage_capacity,
+            self.pvc_name, self.namespace, self.user.name, identity,
+            capacity=storage_request(quota, self.storage_capacity),
             storage_class=self.storage_class or None, access_modes=tuple(self.storage_access_modes),
-            version=__version__,
+            version=__version__, extra_labels=self._expand_all(self.storage_extra_labels),
         )
         try:
             await self.api.create_namespaced_persistent_volume_claim(namespace=self.namespace, body=claim)
@@ -274,6 +207,7 @@ class HardenedKubeSpawner(ServerEvents, KubeSettings, HardenedSettings, KubeSpaw
             hub_labels=dict(self.network_hub_labels), proxy_labels=dict(self.network_proxy_labels),
             dns_labels=dict(self.network_dns_labels), hub_port=self._hub_api_port(),
             egress=self.egress, allow_cidrs=tuple(self.egress_allow_cidrs), allow_dns=tuple(self.egress_allow_dns),
+            dns_cidrs=tuple(self.network_dns_cidrs),
         )
 
     def _hub_api_port(self) -> int:
@@ -316,6 +250,7 @@ class HardenedKubeSpawner(ServerEvents, KubeSettings, HardenedSettings, KubeSpaw
             image_pull_secrets=tuple(_secret_names(self.image_pull_secrets)),
             service_account=self._expand_all(self.service_account) or "",
             scheduler_name=self.scheduler_name or "", priority_class_name=self.priority_class_name or "",
+            ephemeral_storage=self.ephemeral_storage_limit,
         )
         return objects.make_pod(decision, placement)
 
@@ -342,41 +277,23 @@ class HardenedKubeSpawner(ServerEvents, KubeSettings, HardenedSettings, KubeSpaw
             self._report(70, "Waiting for your server to answer")
         return created
 
-    # --- stop and poll -----------------------------------------------------------
+    # --- the lifecycle's verbs: stop and poll ------------------------------------
 
-    async def _release_gpus(self, reason: str | None = None) -> None:
-        released = await self.gpus.release(holder_key(self.user.name, self.name))
-        if released:
-            self.audit.emit("gpus-released", **self._audit_fields(devices=list(released), reason=reason))
-        self._gpus_held = ()
-
-    async def stop(self, now=False):
-        await super().stop(now=now)
+    async def _remove_server(self, now: bool) -> None:
+        """The pod (kubespawner's stop), then its NetworkPolicy."""
+        await KubeSpawner.stop(self, now=now)
         try:
             await self.networking_api.delete_namespaced_network_policy(self.pod_name, self.namespace)
         except ApiException as e:
             if e.status != 404:
                 raise
-        if self._polling:  # kubespawner's poll removes a pod whose server ended by itself
-            self.audit.emit("server-died", **self._audit_fields(reason="the server's container ended"))
-            await self._release_gpus()
-            return
-        reason, self.stop_reason = self.stop_reason, None
-        await self._release_gpus(reason)
-        self.audit.emit("server-stopped", **self._audit_fields(reason=reason))
 
-    _polling = False
+    async def _poll_server(self):
+        return await KubeSpawner.poll(self)  # it stops (removes) a pod whose server ended by itself
 
-    async def poll(self):
-        self._polling = True
-        try:
-            status = await super().poll()
-        finally:
-            self._polling = False
-        if status is not None and await self.gpus.held_by(holder_key(self.user.name, self.name)):
-            self.audit.emit("server-died", **self._audit_fields(reason=str(status)))  # the pod is gone
-            await self._release_gpus()
-        return status
+    def _workspace_quota(self) -> int | None:
+        """The claim's size as asked for (whether the storage enforces it is its class's)."""
+        return self.workspace_quota_for([g.name for g in self.user.groups])
 
     def _audit_object(self) -> dict:
         return {"container_id": None, "container_name": f"{self.namespace}/{self.pod_name}"}

@@ -155,7 +155,7 @@ def test_assignments_survive_a_hub_crash(gpu_hub, engine):
     result = gpu_hub.spawn("after", {"gpus": 1})
     assert result.ready, result.message
     assert set(assigned(engine, "after")).isdisjoint(before)
-    assert "GPU table rebuilt from the engine: gina=" + ",".join(before) in gpu_hub.log_tail(400)
+    assert "GPU table rebuilt from the running servers: gina=" + ",".join(before) in gpu_hub.log_tail(400)
     gpu_hub.stop_server("gina")
     gpu_hub.stop_server("after")
     assert metrics(gpu_hub)["assigned"] == 0

@@ -5,6 +5,7 @@ import pytest
 
 from hardened_spawner import labels
 from hubdriver import TEST_PREFIX, Kernel
+from hubdriver.hub import SINGLEUSER_IMAGE
 
 # One hub whose escape hatches break the policy for some users only, the way an
 # admin's per-user callables could.
@@ -23,7 +24,8 @@ def pre_spawn(spawner):
 
 c.HardenedSpawner.extra_host_config = per_user_host_config
 c.Spawner.pre_spawn_hook = pre_spawn
-"""
+c.HardenedSpawner.allowed_images = {"pytorch": "IMAGE"}
+""".replace("IMAGE", SINGLEUSER_IMAGE)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +71,23 @@ def test_a_server_dying_at_start_shows_its_own_last_words(bad_hub, engine):
     assert "Your server stopped while starting (exit code 3)" in result.message
     assert "FATAL: no such setting: gpu_magic" in result.message
     assert "InvalidStateError" not in bad_hub.log_tail(200)
+    # its reason is said: the exited container is not kept for `check` to list as a server
+    assert server_containers(engine, "dies") == []
+
+
+def test_an_image_the_hub_does_not_offer_is_refused_with_the_choices(bad_hub, engine):
+    bad_hub.create_user("picky")
+    result = bad_hub.spawn("picky", {"image": "busybox:latest"})
+    assert not result.ready
+    assert result.message == ("Spawn failed: The image 'busybox:latest' is not one this hub offers. "
+                              "Choose one of: pytorch.")
+    assert "Unexpected error" not in bad_hub.log_tail(200)
+    assert server_containers(engine, "picky") == []
+    asked = [e for e in bad_hub.audit_events() if e["user"] == "picky" and e["event"] == "spawn-requested"]
+    assert asked[-1]["image"] == "busybox:latest"  # what was asked, not the default
+    # the image it offers starts, by the name the form shows
+    assert bad_hub.spawn("picky", {"image": "pytorch"}).ready
+    bad_hub.stop_server("picky")
 
 
 def test_other_users_on_the_same_hub_still_spawn(bad_hub):

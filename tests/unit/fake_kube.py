@@ -10,9 +10,15 @@ reflector would soon report it, and a deleted one leaves the reflector a moment 
 import asyncio
 from types import SimpleNamespace
 
+import kubespawner.spawner as kubespawner_module
+from jupyterhub.objects import Server
 from kubernetes_asyncio.client.rest import ApiException
+from kubespawner import KubeSpawner
 
 from hardened_spawner.kubernetes.models import to_dict
+from hardened_spawner.kubernetes.spawner import HardenedKubeSpawner
+
+NS = "jhub"
 
 
 def _conflict(kind, name):
@@ -131,3 +137,35 @@ class FakeNetworkingV1Api:
         self.calls.append(("delete", name))
         if self.policies.pop(name, None) is None:
             raise _missing("networkpolicy", name)
+
+
+def fake_cluster(monkeypatch, audit) -> SimpleNamespace:
+    """kubespawner pointed at the fakes (no kube config, no clients, no reflectors of its own);
+    ``audit``: where the spawners made by `kube_spawner` write their audit trail."""
+    monkeypatch.setattr(kubespawner_module, "load_config", lambda **kwargs: None)
+    monkeypatch.setattr(kubespawner_module, "shared_client", lambda *args, **kwargs: None)
+    monkeypatch.setattr(KubeSpawner, "reflectors", {})
+    reflector = FakePodReflector()
+    return SimpleNamespace(reflector=reflector, core=FakeCoreV1Api(reflector), net=FakeNetworkingV1Api(),
+                           audit=audit)
+
+
+def kube_spawner(cluster, name="alice", user_id=1, groups=(), options=None, **config) -> HardenedKubeSpawner:
+    """A spawner of ``name`` as the hub makes one (kubespawner's _mock: no cluster), on the fakes."""
+    user = SimpleNamespace(name=name, id=user_id, admin=False, groups=[SimpleNamespace(name=g) for g in groups],
+                           url=f"/user/{name}/", escaped_name=name)
+    hub = SimpleNamespace(api_url="http://hub:8081/hub/api", base_url="/hub/", url="http://hub:8081/hub/",
+                          public_host="", host="")
+    spawner = HardenedKubeSpawner(
+        _mock=True, user=user, hub=hub, namespace=NS, cmd=["jupyterhub-singleuser"],
+        start_timeout=5, k8s_api_request_retry_timeout=5, audit_log=str(cluster.audit), **config)
+    spawner.api, spawner._networking_api = cluster.core, cluster.net
+    spawner.server = Server(base_url=f"/user/{name}/")
+    spawner.db = SimpleNamespace(commit=lambda: None)
+    spawner.user_options = options or {}
+    KubeSpawner.reflectors[spawner._get_reflector_key("pods")] = cluster.reflector
+    return spawner
+
+
+def sent_pods(cluster) -> list[dict]:
+    return [call[1] for call in cluster.core.calls if call[0] == "create_pod"]

@@ -72,7 +72,7 @@ def test_parse_nvidia_smi_query_rejects_garbage():
     with pytest.raises(GpuConfigError) as err:
         parse_nvidia_smi_query("No devices were found\n")
     assert str(err.value) == (
-        "HardenedSpawner.gpu_inventory: nvidia-smi printed 'No devices were found', which is "
+        "gpu_inventory: nvidia-smi printed 'No devices were found', which is "
         "not 'index, uuid, name'. Check the NVIDIA driver, or list the devices in this setting "
         "instead."
     )
@@ -123,7 +123,7 @@ def test_discover_nvidia_smi_without_driver():
     with pytest.raises(GpuConfigError) as err:
         discover_nvidia_smi(run)
     assert str(err.value) == (
-        "HardenedSpawner.gpu_inventory: running nvidia-smi failed ([Errno 2] No such file or "
+        "gpu_inventory: running nvidia-smi failed ([Errno 2] No such file or "
         "directory: 'nvidia-smi'). Install the NVIDIA driver on the hub host, or list the "
         "devices in this setting instead."
     )
@@ -220,7 +220,7 @@ def test_discover_nvml_init_failure():
     with pytest.raises(GpuConfigError) as err:
         discover_nvml(FakeNvml([], init_error="Driver Not Loaded"))
     assert str(err.value) == (
-        "HardenedSpawner.gpu_inventory: NVML could not start (Driver Not Loaded). Check the "
+        "gpu_inventory: NVML could not start (Driver Not Loaded). Check the "
         "NVIDIA driver on the hub host, or list the devices in this setting instead."
     )
 
@@ -230,7 +230,7 @@ def test_discover_nvml_without_package(monkeypatch):
     with pytest.raises(GpuConfigError) as err:
         discover_nvml()
     assert str(err.value) == (
-        "HardenedSpawner.gpu_inventory: NVML discovery needs the nvidia-ml-py package, which is "
+        "gpu_inventory: NVML discovery needs the nvidia-ml-py package, which is "
         "not installed. Install it (pip install 'jupyterhub-hardened-spawner[nvml]'), or list "
         "the devices in this setting instead."
     )
@@ -269,7 +269,7 @@ def test_parse_static_inventory_rejects(entry):
     with pytest.raises(GpuConfigError) as err:
         parse_static_inventory(["GPU-x", entry])
     assert str(err.value) == (
-        f"HardenedSpawner.gpu_inventory: entry 1 is {entry!r}, but each entry must be a device "
+        f"gpu_inventory: entry 1 is {entry!r}, but each entry must be a device "
         "UUID or a dict with 'uuid' and optionally 'index', 'name' and 'parent_uuid'. "
         "Fix that entry."
     )
@@ -317,7 +317,7 @@ def test_parse_static_inventory_rejects(entry):
             GpuPolicy(default_per_user=2, max_per_user=1),
             FOUR,
             "gpu_default_per_user",
-            "2 is more than HardenedSpawner.gpu_max_per_user (1) allows. Lower the default or "
+            "2 is more than gpu_max_per_user (1) allows. Lower the default or "
             "raise the maximum.",
         ),
         (
@@ -346,7 +346,7 @@ def test_parse_static_inventory_rejects(entry):
             FOUR,
             "gpu_pins",
             "alice and bob are pinned to GPU-a, but at most 1 may hold a device "
-            "(HardenedSpawner.gpu_max_users_per_gpu is 1). Pin them to different devices, or "
+            "(gpu_max_users_per_gpu is 1). Pin them to different devices, or "
             "raise gpu_max_users_per_gpu to let them share it without isolation.",
         ),
         (
@@ -354,7 +354,7 @@ def test_parse_static_inventory_rejects(entry):
             FOUR,
             "gpu_pins",
             "ann, bo and cy are pinned to GPU-a, but at most 2 may hold a device "
-            "(HardenedSpawner.gpu_max_users_per_gpu is 2). Pin them to different devices, or "
+            "(gpu_max_users_per_gpu is 2). Pin them to different devices, or "
             "raise gpu_max_users_per_gpu to let them share it without isolation.",
         ),
         (
@@ -370,7 +370,8 @@ def test_validate_policy_rejects(policy, inventory, setting, message):
     with pytest.raises(GpuConfigError) as err:
         validate_policy(policy, inventory)
     assert err.value.setting == setting
-    assert str(err.value) == f"HardenedSpawner.{setting}: {message}"
+    assert err.value.naming("HardenedSpawner") == f"HardenedSpawner.{setting}: {message}"
+    assert str(err.value) == f"{setting}: {message}"
 
 
 @pytest.mark.parametrize(
@@ -632,7 +633,7 @@ def test_rebuild_keeps_everything_and_warns():
         ]
     )
     assert warnings == [
-        "GPU-n is held by cy and dee, more than HardenedSpawner.gpu_max_users_per_gpu (1) "
+        "GPU-n is held by cy and dee, more than gpu_max_users_per_gpu (1) "
         "allows; nobody else gets it until they stop.",
         "GPU-gone is held by cy but is not in the GPU inventory; it stays held until that "
         "server stops.",
@@ -706,7 +707,7 @@ def test_rebuild_keeps_the_owner_so_quotas_survive_a_restart():
 
 
 def test_holdings_from_the_engines_labels():
-    from hardened_spawner.gpu_broker import holdings_from_containers
+    from hardened_spawner.docker.holdings import holdings_from_containers
 
     p = "org.jupyter.hardened-spawner."
     containers = [

@@ -34,7 +34,7 @@ def test_min_safe_uid():
     [(1000, 1001), (200000, 999_999_999), (200000, 2**31 - 2)],
 )
 def test_check_uid_range_accepts(uid_min, uid_max):
-    assert check_uid_range(uid_min, uid_max) is None
+    assert check_uid_range(uid_min, uid_max, owner="HardenedSpawner") is None
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ def test_check_uid_range_accepts(uid_min, uid_max):
 )
 def test_check_uid_range_refuses(uid_min, uid_max, message):
     with pytest.raises(IdentityError) as err:
-        check_uid_range(uid_min, uid_max)
+        check_uid_range(uid_min, uid_max, owner="HardenedSpawner")
     assert str(err.value) == message
 
 
@@ -90,7 +90,7 @@ def test_check_uid_range_refuses(uid_min, uid_max, message):
     ],
 )
 def test_check_static_uids_accepts(uid_map):
-    assert check_static_uids(uid_map, LOW, HIGH) is None
+    assert check_static_uids(uid_map, LOW, HIGH, owner="HardenedSpawner") is None
 
 
 @pytest.mark.parametrize(
@@ -149,14 +149,14 @@ def test_check_static_uids_accepts(uid_map):
 )
 def test_check_static_uids_refuses(uid_map, message):
     with pytest.raises(IdentityError) as err:
-        check_static_uids(uid_map, LOW, HIGH)
+        check_static_uids(uid_map, LOW, HIGH, owner="HardenedSpawner")
     assert str(err.value) == message
 
 
 @pytest.mark.parametrize("uid", [2**31 - 1, 2**32 - 1, 2**32])
 def test_check_static_uids_refuses_uids_above_linux_max(uid):
     with pytest.raises(IdentityError, match="largest UID Linux accepts"):
-        check_static_uids({"alice": uid}, LOW, HIGH)
+        check_static_uids({"alice": uid}, LOW, HIGH, owner="HardenedSpawner")
 
 
 # --- derived_uid ---------------------------------------------------------
@@ -195,18 +195,18 @@ def test_derived_uid_wraps_past_uid_max():
     ],
 )
 def test_first_free_uid(preferred, taken, expected):
-    assert first_free_uid(preferred, 1000, 1010, taken) == expected
+    assert first_free_uid(preferred, 1000, 1010, taken, owner="HardenedSpawner") == expected
 
 
 def test_first_free_uid_is_the_same_every_time():
     taken = {200001, 200002, 200004}
-    assert {first_free_uid(200001, LOW, HIGH, taken) for _ in range(5)} == {200003}
+    assert {first_free_uid(200001, LOW, HIGH, taken, owner="HardenedSpawner") for _ in range(5)} == {200003}
 
 
 def test_first_free_uid_refuses_only_a_full_range():
-    assert first_free_uid(1000, 1000, 1010, set(range(1000, 1010))) == 1010
+    assert first_free_uid(1000, 1000, 1010, set(range(1000, 1010)), owner="HardenedSpawner") == 1010
     with pytest.raises(IdentityError) as err:
-        first_free_uid(1000, 1000, 1010, set(range(1000, 1011)))
+        first_free_uid(1000, 1000, 1010, set(range(1000, 1011)), owner="HardenedSpawner")
     assert str(err.value) == (
         "No UID is free: all 11 UIDs of HardenedSpawner.uid_min..uid_max (1000-1010) are held by "
         "workspaces on this engine. Ask your hub admin to raise HardenedSpawner.uid_max (or "
@@ -219,7 +219,7 @@ def test_first_free_uid_refuses_only_a_full_range():
 
 @pytest.mark.parametrize("uid", [1000, 300001])
 def test_check_policy_uid_accepts(uid):
-    assert check_policy_uid(uid, "alice") == uid
+    assert check_policy_uid(uid, "alice", owner="HardenedSpawner") == uid
 
 
 @pytest.mark.parametrize(
@@ -254,13 +254,13 @@ def test_check_policy_uid_accepts(uid):
 )
 def test_check_policy_uid_refuses(uid, message):
     with pytest.raises(IdentityError) as err:
-        check_policy_uid(uid, "alice")
+        check_policy_uid(uid, "alice", owner="HardenedSpawner")
     assert str(err.value) == message
 
 
 def test_check_policy_uid_refuses_uid_above_linux_max():
     with pytest.raises(IdentityError):
-        check_policy_uid(2**32, "alice")
+        check_policy_uid(2**32, "alice", owner="HardenedSpawner")
 
 
 # --- resolve_uid ---------------------------------------------------------

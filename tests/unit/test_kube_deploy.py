@@ -1,6 +1,7 @@
 """deploy/kubernetes/ without a cluster: the RBAC the hub needs, and the z2jh values turned
-into the hub's config the way the chart turns them, then judged by the spawner's own
-hub-start check and by a spawn against the fake API (`fake_kube`).
+into the hub's config the way the chart turns them (tests/kube_chart.py), then judged by a
+spawn against the fake API (`fake_kube`). That a value the chart makes a refused setting stops
+a real hub is shown by starting one (tests/integration/test_kube_deploy_start.py).
 
 Not shown here (deploy/kubernetes/README.md says so): Helm rendering the chart, an API
 server enforcing the RBAC, a CNI enforcing the NetworkPolicies.
@@ -8,7 +9,6 @@ server enforcing the RBAC, a CNI enforcing the NetworkPolicies.
 
 import re
 from importlib.metadata import entry_points
-from pathlib import Path
 from types import SimpleNamespace
 
 import kubernetes_validate
@@ -18,187 +18,14 @@ import yaml
 from fake_kube import FakeCoreV1Api, FakeNetworkingV1Api, FakePodReflector
 from jupyterhub.objects import Server
 from kubespawner import KubeSpawner
-from traitlets import TraitError
-from traitlets.config import Config
+from traitlets.config import Config, LazyConfigValue
 
 from hardened_spawner.errors import SpawnRefused
-from hardened_spawner.kubernetes import spawner as spawner_module
 from hardened_spawner.kubernetes.spawner import HardenedKubeSpawner
+from tests.kube_chart import DEPLOY, RELEASE, ROOT, VALUES, chart_config, chart_config_source
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy" / "kubernetes"
 RBAC = list(yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()))
-VALUES = yaml.safe_load((DEPLOY / "values.yaml").read_text())
 SCHEMA_VERSION = kubernetes_validate.latest_version()  # as test_kube_manifests
-NS, RELEASE = "jhub", "jhub"
-
-# --- the chart, as far as it reaches KubeSpawner ---------------------------------------
-
-#: z2jh 4.4.0's defaults (jupyterhub/values.yaml) for the values its hub config turns into
-#: KubeSpawner settings; values files are merged over them as Helm merges them.
-CHART_DEFAULTS = yaml.safe_load("""
-hub:
-  config: {JupyterHub: {admin_access: true, authenticator_class: dummy}}
-  extraConfig: {}
-singleuser:
-  extraTolerations: []
-  nodeSelector: {}
-  extraNodeAffinity: {required: [], preferred: []}
-  extraPodAffinity: {required: [], preferred: []}
-  extraPodAntiAffinity: {required: [], preferred: []}
-  cloudMetadata: {blockWithIptables: true, ip: 169.254.169.254}
-  networkPolicy: {enabled: true}
-  events: true
-  extraAnnotations: {}
-  extraLabels: {hub.jupyter.org/network-access-hub: "true"}
-  extraEnv: {}
-  lifecycleHooks: {}
-  initContainers: []
-  extraContainers: []
-  allowPrivilegeEscalation: false
-  uid: 1000
-  fsGid: 100
-  storage:
-    type: dynamic
-    extraLabels: {}
-    capacity: 10Gi
-    homeMountPath: /home/jovyan
-    dynamic: {volumeNameTemplate: "volume-{user_server}", storageAccessModes: [ReadWriteOnce]}
-  image: {name: quay.io/jupyterhub/k8s-singleuser-sample, tag: "4.4.0"}
-  startTimeout: 300
-  memory: {guarantee: 1G}
-  extraResource: {limits: {}, guarantees: {}}
-  cmd: jupyterhub-singleuser
-  extraPodConfig: {}
-  profileList: []
-scheduling:
-  userScheduler: {enabled: true}
-  userPods:
-    tolerations:
-      - {key: hub.jupyter.org/dedicated, operator: Equal, value: user, effect: NoSchedule}
-    nodeAffinity: {matchNodePurpose: prefer}
-""")
-
-#: KubeSpawner setting <- `singleuser.<value>`: the chart sets each one whose value is not
-#: null (z2jh's files/hub/jupyterhub_config.py, its loop over singleuser values).
-CHART_PASS_THROUGH = {
-    "pod_name_template": "podNameTemplate", "start_timeout": "startTimeout",
-    "image_pull_policy": "image.pullPolicy", "events_enabled": "events", "extra_labels": "extraLabels",
-    "extra_annotations": "extraAnnotations", "uid": "uid", "fs_gid": "fsGid",
-    "service_account": "serviceAccountName", "storage_extra_labels": "storage.extraLabels",
-    "node_selector": "nodeSelector",
-    "node_affinity_required": "extraNodeAffinity.required", "node_affinity_preferred": "extraNodeAffinity.preferred",
-    "pod_affinity_required": "extraPodAffinity.required", "pod_affinity_preferred": "extraPodAffinity.preferred",
-    "pod_anti_affinity_required": "extraPodAntiAffinity.required",
-    "pod_anti_affinity_preferred": "extraPodAntiAffinity.preferred",
-    "lifecycle_hooks": "lifecycleHooks", "init_containers": "initContainers", "extra_containers": "extraContainers",
-    "mem_limit": "memory.limit", "mem_guarantee": "memory.guarantee", "cpu_limit": "cpu.limit",
-    "cpu_guarantee": "cpu.guarantee", "extra_resource_limits": "extraResource.limits",
-    "extra_resource_guarantees": "extraResource.guarantees", "environment": "extraEnv",
-    "profile_list": "profileList", "extra_pod_config": "extraPodConfig",
-}
-
-
-def helm_merge(base: dict, override: dict) -> dict:
-    """Helm's merge of a values file over another: maps merge, anything else replaces, and
-    null deletes the key (so the chart's config sees it unset)."""
-    merged = dict(base)
-    for key, value in override.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = helm_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def lookup(values: dict, path: str):
-    """The value at a dotted path, None where any part is missing (as the chart reads values)."""
-    for key in path.split("."):
-        if not isinstance(values, dict) or key not in values:
-            return None
-        values = values[key]
-    return values
-
-
-def chart_config(*values_files: dict) -> Config:
-    """The hub's config as z2jh's jupyterhub_config.py makes it from the chart's defaults and
-    ``values_files`` (``helm --values`` in order), for the part that decides what the spawner
-    is given: the singleuser settings and the chart's special cases among them, ``hub.config``,
-    then the ``hub.extraConfig`` snippets, last and in key order as the chart runs them.
-    (Left out: pull secrets, extra files and volumes, the idle culler, the proxy.)"""
-    values = CHART_DEFAULTS
-    for values_file in values_files:
-        values = helm_merge(values, values_file)
-    c = Config()
-    c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
-    c.KubeSpawner.namespace = NS  # the chart reads the hub pod's namespace
-    c.KubeSpawner.common_labels = {"app": "jupyterhub", "release": RELEASE, "app.kubernetes.io/name": "jupyterhub",
-                                   "app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/managed-by": "kubespawner"}
-    for trait, key in CHART_PASS_THROUGH.items():
-        value = lookup(values, f"singleuser.{key}")
-        if value is not None:
-            c.KubeSpawner[trait] = value
-    # set whatever the value, null included
-    c.KubeSpawner.allow_privilege_escalation = lookup(values, "singleuser.allowPrivilegeEscalation")
-    image, tag = lookup(values, "singleuser.image.name"), lookup(values, "singleuser.image.tag")
-    c.KubeSpawner.image = f"{image}:{tag}" if tag else image
-    if lookup(values, "scheduling.userScheduler.enabled"):
-        c.KubeSpawner.scheduler_name = "user-scheduler"
-    _node_purpose(c, lookup(values, "scheduling.userPods.nodeAffinity.matchNodePurpose"))
-    tolerations = (lookup(values, "scheduling.userPods.tolerations") or []) + (
-        lookup(values, "singleuser.extraTolerations") or [])
-    if tolerations:
-        c.KubeSpawner.tolerations = tolerations
-    c.KubeSpawner.volumes, c.KubeSpawner.volume_mounts = _storage(c, values["singleuser"]["storage"])
-    if lookup(values, "singleuser.cloudMetadata.blockWithIptables") is True:
-        c.KubeSpawner.init_containers = [*c.KubeSpawner.get("init_containers", []), _metadata_block(values)]
-    c.JupyterHub.services, c.JupyterHub.load_roles = [], []  # the chart's idle culler is left out here
-    if "cmd" in values["singleuser"]:
-        c.Spawner.cmd = values["singleuser"]["cmd"]
-    for section, settings in (lookup(values, "hub.config") or {}).items():
-        c[section].update(settings)
-    for _, snippet in sorted((lookup(values, "hub.extraConfig") or {}).items()):
-        exec(snippet, {"c": c})
-    return c
-
-
-def _node_purpose(c: Config, purpose: str | None) -> None:
-    """``matchNodePurpose``: prefer or require nodes labelled for users, by node affinity."""
-    user_nodes = {"matchExpressions": [{"key": "hub.jupyter.org/node-purpose", "operator": "In", "values": ["user"]}]}
-    if purpose == "prefer":
-        preferred = c.KubeSpawner.get("node_affinity_preferred", [])
-        c.KubeSpawner.node_affinity_preferred = [*preferred, {"weight": 100, "preference": user_nodes}]
-    elif purpose == "require":
-        c.KubeSpawner.node_affinity_required = [*c.KubeSpawner.get("node_affinity_required", []), user_nodes]
-
-
-def _storage(c: Config, storage: dict) -> tuple[dict, dict]:
-    """``singleuser.storage.type``: dynamic has KubeSpawner make a claim per server, static
-    mounts one shared claim, none mounts nothing. The chart sets the volumes either way."""
-    home = storage.get("homeMountPath")
-    if storage["type"] == "dynamic":
-        c.KubeSpawner.storage_pvc_ensure = True
-        c.KubeSpawner.storage_capacity = storage.get("capacity")
-        name = storage["dynamic"]["volumeNameTemplate"]
-        return ({name: {"name": name, "persistentVolumeClaim": {"claimName": "{pvc_name}"}}},
-                {name: {"name": name, "mountPath": home}})
-    if storage["type"] == "static":
-        return ({"home": {"name": "home", "persistentVolumeClaim": {"claimName": storage["static"]["pvcName"]}}},
-                {"home": {"name": "home", "mountPath": home, "subPath": storage["static"]["subPath"]}})
-    return {}, {}
-
-
-def _metadata_block(values: dict) -> dict:
-    """The chart's init container that blocks the cloud metadata address with iptables."""
-    return {
-        "name": "block-cloud-metadata", "image": "quay.io/jupyterhub/k8s-network-tools:4.4.0",
-        "command": ["iptables", "--append", "OUTPUT", "--protocol", "tcp", "--destination",
-                    lookup(values, "singleuser.cloudMetadata.ip"), "--destination-port", "80", "--jump", "DROP"],
-        "securityContext": {"privileged": True, "runAsUser": 0, "capabilities": {"add": ["NET_ADMIN"]}},
-    }
-
 
 # --- a spawner built from a config, against the fake API ------------------------------
 
@@ -238,7 +65,6 @@ async def cluster(monkeypatch):
     monkeypatch.setattr(kubespawner_module, "load_config", lambda **kwargs: None)
     monkeypatch.setattr(kubespawner_module, "shared_client", lambda *args, **kwargs: None)
     monkeypatch.setattr(KubeSpawner, "reflectors", {})
-    monkeypatch.setattr(spawner_module, "_BROKERS", {})
     reflector = FakePodReflector()
     grants: set = set()
     core, net = FakeCoreV1Api(reflector), FakeNetworkingV1Api()
@@ -359,30 +185,22 @@ def test_the_gpu_culler_calls_the_hub_in_its_own_pod():
     assert culler["command"][-1] == "--url=http://localhost:8081/hub/api"
 
 
-async def test_the_charts_defaults_alone_would_stop_the_hub(cluster):
-    only_the_spawner = {"hub": {"config": {"JupyterHub": {"spawner_class": "hardened-kube"}}}}
-    with pytest.raises(TraitError, match="KubeSpawner.uid = 1000 is not supported"):
-        spawner_from(cluster, chart_config(only_the_spawner)).check_config()
+def _plain(config: Config) -> dict:
+    """A Config as plain data, with what a config file appends to (`LazyConfigValue`) as its
+    additions, so two configs compare by what they would set."""
+    return {section: {key: value.to_dict() if isinstance(value, LazyConfigValue) else value
+                      for key, value in settings.items()}
+            for section, settings in config.items()}
 
 
-@pytest.mark.parametrize("site, refused", [
-    ({"singleuser": {"uid": 1000}}, "KubeSpawner.uid = 1000"),
-    ({"singleuser": {"fsGid": 100}}, "KubeSpawner.fs_gid = 100"),
-    ({"singleuser": {"allowPrivilegeEscalation": None}}, "KubeSpawner.allow_privilege_escalation = None"),
-    ({"singleuser": {"storage": {"type": "dynamic"}}}, "KubeSpawner.storage_pvc_ensure = True"),
-    ({"scheduling": {"userPods": {"nodeAffinity": {"matchNodePurpose": "prefer"}}}},
-     "KubeSpawner.node_affinity_preferred = [{'weight': 100"),
-    ({"singleuser": {"lifecycleHooks": {"postStart": {"exec": {"command": ["true"]}}}}},
-     "KubeSpawner.lifecycle_hooks = {'postStart'"),
-    ({"singleuser": {"extraResource": {"limits": {"nvidia.com/gpu": "1"}}}},
-     "KubeSpawner.extra_resource_limits = {'nvidia.com/gpu': '1'}"),
-    ({"singleuser": {"profileList": [{"display_name": "GPU"}]}}, "KubeSpawner.profile_list = [{'display_name'"),
-])
-async def test_a_value_that_the_chart_makes_a_refused_setting_stops_the_hub(cluster, site, refused):
-    with pytest.raises(TraitError) as error:
-        spawner_from(cluster, chart_config(VALUES, site)).check_config()
-    assert str(error.value).startswith(f"{refused}")
-    assert "is not supported by HardenedKubeSpawner" in str(error.value)
+@pytest.mark.parametrize("site", [{}, {"singleuser": {"uid": 1000, "storage": {"type": "dynamic"}}},
+                                  {"singleuser": {"allowPrivilegeEscalation": None}}], ids=["values", "refused", "null"])
+def test_the_charts_config_as_a_config_file_reads_back_as_the_charts_config(site):
+    """What tests/integration/test_kube_deploy_start.py gives the hub (`chart_config_source`) is
+    the config these tests judge."""
+    from_file = Config()
+    exec(chart_config_source(VALUES, site), {"c": from_file, "get_config": lambda: from_file})
+    assert _plain(from_file) == _plain(chart_config(VALUES, site))
 
 
 async def test_the_charts_metadata_blocking_init_container_gets_every_spawn_refused(cluster):

@@ -4,12 +4,16 @@ client's models (which load every field back), and the Pod Security Standards'
 *restricted* rules as the PSS document words them, for the items checkov (test_checkov)
 does not cover. The project's own guard is not used here: it cannot prove itself."""
 
+import dataclasses
 import json
 
 import kubernetes.client
 import kubernetes_validate
 import pytest
-from kube_manifests import generated
+from kube_fixtures import ALICE
+from kube_manifests import RULE, generated
+
+from hardened_spawner.kubernetes.objects import make_network_policy, make_workspace_claim
 
 SCHEMA_VERSION = kubernetes_validate.latest_version()
 MANIFESTS = generated()
@@ -26,6 +30,36 @@ def test_the_schema_check_is_strict_enough_to_fail():
     bad = json.loads(json.dumps(MANIFESTS["pod"]))
     bad["spec"]["containers"][0]["securityContext"]["readOnlyRootFileSystem"] = True  # a typo'd field
     with pytest.raises(kubernetes_validate.ValidationError, match="readOnlyRootFileSystem"):
+        kubernetes_validate.validate(bad, SCHEMA_VERSION, strict=True)
+
+
+#: what the settings this file's builders gained can add: the node-local DNS ranges of a
+#: NetworkPolicy (`network_dns_cidrs`) and the workspace claim's extra labels (`storage_extra_labels`)
+MORE = {
+    "network-policy-node-local-dns": make_network_policy(
+        "jupyter-alice", "jhub", 8888,
+        dataclasses.replace(RULE, egress="none", dns_cidrs=("169.254.20.10/32", "10.96.0.10/32", "fd00::a/128"))),
+    "workspace-claim-extra-labels": make_workspace_claim(
+        "workspace-alice", "jhub", "alice@example.org", ALICE, capacity="10Gi", storage_class="standard",
+        access_modes=("ReadWriteOnce",), version="0.1.0",
+        extra_labels={"backup.example.org/policy": "daily", "team": "ml"}),
+}
+
+
+@pytest.mark.parametrize("name", MORE)
+def test_the_apis_schema_and_the_clients_models_accept_what_the_new_settings_add(name):
+    manifest = MORE[name]
+    kubernetes_validate.validate(manifest, SCHEMA_VERSION, strict=True)
+    client = kubernetes.client.ApiClient()
+    model = client.deserialize(json.dumps(manifest), MODELS[manifest["kind"]], "application/json")
+    assert client.sanitize_for_serialization(model) == manifest
+
+
+def test_the_schema_check_refuses_a_bad_dns_rule():
+    # the check above can fail: a port 53 rule whose ipBlock misspells its field is not a NetworkPolicy
+    bad = json.loads(json.dumps(MORE["network-policy-node-local-dns"]))
+    bad["spec"]["egress"][1]["to"][1]["ipBlock"] = {"cidrs": "169.254.20.10/32"}
+    with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, SCHEMA_VERSION, strict=True)
 
 

@@ -183,6 +183,40 @@ def test_make_workspace_claim_without_a_storage_class_takes_the_clusters_default
     assert "storageClassName" not in claim["spec"]
 
 
+def test_make_workspace_claim_carries_storage_extra_labels():
+    claim = make_workspace_claim("workspace-alice", "jhub", "alice@example.org", ALICE, capacity="10Gi",
+                                 storage_class=None, access_modes=("ReadWriteOnce",), version="0.1.0",
+                                 extra_labels={"backup.example.org/policy": "daily", "team": "ml"})
+    assert claim["metadata"] == {
+        "name": "workspace-alice",
+        "namespace": "jhub",
+        "labels": {"backup.example.org/policy": "daily", "team": "ml", f"{D}/managed": "true",
+                   f"{D}/role": "workspace", f"{D}/uid": "300001", f"{D}/owner-key": ALICE_KEY},
+        "annotations": {f"{D}/owner": "alice@example.org", f"{D}/gid": "300001", f"{D}/version": "0.1.0"},
+    }
+
+
+def test_storage_extra_labels_never_replace_or_add_the_spawners_own():
+    # the hub-start check refuses these (test_kube_pss_hatches); the builder leaves them out anyway
+    claim = make_workspace_claim("workspace-alice", "jhub", "alice@example.org", ALICE, capacity="10Gi",
+                                 storage_class=None, access_modes=("ReadWriteOnce",), version="0.1.0",
+                                 extra_labels={f"{D}/uid": "0", f"{D}/managed": "false", f"{D}/role": "uid-claim",
+                                               f"{D}/owner-key": owner_key("bob"), f"{D}/server": "jupyter-bob",
+                                               "team": "ml"})
+    assert claim["metadata"]["labels"] == {"team": "ml", f"{D}/managed": "true", f"{D}/role": "workspace",
+                                           f"{D}/uid": "300001", f"{D}/owner-key": ALICE_KEY}
+
+
+def test_make_workspace_claims_default_extra_labels_are_none_and_stay_none():
+    def claim():
+        return make_workspace_claim("w", "jhub", "alice@example.org", ALICE, capacity="1Gi", storage_class=None,
+                                    access_modes=("ReadWriteOnce",), version="0.1.0")
+
+    claim()["metadata"]["labels"]["x"] = "y"  # a caller changing one claim changes no later one
+    assert claim()["metadata"]["labels"] == {f"{D}/managed": "true", f"{D}/role": "workspace", f"{D}/uid": "300001",
+                                             f"{D}/owner-key": ALICE_KEY}
+
+
 def test_make_uid_claim_carries_the_account_files():
     assert make_uid_claim("alice@example.org", ALICE, "workspace-alice", "jhub", "0.1.0") == {
         "apiVersion": "v1",
@@ -244,6 +278,25 @@ def test_make_network_policy_egress_none_opens_only_the_hub_dns_and_the_admins_r
         {"to": [{"ipBlock": {"cidr": "10.0.0.53/32"}}, {"ipBlock": {"cidr": "fd00::53/128"}}],
          "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
     ]
+
+
+def test_make_network_policy_asks_node_local_dns_caches_on_port_53_only():
+    rule = dataclasses.replace(RULE, dns_cidrs=("169.254.20.10/32", "10.96.0.10/32", "fd00::a/128"))
+    egress = make_network_policy("jupyter-alice", "jhub", 8888, rule)["spec"]["egress"]
+    assert egress[1] == {
+        "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}},
+               {"ipBlock": {"cidr": "169.254.20.10/32"}}, {"ipBlock": {"cidr": "10.96.0.10/32"}},
+               {"ipBlock": {"cidr": "fd00::a/128"}}],
+        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+    }
+    # the rest is unchanged: link-local (169.254.20.10 too) stays blocked on every other port
+    assert egress[0] == HUB_AND_DNS[0]
+    assert egress[2:] == make_network_policy("jupyter-alice", "jhub", 8888, RULE)["spec"]["egress"][2:]
+    assert "169.254.0.0/16" in egress[2]["to"][0]["ipBlock"]["except"]
+
+
+def test_make_network_policy_without_dns_cidrs_asks_only_the_dns_pods():
+    assert make_network_policy("jupyter-alice", "jhub", 8888, RULE)["spec"]["egress"][1] == HUB_AND_DNS[1]
 
 
 @pytest.mark.parametrize("size, expected", [(GIB, "1Gi"), (8 * GIB, "8Gi"), (512 * 1024**2, "512Mi"), (1000, "1000")])

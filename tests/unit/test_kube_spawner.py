@@ -4,58 +4,64 @@ kubespawner's no-cluster tests do it. Not integration tests: no cluster is invol
 Pod's security is proven by test_kube_guard, test_kube_manifests and the podman run."""
 
 import json
-from types import SimpleNamespace
 
-import kubespawner.spawner as kubespawner_module
 import pytest
-from fake_kube import FakeCoreV1Api, FakeNetworkingV1Api, FakePodReflector
-from jupyterhub.objects import Server
-from kubespawner import KubeSpawner
+from fake_kube import NS, fake_cluster, kube_spawner, sent_pods
 from traitlets import TraitError
 
+from hardened_spawner import gpu_broker
 from hardened_spawner.core.identity import make_identity
 from hardened_spawner.errors import SpawnRefused
-from hardened_spawner.kubernetes import spawner as spawner_module
 from hardened_spawner.kubernetes.guard import PodGuardPolicy, check_pod
 from hardened_spawner.kubernetes.objects import GPUS, OWNER, UID, make_workspace_claim
-from hardened_spawner.kubernetes.spawner import HardenedKubeSpawner
-
-NS = "jhub"
 
 
 @pytest.fixture
 async def cluster(monkeypatch, tmp_path):
-    monkeypatch.setattr(kubespawner_module, "load_config", lambda **kwargs: None)
-    monkeypatch.setattr(kubespawner_module, "shared_client", lambda *args, **kwargs: None)
-    monkeypatch.setattr(KubeSpawner, "reflectors", {})
-    monkeypatch.setattr(spawner_module, "_BROKERS", {})
-    reflector = FakePodReflector()
-    return SimpleNamespace(reflector=reflector, core=FakeCoreV1Api(reflector), net=FakeNetworkingV1Api(),
-                           audit=tmp_path / "audit.jsonl")
+    return fake_cluster(monkeypatch, tmp_path / "audit.jsonl")
 
 
-def make_spawner(cluster, name="alice", user_id=1, groups=(), options=None, **config):
-    user = SimpleNamespace(name=name, id=user_id, admin=False, groups=[SimpleNamespace(name=g) for g in groups],
-                           url=f"/user/{name}/", escaped_name=name)
-    hub = SimpleNamespace(api_url="http://hub:8081/hub/api", base_url="/hub/", url="http://hub:8081/hub/",
-                          public_host="", host="")
-    spawner = HardenedKubeSpawner(
-        _mock=True, user=user, hub=hub, namespace=NS, cmd=["jupyterhub-singleuser"],
-        start_timeout=5, k8s_api_request_retry_timeout=5, audit_log=str(cluster.audit), **config)
-    spawner.api, spawner._networking_api = cluster.core, cluster.net
-    spawner.server = Server(base_url=f"/user/{name}/")
-    spawner.db = SimpleNamespace(commit=lambda: None)
-    spawner.user_options = options or {}
-    KubeSpawner.reflectors[spawner._get_reflector_key("pods")] = cluster.reflector
-    return spawner
-
-
-def sent_pods(cluster) -> list[dict]:
-    return [call[1] for call in cluster.core.calls if call[0] == "create_pod"]
+make_spawner = kube_spawner
 
 
 def audit_events(cluster) -> list[str]:
     return [json.loads(line)["event"] for line in cluster.audit.read_text().splitlines()]
+
+
+async def test_storage_extra_labels_reach_the_workspace_claim_and_never_replace_the_spawners(cluster):
+    spawner = make_spawner(cluster, storage_extra_labels={"team": "{username}", "backup": "nightly"})
+    await spawner.start()
+    claim_labels = cluster.core.claims["workspace-alice"]["metadata"]["labels"]
+    assert claim_labels["team"] == "alice" and claim_labels["backup"] == "nightly"
+    assert claim_labels[UID] == "200001"
+
+
+async def test_the_workspace_claim_is_the_users_quota_and_the_pod_bounds_its_node_disk(cluster):
+    spawner = make_spawner(cluster, groups=["thesis"], workspace_quota="5G",
+                           workspace_quota_group={"thesis": "200G"}, ephemeral_storage_limit="512M")
+    await spawner.start()
+    claim = cluster.core.claims["workspace-alice"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "200Gi"
+    (pod,) = sent_pods(cluster)
+    resources = pod["spec"]["containers"][0]["resources"]
+    assert resources["limits"]["ephemeral-storage"] == resources["requests"]["ephemeral-storage"] == "512Mi"
+    other = make_spawner(cluster, name="bo", user_id=2, workspace_quota="5G")
+    await other.start()
+    assert cluster.core.claims["workspace-bo"]["spec"]["resources"]["requests"]["storage"] == "5Gi"
+
+
+def test_a_tiny_ephemeral_storage_limit_stops_the_hub(cluster):
+    with pytest.raises(TraitError, match=r"^HardenedKubeSpawner.ephemeral_storage_limit is 1048576 bytes; use at least 64M"):
+        make_spawner(cluster, ephemeral_storage_limit="1M")
+
+
+async def test_a_netpol_lets_dns_reach_a_node_local_cache(cluster):
+    spawner = make_spawner(cluster)
+    await spawner.start()
+    policy = cluster.net.policies[spawner.pod_name]
+    dns = [rule for rule in policy["spec"]["egress"]
+           if {"ipBlock": {"cidr": "169.254.20.10/32"}} in rule.get("to", [])]
+    assert dns and {p["port"] for p in dns[0]["ports"]} == {53}
 
 
 async def test_start_makes_the_claim_the_workspace_the_policy_and_a_pod_that_passes_the_guard(cluster):
@@ -181,7 +187,7 @@ async def test_gpus_are_asked_for_by_count_within_the_users_quota(cluster):
 async def test_the_gpu_table_is_rebuilt_from_the_running_pods_after_a_hub_restart(cluster):
     gpus = {"gpu_resources": {"nvidia.com/gpu": 1}}
     await make_spawner(cluster, options={"gpus": 1}, **gpus).start()
-    spawner_module._BROKERS.clear()  # a new hub process: nothing in memory
+    gpu_broker.reset()  # a new hub process: nothing in memory
     with pytest.raises(SpawnRefused, match="GPU"):
         await make_spawner(cluster, "bob", user_id=2, options={"gpus": 1}, **gpus).start()
     async with make_spawner(cluster, "carol", user_id=3, **gpus).gpus.table() as table:
@@ -213,7 +219,7 @@ async def test_a_dead_server_gives_its_gpus_back(cluster):
     ({"cap_add": ["CHOWN"]}, "HardenedKubeSpawner.cap_add: CHOWN may not be added on Kubernetes; the Pod Security Standards' restricted profile allows only NET_BIND_SERVICE."),
     ({"gpu_inventory": "nvml"}, "HardenedKubeSpawner.gpu_inventory is for a Docker host's own GPUs"),
     ({"gpu_pins": {"alice": ["nvidia.com/gpu#0"]}}, "HardenedKubeSpawner.gpu_pins, gpu_pool and gpu_max_users_per_gpu name or share devices"),
-    ({"uid_min": 10}, "HardenedSpawner.uid_min is 10; it must be at least 1000"),
+    ({"uid_min": 10}, "HardenedKubeSpawner.uid_min is 10; it must be at least 1000"),
     ({"pod_security_context": {"runAsUser": 0}}, "KubeSpawner.pod_security_context = {'runAsUser': 0} is not supported"),
     ({"lifecycle_hooks": {"postStart": {}}}, "KubeSpawner.lifecycle_hooks = {'postStart': {}} is not supported"),
 ])

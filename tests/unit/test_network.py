@@ -4,6 +4,7 @@ probe; the firewall's imperative half with a fake ``iptables``; the spawner's se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -28,6 +29,7 @@ from hardened_spawner.docker.isolation.docker_network import (
 from hardened_spawner.docker.isolation.marker import marker_labels, marker_problems
 from hardened_spawner.docker.isolation.policy import (
     IsolationPolicy,
+    IsolationSettings,
     apply_command,
     hub_endpoint,
     hub_endpoint_from_config,
@@ -290,13 +292,12 @@ def test_isolation_settings_come_from_the_validated_spawner():
     config.HardenedSpawner.egress = "none"
     config.HardenedSpawner.egress_allow_cidrs = ["10.20.0.0/16"]
     spawner = HardenedSpawner(config=config)
-    assert isolation_settings(spawner, "172.17.0.1", 8099) == {
-        "network": "users", "bridge": "", "isolation": True, "hub_ip": "172.17.0.1",
-        "hub_port": 8099, "egress": "none", "allow": ["10.20.0.0/16"], "allow_dns": [],
-        "trusted": [],
-    }
+    assert isolation_settings(spawner, "172.17.0.1", 8099) == IsolationSettings(
+        network="users", bridge="", isolation=True, hub_ip="172.17.0.1", hub_port=8099, egress="none",
+        allow=("10.20.0.0/16",), allow_dns=(), trusted=(),
+    )
     config.HardenedSpawner.network_hub_address = "10.1.2.3"  # overrides the hub's API host
-    assert isolation_settings(HardenedSpawner(config=config), "172.17.0.1", 8099)["hub_ip"] == "10.1.2.3"
+    assert isolation_settings(HardenedSpawner(config=config), "172.17.0.1", 8099).hub_ip == "10.1.2.3"
 
 
 def test_apply_command_names_every_setting():
@@ -726,9 +727,9 @@ def test_firewall_command_settings_from_a_config_file(tmp_path):
     )
     settings = firewall_settings(["status", "-f", str(config), "--egress", "none"])
     assert policy_from_settings(settings) == IsolationPolicy("172.17.0.1", 8099, "none", ("10.20.0.0/16",))
-    assert settings["network"] == "users"
+    assert settings.network == "users"
     with pytest.raises(NetworkConfigError, match="pass --hub-ip"):
-        policy_from_settings({**settings, "hub_ip": "0.0.0.0"})
+        policy_from_settings(dataclasses.replace(settings, hub_ip="0.0.0.0"))
 
 
 # --- the spawner's settings -------------------------------------------------------------------
@@ -909,7 +910,7 @@ def test_keep_applied_puts_the_rules_back_and_survives_errors(monkeypatch):
         return FACTS, answer
 
     def apply_and_mark(client, settings, policy):
-        applied.append(settings["network"])
+        applied.append(settings.network)
         return FACTS, []
 
     monkeypatch.setattr(command, "current_problems", current)
@@ -925,7 +926,7 @@ def test_keep_applied_puts_the_rules_back_and_survives_errors(monkeypatch):
     out = io.StringIO()
     states = []
     monkeypatch.setattr(command, "_mark_status", lambda path, in_place: states.append(in_place))
-    command.keep_applied(None, {"network": "users"}, HOST_HUB, 5, out, StopAfter(), "/run/ok")
+    command.keep_applied(None, IsolationSettings("users", "", True, "172.17.0.1", 8081, "internet"), HOST_HUB, 5, out, StopAfter(), "/run/ok")
     assert applied == ["users"]
     assert states == [True, True, False, True]
     lines = out.getvalue().splitlines()

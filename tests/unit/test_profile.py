@@ -69,7 +69,7 @@ def _profile(**changes) -> SecurityProfile:
     ],
 )
 def test_normalise_capability(name, expected):
-    assert normalise_capability(name) == expected
+    assert normalise_capability(name, "HardenedSpawner.cap_add") == expected
 
 
 ADDABLE_LIST = "CHOWN, FOWNER, KILL, NET_BIND_SERVICE, SETGID, SETUID, SYS_NICE"
@@ -101,7 +101,7 @@ ADDABLE_LIST = "CHOWN, FOWNER, KILL, NET_BIND_SERVICE, SETGID, SETUID, SYS_NICE"
 )
 def test_normalise_capability_refuses(name, message):
     with pytest.raises(ProfileError) as err:
-        normalise_capability(name)
+        normalise_capability(name, "HardenedSpawner.cap_add")
     assert str(err.value) == message
 
 

@@ -11,12 +11,13 @@ from hardened_spawner.docker.settings import DockerSettings
 from hardened_spawner.docker.spawner import HardenedSpawner
 from hardened_spawner.kubernetes.settings import KubeSettings
 from hardened_spawner.kubernetes.spawner import HardenedKubeSpawner
+from hardened_spawner.quota_settings import WorkspaceQuotaSettings
 from hardened_spawner.settings import HardenedSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SPAWNERS = {
-    HardenedSpawner: (HardenedSettings, DockerSettings, ImageAdmissionSettings),
-    HardenedKubeSpawner: (HardenedSettings, KubeSettings),
+    HardenedSpawner: (HardenedSettings, WorkspaceQuotaSettings, DockerSettings, ImageAdmissionSettings),
+    HardenedKubeSpawner: (HardenedSettings, WorkspaceQuotaSettings, KubeSettings),
 }
 
 

@@ -252,7 +252,7 @@ def test_remove_false_refused_in_config(section):
         (
             {"gpu_inventory": ["GPU-a", "GPU-b"], "gpu_pins": {"alice": ["GPU-a"], "bob": ["GPU-a"]}},
             "HardenedSpawner.gpu_pins: alice and bob are pinned to GPU-a, but at most 1 may hold a "
-            "device (HardenedSpawner.gpu_max_users_per_gpu is 1). Pin them to different devices, or "
+            "device (gpu_max_users_per_gpu is 1). Pin them to different devices, or "
             "raise gpu_max_users_per_gpu to let them share it without isolation.",
         ),
         (

@@ -5,6 +5,7 @@ same against the real engine, a real hub and the real proxy."""
 from __future__ import annotations
 
 import asyncio
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +17,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from hardened_spawner import labels
+from hardened_spawner.audit import get_audit_trail
 from hardened_spawner.docker import spawner as spawner_module
 from hardened_spawner.docker.guard import GuardPolicy, check_container
 from hardened_spawner.docker.hub_context import reset_hub_contexts
@@ -361,3 +363,24 @@ async def test_a_spawn_the_hub_gives_up_on_while_it_waits_never_makes_a_containe
     assert waiting.cancelled()
     assert [s["Name"] for s in engine.servers()] == ["/jupyter-ann"]
     assert (first.context.start_queue.starting, first.context.start_queue.waiting) == (0, 0)
+
+
+async def test_an_attempt_after_a_started_server_carries_nothing_of_it_into_its_events(engine, server_port, tmp_path):
+    """JupyterHub keeps the spawner between attempts: a refused attempt's events name no image
+    digest or policy of the server before it."""
+    trail = tmp_path / "audit.jsonl"
+    spawner = make_spawner(server_port, audit_log=str(trail))
+    await spawner.start()
+    await spawner.stop()
+    spawner.user_options = {"gpus": 5}  # over the quota: refused before anything is made
+    with pytest.raises(SpawnRefused, match="your limit is 1 GPU"):
+        await spawner.start()
+    events = [json.loads(line) for line in trail.read_text().splitlines()
+              if not json.loads(line)["event"].startswith("image-")]
+    assert [e["event"] for e in events] == ["spawn-requested", "server-started", "server-stopped",
+                                            "spawn-requested", "spawn-refused"]
+    started, requested_again, refused = events[1], events[3], events[4]
+    assert started["image_digest"] and started["policy_fingerprint"]
+    for event in (requested_again, refused):
+        assert (event["image_digest"], event["policy_fingerprint"], event["security"]) == (None, None, {})
+    get_audit_trail(str(trail)).close()  # the trails are kept per sink for the process

@@ -66,7 +66,7 @@ def test_holders_come_from_every_managed_volume_and_container():
     assert uid_claims.uid_holders(engine, 200002) == {200002: {"bob", "carol"}}
 
 
-REQUEST = UidRequest("dave", "ws-dave", 200001, 200001, 200100, "1.0")
+REQUEST = UidRequest("dave", "ws-dave", 200001, 200001, 200100, "1.0", "HardenedSpawner")
 
 
 def held(engine, uid, owner):

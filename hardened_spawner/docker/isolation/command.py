@@ -9,6 +9,7 @@ checks; options override them. Each action is a small traitlets `Application` wh
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -37,7 +38,13 @@ from .docker_network import (
 from .errors import FirewallError
 from .iptables import COMMAND, apply, plans, remove, status
 from .marker import delete_marker, marker_problems, read_boot_id, read_marker, write_marker
-from .policy import IsolationPolicy, hub_endpoint_from_config, isolation_settings, policy_from_settings
+from .policy import (
+    IsolationPolicy,
+    IsolationSettings,
+    hub_endpoint_from_config,
+    isolation_settings,
+    policy_from_settings,
+)
 from .resolv import blocked_host_resolvers, dns_note
 
 EXIT_OK, EXIT_NOT_IN_PLACE, EXIT_USAGE = 0, 1, 2
@@ -46,26 +53,26 @@ EXIT_OK, EXIT_NOT_IN_PLACE, EXIT_USAGE = 0, 1, 2
 # --- what the actions do, as plain functions over a docker-py client -------------------
 
 
-def apply_and_mark(client, settings: dict, policy: IsolationPolicy) -> tuple[NetworkFacts, list[str]]:
+def apply_and_mark(client, settings: IsolationSettings, policy: IsolationPolicy) -> tuple[NetworkFacts, list[str]]:
     """Install the rules for the users' network (made if missing) and leave the marker
     the hub's probe check reads; returns what is still wrong."""
-    facts = ensure_network(client, settings["network"], settings["bridge"], settings["isolation"])
+    facts = ensure_network(client, settings.network, settings.bridge, settings.isolation)
     problems = apply(facts, policy)
     write_marker(client, facts, policy)
     return facts, problems
 
 
-def current_problems(client, settings: dict, policy: IsolationPolicy) -> tuple[NetworkFacts | None, list[str]]:
+def current_problems(client, settings: IsolationSettings, policy: IsolationPolicy) -> tuple[NetworkFacts | None, list[str]]:
     """What `status` reports: rules, network and marker against these settings."""
-    facts = load_network(client, settings["network"])
+    facts = load_network(client, settings.network)
     if facts is None:
-        return None, [f"the users' network {settings['network']} does not exist yet"]
+        return None, [f"the users' network {settings.network} does not exist yet"]
     problems = status(facts, policy)
     problems += marker_problems(read_marker(client, facts.name), facts, policy, read_boot_id())
     return facts, problems
 
 
-def keep_applied(client, settings: dict, policy: IsolationPolicy, interval: float,
+def keep_applied(client, settings: IsolationSettings, policy: IsolationPolicy, interval: float,
                  out, stop: threading.Event, status_file: str = "") -> None:
     """Check every ``interval`` seconds and put the rules back when they differ: what a
     boot unit would do once, done for as long as the engine runs this (the compose
@@ -160,7 +167,7 @@ class FirewallAction(Application):
                 raise TraitError(f"{self.name} has no option {arg.split('=', 1)[0]} (see --help)")
         self.parse_command_line(argv)
 
-    def settings(self) -> dict:
+    def settings(self) -> IsolationSettings:
         """The spawner's settings (from ``-f``, else its defaults), then the options given.
         Without a config file the hub's address is unknown until --hub-ip."""
         try:
@@ -170,11 +177,13 @@ class FirewallAction(Application):
             raise NetworkConfigError(str(e)) from None
         host, port = hub_endpoint_from_config(config.get("JupyterHub") or {})
         settings = isolation_settings(spawner, host if self.config_file else "", port)
-        for key in ("network", "bridge", "hub_ip", "hub_port", "egress", "allow", "allow_dns", "trusted"):
-            if getattr(self, key) is not None:
-                settings[key] = getattr(self, key)
-        if settings["bridge"]:
-            check_bridge_name(settings["bridge"], "--bridge")
+        given = {key: getattr(self, key) for key in ("network", "bridge", "hub_ip", "hub_port", "egress")
+                 if getattr(self, key) is not None}
+        given.update({key: tuple(getattr(self, key)) for key in ("allow", "allow_dns", "trusted")
+                      if getattr(self, key) is not None})
+        settings = dataclasses.replace(settings, **given)
+        if settings.bridge:
+            check_bridge_name(settings.bridge, "--bridge")
         return settings
 
     summary = ""  # one line, for the list of actions
@@ -182,7 +191,7 @@ class FirewallAction(Application):
     def client(self):
         return docker.APIClient(**docker.utils.kwargs_from_env())
 
-    def run(self, settings: dict, out) -> int:
+    def run(self, settings: IsolationSettings, out) -> int:
         raise NotImplementedError
 
     def start(self) -> int:  # type: ignore[override]  # main() returns it as the exit status
@@ -219,12 +228,12 @@ class ApplyAction(FirewallAction):
             raise TraitError("--watch needs a positive number of seconds")
         return proposal.value
 
-    def run(self, settings: dict, out) -> int:
+    def run(self, settings: IsolationSettings, out) -> int:
         policy = policy_from_settings(settings)
         client = self.client()
         if self.dry_run:
-            facts = load_network(client, settings["network"]) or NetworkFacts(
-                settings["network"], settings["bridge"] or bridge_name(settings["network"]), (), False, False)
+            facts = load_network(client, settings.network) or NetworkFacts(
+                settings.network, settings.bridge or bridge_name(settings.network), (), False, False)
             for plan in plans(facts, policy)[0]:
                 print(f"# {COMMAND[plan.family]}", file=out)
                 print("\n".join(plan.lines()), file=out)
@@ -232,7 +241,7 @@ class ApplyAction(FirewallAction):
         if self.watch is not None:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            print(f"{_now()} keeping the rules for {settings['network']} in place "
+            print(f"{_now()} keeping the rules for {settings.network} in place "
                   f"({policy.summary()}; checked every {self.watch:g} s)", file=out, flush=True)
             keep_applied(client, settings, policy, self.watch, out, stop, self.status_file)
             return EXIT_OK
@@ -251,12 +260,12 @@ class StatusAction(FirewallAction):
     description = """Compare the host's rules, the network and the marker with the settings.
     Exit 1 when the rules are not in place."""
 
-    def run(self, settings: dict, out) -> int:
+    def run(self, settings: IsolationSettings, out) -> int:
         policy = policy_from_settings(settings)
         client = self.client()
         facts, problems = current_problems(client, settings, policy)
         if self.json_output:
-            print(json.dumps({"ok": not problems, "network": settings["network"],
+            print(json.dumps({"ok": not problems, "network": settings.network,
                               "bridge": facts.bridge if facts else None,
                               "policy": policy.summary(), "problems": problems,
                               "marker": read_marker(client, facts.name) if facts else None},
@@ -275,15 +284,15 @@ class RemoveAction(FirewallAction):
     description = """Remove every rule and chain of ours for the users' network (or --bridge),
     and its marker."""
 
-    def run(self, settings: dict, out) -> int:
-        if settings["bridge"]:
-            changed = remove(settings["bridge"])
-            print(f"removed the rules for bridge {settings['bridge']} ({changed} table(s) changed)", file=out)
+    def run(self, settings: IsolationSettings, out) -> int:
+        if settings.bridge:
+            changed = remove(settings.bridge)
+            print(f"removed the rules for bridge {settings.bridge} ({changed} table(s) changed)", file=out)
             return EXIT_OK
         client = self.client()
-        facts = load_network(client, settings["network"])
+        facts = load_network(client, settings.network)
         if facts is None:
-            raise NetworkConfigError(f"no network {settings['network']}; pass --bridge")
+            raise NetworkConfigError(f"no network {settings.network}; pass --bridge")
         changed = remove(facts.bridge)
         delete_marker(client, facts.name)
         print(f"removed the rules for {facts.name} (bridge {facts.bridge}; "
@@ -300,8 +309,8 @@ class NetworkAction(FirewallAction):
     subnet = Unicode("", help="Its IPv4 subnet (default: a free one the engine picks).").tag(config=True)
     aliases = {**FirewallAction.aliases, "subnet": "NetworkAction.subnet"}
 
-    def run(self, settings: dict, out) -> int:
-        facts = ensure_network(self.client(), settings["network"], settings["bridge"], settings["isolation"],
+    def run(self, settings: IsolationSettings, out) -> int:
+        facts = ensure_network(self.client(), settings.network, settings.bridge, settings.isolation,
                                self.subnet, require_hub_address=True)
         report = {"network": facts.name, "bridge": facts.bridge, "subnets": list(facts.subnets),
                   "hub_address": facts.hub_address, "isolated": not facts.icc}
@@ -321,7 +330,7 @@ class ResolversAction(FirewallAction):
     summary = "List the host's DNS resolvers the rules block."
     description = "List the host's DNS resolvers the rules block (for HardenedSpawner.egress_allow_dns)."
 
-    def run(self, settings: dict, out) -> int:
+    def run(self, settings: IsolationSettings, out) -> int:
         print(",".join(blocked_host_resolvers()), file=out)
         return EXIT_OK
 

@@ -111,21 +111,37 @@ def is_ip(text: str) -> bool:
         return False
 
 
-def isolation_settings(spawner, hub_host: str, hub_port: int) -> dict:
+@dataclass(frozen=True)
+class IsolationSettings:
+    """The isolation settings, as the hub, ``check`` and ``firewall`` read them (the options of
+    ``firewall`` replace single fields: `dataclasses.replace`)."""
+
+    network: str  # the users' Docker network
+    bridge: str  # its bridge's name, "" for the one Docker derives
+    isolation: bool  # whether servers on it may not talk to each other
+    hub_ip: str  # where servers reach the hub API (a name is resolved by `policy_from_settings`)
+    hub_port: int
+    egress: str  # "internet" or "none"
+    allow: tuple[str, ...] = ()  # egress_allow_cidrs
+    allow_dns: tuple[str, ...] = ()  # egress_allow_dns
+    trusted: tuple[str, ...] = ()  # network_trusted_addresses
+
+
+def isolation_settings(spawner, hub_host: str, hub_port: int) -> IsolationSettings:
     """The isolation settings of a validated spawner, for `firewall.policy_from_settings`:
     the one place they are read, by the hub (with its API URL), by `hardened-spawner check`
     and by `hardened-spawner firewall -f` (with the hub's address from its config)."""
-    return {
-        "network": spawner.network_name,
-        "bridge": spawner.network_bridge_name,
-        "isolation": bool(spawner.network_isolation),
-        "hub_ip": spawner.network_hub_address or hub_host,
-        "hub_port": int(hub_port),
-        "egress": spawner.egress,
-        "allow": list(spawner.egress_allow_cidrs),
-        "allow_dns": list(spawner.egress_allow_dns),
-        "trusted": list(spawner.network_trusted_addresses),
-    }
+    return IsolationSettings(
+        network=spawner.network_name,
+        bridge=spawner.network_bridge_name,
+        isolation=bool(spawner.network_isolation),
+        hub_ip=spawner.network_hub_address or hub_host,
+        hub_port=int(hub_port),
+        egress=spawner.egress,
+        allow=tuple(spawner.egress_allow_cidrs),
+        allow_dns=tuple(spawner.egress_allow_dns),
+        trusted=tuple(spawner.network_trusted_addresses),
+    )
 
 
 def resolve(host: str) -> str:
@@ -134,9 +150,9 @@ def resolve(host: str) -> str:
     return str(min(infos, key=lambda info: info[0] != socket.AF_INET)[4][0])
 
 
-def policy_from_settings(settings: dict) -> IsolationPolicy:
+def policy_from_settings(settings: IsolationSettings) -> IsolationPolicy:
     """The rules' inputs from the command's settings; the hub's name is resolved here."""
-    host = settings["hub_ip"]
+    host = settings.hub_ip
     if not host or host in ("0.0.0.0", "::"):
         raise NetworkConfigError(
             "the hub's address is unknown: pass --hub-ip (the address servers reach the hub "
@@ -154,9 +170,9 @@ def policy_from_settings(settings: dict) -> IsolationPolicy:
             ) from None
     return IsolationPolicy(
         hub_ip=host,
-        hub_port=int(settings["hub_port"]),
-        egress=parse_egress(settings["egress"], "--egress"),
-        allow_cidrs=parse_cidrs(settings["allow"], "--allow"),
-        allow_dns=parse_addresses(settings["allow_dns"], "--allow-dns"),
-        trusted=parse_addresses(settings["trusted"], "--trusted"),
+        hub_port=int(settings.hub_port),
+        egress=parse_egress(settings.egress, "--egress"),
+        allow_cidrs=parse_cidrs(list(settings.allow), "--allow"),
+        allow_dns=parse_addresses(list(settings.allow_dns), "--allow-dns"),
+        trusted=parse_addresses(list(settings.trusted), "--trusted"),
     )
