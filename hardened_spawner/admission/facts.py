@@ -21,7 +21,8 @@ SINGLEUSER = "jupyterhub-singleuser"
 #: special files kept in the facts (the rest are counted): enough for any message
 KEEP_SPECIAL = 200
 #: how the facts are read: facts an older reading kept on the engine are read again
-FACTS_VERSION = 2
+#: (4: the directories on the way to each command, kept where a version-2 reader ignores them)
+FACTS_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class Located:
     name: str  # as the image or the settings give it
     path: str = ""  # the final file it resolves to; "" when not found
     mode: int = 0
+    #: the directories on the way to it (links followed) that others may not search, with
+    #: their modes: (path, mode) pairs, nearest the root first
+    closed: tuple[tuple[str, int], ...] = ()
 
     @property
     def found(self) -> bool:
@@ -38,9 +42,10 @@ class Located:
 
     @property
     def runs_as_anyone(self) -> bool:
-        """The server's UID owns no file of the image and its private GID is no file's
-        group: only the bits for others count."""
-        return self.found and bool(self.mode & 0o001)
+        """The server's UID owns no file or directory of the image and its private GID is
+        no file's group: only the bits for others count, on the file (``x``) and on every
+        directory the kernel searches to reach it (``x``)."""
+        return self.found and bool(self.mode & 0o001) and not self.closed
 
 
 @dataclass(frozen=True)
@@ -67,17 +72,26 @@ class ImageFacts:
     # --- JSON, for the engine's cache ------------------------------------------
 
     def to_json(self) -> dict:
+        """The facts as JSON. A command's closed directories are kept apart from the command
+        (``closed``, by name): a hub of an older version reads ``commands`` as ``Located(**found)``,
+        and must find only the fields it knows there, see the version and read the layers again,
+        not fail."""
         data = asdict(self)
-        data["commands"] = {name: asdict(found) for name, found in self.commands.items()}
+        data["commands"] = {name: {"name": found.name, "path": found.path, "mode": found.mode}
+                            for name, found in self.commands.items()}
+        data["closed"] = {name: [list(c) for c in found.closed] for name, found in self.commands.items() if found.closed}
         return data
 
     @classmethod
     def from_json(cls, data: dict) -> ImageFacts:
+        closed = data.get("closed") or {}
         return cls(
             image_id=data["image_id"], user=data["user"], entrypoint=tuple(data["entrypoint"]),
             cmd=tuple(data["cmd"]), path=data["path"], home=data["home"], volumes=tuple(data["volumes"]),
             special=tuple(SpecialFile(**s) for s in data["special"]), special_count=data["special_count"],
-            commands={name: Located(**found) for name, found in data["commands"].items()},
+            commands={name: Located(found["name"], found["path"], found["mode"],
+                                    tuple((str(d), int(m)) for d, m in closed.get(name, ())))
+                      for name, found in data["commands"].items()},
             layers=data["layers"], read_seconds=data["read_seconds"], version=data.get("version", 1),
         )
 
@@ -103,7 +117,9 @@ def commands_to_find(inspect: dict, command: tuple[str, ...] = ()) -> tuple[str,
 
 def locate(name: str, scan: FileScan, path_variable: str, workdir: str = "/") -> Located:
     """``name`` as an ``execvp`` in the container would find it (absolute, relative to the
-    working directory when it has a slash, else on PATH), following links."""
+    working directory when it has a slash, else on PATH), following links, with the
+    directories on the way that others may not search. The first file found is the one
+    judged, as root sees the image: a copy later on PATH is not looked for."""
     if "/" in name:
         candidates = [name if name.startswith("/") else posixpath.join(workdir or "/", name)]
     else:
@@ -111,7 +127,7 @@ def locate(name: str, scan: FileScan, path_variable: str, workdir: str = "/") ->
     for candidate in candidates:
         entry: Entry | None = scan.find(candidate)
         if entry is not None and entry.kind == "file":
-            return Located(name, entry.path, entry.mode)
+            return Located(name, entry.path, entry.mode, scan.closed_to_others(candidate))
     return Located(name)
 
 

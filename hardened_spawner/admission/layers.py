@@ -91,13 +91,22 @@ class FileScan:
     entries: dict[str, Entry]  # final paths of files named in ``names`` and of executables, by path
     links: dict[str, str]  # every symbolic link in the final filesystem: path -> target
     layers: int
+    #: every directory a layer wrote, with its permission bits (a directory no layer wrote,
+    #: only implied by the paths below it, is made 0755 by the engine and is not here; nor
+    #: is "/", whose mode is the runtime's)
+    dirs: dict[str, int] = field(default_factory=dict)
 
-    def resolve(self, path: str, limit: int = 40) -> str:
+    def walk(self, path: str, limit: int = 40) -> tuple[str, tuple[str, ...]]:
         """``path`` with every symbolic link along it followed, as the kernel would
-        (``/bin/sh`` on a merged-/usr system is ``/usr/bin/dash``)."""
+        (``/bin/sh`` on a merged-/usr system is ``/usr/bin/dash``), and every directory a
+        name was looked up in on the way, in order: the ones whoever opens ``path`` must be
+        allowed to search (``x``), those holding the links included."""
         parts = [p for p in path.split("/") if p]
         resolved = "/"
+        searched: list[str] = []
         while parts and limit > 0:
+            if resolved not in searched:
+                searched.append(resolved)
             candidate = posixpath.join(resolved, parts.pop(0))
             target = self.links.get(candidate)
             if target is None:
@@ -107,7 +116,22 @@ class FileScan:
             base = "/" if target.startswith("/") else resolved
             parts = [p for p in posixpath.normpath(posixpath.join(base, target)).split("/") if p] + parts
             resolved = "/"
-        return posixpath.normpath(resolved)
+        return posixpath.normpath(resolved), tuple(searched)
+
+    def resolve(self, path: str) -> str:
+        """``path`` with every symbolic link along it followed (`walk`)."""
+        return self.walk(path)[0]
+
+    def closed_to_others(self, path: str) -> tuple[tuple[str, int], ...]:
+        """The directories on the way to ``path`` (`walk`) that others may not search, with
+        their modes: a process whose UID owns none of them and whose groups own none of them
+        cannot reach ``path`` at all."""
+        found = []
+        for directory in self.walk(path)[1]:
+            mode = self.dirs.get(directory)
+            if mode is not None and not mode & 0o001:
+                found.append((directory, mode))
+        return tuple(found)
 
     def find(self, path: str) -> Entry | None:
         """The entry at ``path`` after following links, or None."""
@@ -129,6 +153,7 @@ class _Layer:
     special: dict[str, SpecialFile] = field(default_factory=dict)
     entries: dict[str, Entry] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)
+    dirs: dict[str, int] = field(default_factory=dict)
 
 
 def decode_capabilities(raw: bytes | str) -> str:
@@ -157,8 +182,8 @@ def _normal(name: str) -> str:
 
 def read_layer(layer: tarfile.TarFile, names: frozenset[str]) -> _Layer:
     """One layer's record: ``names`` are the base names whose entries are kept (the
-    commands admission looks for), besides every executable; special files, links and
-    paths are always kept."""
+    commands admission looks for), besides every executable; special files, links,
+    directories' modes and paths are always kept."""
     record = _Layer()
     hardlinks: list[tuple[str, tarfile.TarInfo]] = []
     for member in layer:
@@ -172,7 +197,12 @@ def read_layer(layer: tarfile.TarFile, names: frozenset[str]) -> _Layer:
             record.whiteouts.add(posixpath.join(parent, base[len(WHITEOUT):]))
             continue
         record.paths.add(path)
-        if not member.isdir():
+        if member.isdir():
+            # not "/": the engine does not apply a layer's "./" (a debootstrap tar's is often
+            # 0700); the container's root is the runtime's, 0755
+            if path != "/":
+                record.dirs[path] = member.mode & 0o7777
+        else:
             record.nondirs.add(path)
         if member.issym():
             record.links[path] = member.linkname
@@ -221,10 +251,12 @@ def _survives(path: str, above: list[_Layer]) -> bool:
 
 
 def stack(layers: list[_Layer]) -> FileScan:
-    """The final filesystem's special files, kept entries and links (layers bottom first)."""
+    """The final filesystem's special files, kept entries, links and directories' modes
+    (layers bottom first)."""
     special: dict[str, SpecialFile] = {}
     entries: dict[str, Entry] = {}
     links: dict[str, str] = {}
+    dirs: dict[str, int] = {}
     for index, layer in enumerate(layers):
         above = layers[index + 1:]  # nearest first
         for path, found in layer.special.items():
@@ -236,7 +268,10 @@ def stack(layers: list[_Layer]) -> FileScan:
         for path, target in layer.links.items():
             if _survives(path, above):
                 links[path] = target
-    return FileScan(tuple(sorted(special.values(), key=lambda s: s.path)), entries, links, len(layers))
+        for path, mode in layer.dirs.items():
+            if _survives(path, above):
+                dirs[path] = mode
+    return FileScan(tuple(sorted(special.values(), key=lambda s: s.path)), entries, links, len(layers), dirs)
 
 
 def _as_tar(head: bytes, rest: IO[bytes]) -> tarfile.TarFile | None:

@@ -141,7 +141,23 @@ def special_files(case: Case) -> list[Violation]:
 def _cannot_run(located: Located | None, what: str) -> str:
     if located is None or not located.found:
         return f"{what} is not in the image"
-    return f"{what} ({located.path}, mode {located.mode:04o}) may not be run by others, and the server's UID owns none of the image's files"
+    if not located.closed:
+        return (f"{what} ({located.path}, mode {located.mode:04o}) may not be run by others, and the "
+                "server's UID owns none of the image's files")
+    closed = ", ".join(f"{d} (mode {m:04o})" for d, m in located.closed)
+    which = "a directory" if len(located.closed) == 1 else "directories"
+    itself = "" if located.mode & 0o001 else f"; the file itself (mode {located.mode:04o}) may not be run by others either"
+    return (f"{what} ({located.path}) lies behind {closed}, {which} others may not search, so the "
+            f"server's UID, which owns none of the image's files, cannot reach it{itself}")
+
+
+def _open_directories(located: Located | None) -> str:
+    """The fix for directories in the way, as the Dockerfile line that makes it."""
+    if located is None or not located.closed:
+        return ""
+    itself = "" if located.mode & 0o001 else f" && chmod o+rx {located.path}"
+    return (f"RUN chmod o+x {' '.join(d for d, _ in located.closed)}{itself} in the image (as root), "
+            f"so that every UID may reach {located.path}")
 
 
 def runs_as_anyone(case: Case) -> list[Violation]:
@@ -151,6 +167,7 @@ def runs_as_anyone(case: Case) -> list[Violation]:
         found.append(_violation(
             "singleuser", SINGLEUSER, "",
             _cannot_run(singleuser, f"{SINGLEUSER} (on the image's PATH {facts.path})"),
+            _open_directories(singleuser) or
             "install jupyterhub (the hub's version) in the image so that jupyterhub-singleuser is "
             "on its PATH, readable and executable by every UID (chmod -R o+rX the environment)",
         ))
@@ -161,6 +178,7 @@ def runs_as_anyone(case: Case) -> list[Violation]:
         found.append(_violation(
             "command", argv0, "cmd" if not facts.entrypoint else "",
             _cannot_run(first, f"the image's {source} {argv0}"),
+            _open_directories(first) or
             "make it executable by every UID in the image, or set HardenedSpawner.cmd to a command "
             "the image has",
         ))

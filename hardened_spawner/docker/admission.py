@@ -163,12 +163,25 @@ async def admit(context, cache: ImageCache, settings: AdmissionSettings, name: s
     return Verdict(case, judge(case), approval if made else None)
 
 
+def first_sight_fields(case: Case, approval: Approval) -> dict:
+    """The audit fields of the hub's first-sight approval (`Verdict.first_approval`): the hub
+    approved, not the user whose spawn made it look, so every field about a user or a server is
+    empty, whoever's spawn it was (README, "Audit trail": ``user`` null)."""
+    return {
+        "user": None, "server_name": "", "uid": None, "gid": None, "client_ip": None,
+        "image": approval.name, "image_digest": approval.image_id, "policy_fingerprint": None,
+        "security": None, "devices": None, "container_id": None, "container_name": None,
+        "reason": f"approved by {approval.by}", "admission": summary(case, []),
+    }
+
+
 def record(verdict: Verdict, emit) -> None:
-    """Write a spawn's admission to the audit trail (``emit(event, **fields)``): a first-sight
-    approval, then the image admitted or refused, with the facts that decided."""
+    """Write a spawn's admission to the audit trail (``emit(event, **fields)``, whose fields
+    override the spawn's own): a first-sight approval (the hub's, with no user), then the image
+    admitted or refused, with the facts that decided."""
     case = verdict.case
     if verdict.first_approval is not None:
-        emit("image-approved", reason=f"approved by {verdict.first_approval.by}", admission=summary(case, []))
+        emit("image-approved", **first_sight_fields(case, verdict.first_approval))
     fields = {"image_digest": case.facts.image_id, "admission": summary(case, verdict.violations)}
     if verdict.admitted:
         emit("image-admitted", **fields)

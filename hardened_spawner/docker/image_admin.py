@@ -1,7 +1,8 @@
 """The admin's side of image admission: list what each allowed image is judged on, approve a
 name for the image it points at now, and find running servers whose image would no longer
-be admitted. Plain functions over a docker-py ``APIClient`` (the CLI's thin shell is in
-`cli`); the judgement is the spawner's own (`admission.rules.judge`).
+be admitted, and the names they were started from whose new spawns would be refused. Plain
+functions over a docker-py ``APIClient`` (the CLI's thin shell is in `cli`); the judgement is
+the spawner's own (`admission.rules.judge`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class ImageReport:
     case: Case | None  # None when the engine has no such image
     violations: tuple[Violation, ...]
     current: bool = True  # False: a running server's image that the name no longer means
+    servers: tuple[str, ...] = ()  # the running servers' containers on this image (`running_images`)
 
 
 def _inspect(client, name: str) -> dict:
@@ -88,22 +90,48 @@ def approve(client, settings: AdmissionSettings, name: str, by: str, audit,
 
 def running_images(client, settings: AdmissionSettings) -> list[ImageReport]:
     """The images of the running servers, judged as a spawn would judge them now: the ID a
-    server runs, under the name it was started from."""
-    seen: dict[tuple[str, str], ImageReport] = {}
+    server runs, under the name it was started from (``current`` when the name still means
+    that ID), with the servers on it. Then, for each name that means another image now (a tag
+    rebuilt or retagged since the servers started) or none, that name as a new spawn of it
+    would be judged (``current``, no servers): before an admin approves a rebuilt tag, the
+    servers' own image is still admitted but every new spawn of the name is refused."""
+    found: dict[tuple[str, str], list[str]] = {}
     for container in client.containers(filters=MANAGED_SERVERS):
         name = container["Image"]
         if name.startswith("sha256:"):  # the name means another image now: the list shows the ID
             name = client.inspect_container(container["Id"])["Config"]["Image"]
-        key = (name, container["ImageID"])
-        if key in seen:
-            continue
+        server = ((container.get("Names") or [""])[0].lstrip("/")) or container["Id"][:12]
+        found.setdefault((name, container["ImageID"]), []).append(server)
+    reports: list[ImageReport] = []
+    now: dict[str, str | None] = {}  # what each name means now: its ID, None when no image
+    for name in dict.fromkeys(name for name, _ in found):
         try:
-            inspect = client.inspect_image(container["ImageID"])
+            now[name] = client.inspect_image(name)["Id"]
+        except docker.errors.ImageNotFound:
+            now[name] = None
+    for (name, image_id), servers in found.items():
+        try:
+            inspect = client.inspect_image(image_id)
         except docker.errors.ImageNotFound:
             continue
         report = judge_image(client, settings, name, inspect)
-        seen[key] = ImageReport(report.name, report.case, report.violations, current=False)
-    return sorted(seen.values(), key=lambda r: (r.name, r.case.facts.image_id if r.case else ""))
+        reports.append(ImageReport(report.name, report.case, report.violations, current=now[name] == image_id,
+                                   servers=tuple(sorted(servers))))
+    for name, meant in now.items():
+        if (name, meant) in found:
+            continue  # a running server's report is the name's own
+        if meant is None:
+            reports.append(ImageReport(name, None, (_missing(name),)))
+        else:
+            reports.append(judge_image(client, settings, name, client.inspect_image(meant)))
+    return sorted(reports, key=lambda r: (r.name, not r.current, r.case.facts.image_id if r.case else ""))
+
+
+def _missing(name: str) -> Violation:
+    return Violation("image-missing", name, "the image",
+                     f"there is no image {name} on the engine now, so new spawns of it are refused",
+                     f"build, pull or load {name} again (or set HardenedSpawner.image / allowed_images to "
+                     "one the engine has)")
 
 
 # --- rendering -------------------------------------------------------------------
@@ -166,6 +194,7 @@ def as_table(reports: list[ImageReport]) -> str:
 def as_json(reports: list[ImageReport]) -> str:
     return json.dumps([
         {"image": r.name, "present": r.case is not None, "admitted": r.case is not None and not r.violations,
+         "current": r.current, "servers": list(r.servers),
          **(summary(r.case, list(r.violations)) if r.case is not None else {}),
          "problems": [{"check": v.check, "problem": v.problem, "fix": v.fix} for v in r.violations]}
         for r in reports
@@ -173,13 +202,37 @@ def as_json(reports: list[ImageReport]) -> str:
 
 
 def running_as_text(reports: list[ImageReport]) -> str:
-    refused = [r for r in reports if r.violations]
+    """What `check` says of the running servers' images (`running_images`): the images they run
+    that would not be admitted today, then the names they were started from whose new spawns
+    would be refused, with the servers on the image the name meant before and what to do."""
+    running = [r for r in reports if r.servers]
     if not reports:
         return ""
-    if not refused:
-        return f"Images of running servers: {len(reports)}, all would be admitted today.\n"
-    lines = [f"Images of running servers that would not be admitted today: {len(refused)} of {len(reports)}"]
-    for report in refused:
-        lines.append(f"  {report.name} ({report.case.facts.image_id[:19] if report.case else '?'})")
-        lines += [f"      {v.check}: {v.problem}" for v in report.violations]
+    refused = [r for r in running if r.violations]
+    moved = [r for r in reports if r.current and not r.servers and r.violations]
+    lines = []
+    if refused:
+        lines.append(f"Images of running servers that would not be admitted today: {len(refused)} of {len(running)}")
+        for report in refused:
+            lines.append(f"  {report.name} ({report.case.facts.image_id[:19] if report.case else '?'})")
+            lines += [f"      {v.check}: {v.problem}" for v in report.violations]
+            if not report.current:
+                lines.append(f"      servers on it: {', '.join(report.servers)}; the name means another image "
+                             "now: stop and start them from the hub to move them to it")
+    elif not moved:
+        lines.append(f"Images of running servers: {len(running)}, all would be admitted today.")
+    if moved:
+        names = {r.name for r in running}
+        lines.append(f"New spawns of the images running servers were started from would be refused today: "
+                     f"{len(moved)} of {len(names)}")
+        for report in moved:
+            before = [r for r in running if r.name == report.name]
+            now = report.case.facts.image_id[:19] if report.case else "no image"
+            lines.append(f"  {report.name} now means {now}, not what its running servers run")
+            lines += [f"      {v.check}: {v.problem}" for v in report.violations]
+            for old in before:
+                state = "admitted" if not old.violations else "refused too"
+                lines.append(f"      running on {old.case.facts.image_id[:19] if old.case else '?'} "
+                             f"(the image {report.name} meant when they started; {state}): {', '.join(old.servers)}")
+            lines += [f"      fix: {v.fix}" for v in report.violations]
     return "\n".join(lines) + "\n"

@@ -35,6 +35,8 @@ NAMES = {
     "fcap": f"{TEST_PREFIX}-adm-fcap:1",
     "retag": f"{TEST_PREFIX}-adm-retag:1",
     "rebuilt": f"{TEST_PREFIX}-adm-rebuilt:1",
+    "closed": f"{TEST_PREFIX}-adm-closed:1",
+    "late": f"{TEST_PREFIX}-adm-late:1",
 }
 #: a stand-in server program: admission only asks that it is there and anyone may run it
 FAKE_SINGLEUSER = ("printf '#!/bin/sh\\nexit 1\\n' > /usr/local/bin/jupyterhub-singleuser && "
@@ -55,6 +57,12 @@ os.setxattr('/usr/local/bin/pinger', 'security.capability', bytes.fromhex('{NET_
     "rebuilt": f"""FROM {SINGLEUSER_IMAGE}
 LABEL org.example.rebuilt=yes
 """,
+    # issue 29, item 5: the program stays 0755, the directory holding it is closed to others
+    "closed": f"""FROM {SINGLEUSER_IMAGE}
+USER root
+RUN chmod 700 /opt/venv/bin
+USER 1000:100
+""",
 }
 
 
@@ -66,10 +74,10 @@ def build(name: str, dockerfile: str, where: Path) -> None:
 
 @pytest.fixture(scope="module")
 def images(engine, tmp_path_factory):
-    for key in ("setuid", "removed", "fcap", "rebuilt"):
+    for key in ("setuid", "removed", "fcap", "rebuilt", "closed"):
         build(NAMES[key], DOCKERFILES[key], tmp_path_factory.mktemp(key))
     api = engine.api
-    ids = {key: api.inspect_image(name)["Id"] for key, name in NAMES.items() if key != "retag"}
+    ids = {key: api.inspect_image(name)["Id"] for key, name in NAMES.items() if key not in ("retag", "late")}
     yield ids
     for name in NAMES.values():
         try:
@@ -152,6 +160,52 @@ def test_a_setuid_image_is_refused_on_the_spawn_page_and_nothing_is_left(engine,
     assert shown.returncode == 1 and "refused" in shown.stdout and "/usr/local/bin/escalate" in shown.stdout
 
 
+def test_an_image_whose_venv_bin_others_may_not_search_is_refused_with_the_directory_named(engine, images, hub_factory):
+    """Issue 29, item 5: `chmod 700 /opt/venv/bin` (the program itself stays 0755) was admitted,
+    and the server then died with "exec jupyterhub-singleuser failed: Permission denied",
+    leaving a workspace, a UID claim and an exited container behind."""
+    name = NAMES["closed"]
+    # what the engine does with such an image: no other UID finds the program
+    ran = subprocess.run(["docker", "run", "--rm", "--name", f"{TEST_PREFIX}-adm-closed-probe", "--user", "4242:4242",
+                          name, "jupyterhub-singleuser", "--version"], capture_output=True, text=True, timeout=120)
+    assert ran.returncode != 0 and "executable file not found" in ran.stderr, ran
+    hub = hub_factory(f'c.HardenedSpawner.image = "{name}"')
+    hub.create_user("closed")
+    result = hub.spawn("closed")
+    assert not result.ready
+    assert result.message.startswith(f"Spawn failed: The image {name} ({images['closed'][:19]}) was not admitted")
+    assert ("(/opt/venv/bin/jupyterhub-singleuser) lies behind /opt/venv/bin (mode 0700), a directory others may "
+            "not search") in result.message
+    assert ("Fix: RUN chmod o+x /opt/venv/bin in the image (as root), so that every UID may reach "
+            "/opt/venv/bin/jupyterhub-singleuser.") in result.message
+    # refused before anything of the user's was made: no container, no workspace, no UID claim
+    assert engine.containers.list(all=True, filters={"label": f"{labels.OWNER}=closed"}) == []
+    assert engine.volumes.list(filters={"label": f"{labels.OWNER}=closed"}) == []
+    [refused] = [e for e in hub.audit_events() if e["event"] == "image-refused"]
+    assert refused["user"] == "closed" and refused["admission"]["violations"] == ["singleuser"]
+
+
+def test_a_name_first_seen_at_a_users_spawn_is_approved_by_the_hub_not_the_user(engine, images, hub_factory):
+    """Issue 29, item 7: the image was loaded after the hub started, so the hub first saw its name
+    when a user spawned; the approval is the hub's (user null), the admission the user's."""
+    name = NAMES["late"]
+    hub = hub_factory(f'c.HardenedSpawner.image = "{name}"')
+    deadline = time.monotonic() + 60
+    while f"Image {name} is not on the engine" not in hub.log_tail(400):  # the hub start looked, found none
+        assert time.monotonic() < deadline, hub.log_tail()
+        time.sleep(0.5)
+    engine.images.get(SINGLEUSER_IMAGE).tag(name)  # the admin loads it
+    hub.create_user("early")
+    result = hub.spawn("early")
+    assert result.ready, result.message
+    [approved] = [e for e in hub.audit_events() if e["event"] == "image-approved"]
+    assert (approved["user"], approved["uid"], approved["client_ip"], approved["image"], approved["reason"]) == \
+        (None, None, None, name, "approved by the hub, on first sight")
+    [admitted] = [e for e in hub.audit_events() if e["event"] == "image-admitted"]
+    assert (admitted["user"], admitted["image"]) == ("early", name)
+    hub.stop_server("early")
+
+
 def admin_command(hub, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hardened_spawner", *args, "--config",
                            str(hub.workdir / "jupyterhub_config.py")],
@@ -185,6 +239,18 @@ def test_a_retagged_image_is_refused_until_an_admin_approves_it(engine, images, 
     assert (f"{name} is image {images['rebuilt']} here, not the approved "
             f"{first['image_digest']}") in refused.message
     assert f"hardened-spawner images approve {name}" in refused.message
+    # issue 29, item 10: before the approval, check judges the name as a new spawn would
+    checked = admin_command(hub, "check")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert "Images of running servers: " not in checked.stdout  # not "all would be admitted today"
+    assert "New spawns of the images running servers were started from would be refused today:" in checked.stdout
+    assert (f"  {name} now means {images['rebuilt'][:19]}, not what its running servers run\n"
+            f"      image-changed: {name} is image {images['rebuilt']} here, not the approved {first['image_digest']}"
+            ) in checked.stdout
+    assert (f"      running on {first['image_digest'][:19]} (the image {name} meant when they started; admitted): "
+            f"{hub.prefix}-before--\n"
+            f"      fix: an admin checks the new image and approves it: hardened-spawner images approve {name}\n"
+            ) in checked.stdout
 
     approved = admin_command(hub, "images", "approve", name, "--by", "test-admin")
     assert approved.returncode == 0, approved.stderr

@@ -4,6 +4,7 @@ scanner reports (fixtures in Trivy's and Grype's published JSON shape) and each 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -244,6 +245,78 @@ def test_the_entrypoint_must_run_as_anyone_and_must_not_switch_users():
     inspect = {**INSPECT, "Config": {**INSPECT["Config"], "Entrypoint": ["start.sh"]}}
     assert checks(case([BASE], inspect=inspect, names=("start.sh",))) == ["command"]
     assert checks(case([BASE + [f("usr/local/bin/start.sh", 0o755)]], inspect=inspect, names=("start.sh",))) == []
+
+
+VENV_INSPECT = {"Id": ID, "Config": {"Env": ["PATH=/opt/venv/bin:/usr/local/bin:/usr/bin"],
+                                     "Cmd": ["jupyterhub-singleuser"], "User": "1000:100"}}
+#: the project's layout: the server program in a virtual environment's bin
+VENV = [d("opt"), d("opt/venv"), d("opt/venv/bin"), f("opt/venv/bin/jupyterhub-singleuser", 0o755),
+        d("usr"), d("usr/bin"), f("usr/bin/python3", 0o755)]
+
+
+def test_a_directory_others_may_not_search_on_the_way_to_the_server_program_refuses_and_is_named():
+    """Issue 29, item 5: `RUN chmod 700 /opt/venv/bin` leaves the program 0755, but no other UID
+    can reach it; the server died with "exec jupyterhub-singleuser failed: Permission denied"."""
+    layers = [VENV, [d("opt/venv/bin", 0o700)]]
+    c = case(layers, inspect=VENV_INSPECT)
+    assert c.facts.commands["jupyterhub-singleuser"] == Located(
+        "jupyterhub-singleuser", "/opt/venv/bin/jupyterhub-singleuser", 0o755, (("/opt/venv/bin", 0o700),))
+    [closed] = judge(c)
+    assert (closed.check, closed.key) == ("singleuser", "jupyterhub-singleuser")
+    assert closed.problem == (
+        "jupyterhub-singleuser (on the image's PATH /opt/venv/bin:/usr/local/bin:/usr/bin) "
+        "(/opt/venv/bin/jupyterhub-singleuser) lies behind /opt/venv/bin (mode 0700), a directory others "
+        "may not search, so the server's UID, which owns none of the image's files, cannot reach it")
+    assert closed.fix == ("RUN chmod o+x /opt/venv/bin in the image (as root), so that every UID may reach "
+                          "/opt/venv/bin/jupyterhub-singleuser")
+    assert "/opt/venv/bin (mode 0700)" in describe_refusal("img:1", ID, [closed])
+    # a later layer that opens it again (chmod o+x) admits the image
+    assert judge(case(layers + [[d("opt/venv/bin", 0o701)]], inspect=VENV_INSPECT)) == []
+    # a layer's own "./" (0700 in a debootstrap tar) is not the container's root, which is 0755
+    assert judge(case([[d("./", 0o700)] + VENV], inspect=VENV_INSPECT)) == []
+    # group bits do not help: the server's private GID owns no directory of the image
+    assert checks(case([VENV, [d("opt/venv", 0o750)]], inspect=VENV_INSPECT)) == ["singleuser"]
+
+
+def test_every_directory_closed_on_the_way_is_named_and_a_closed_file_too():
+    layers = [VENV, [d("opt", 0o711), d("opt/venv", 0o700), d("opt/venv/bin", 0o750),
+                     f("opt/venv/bin/jupyterhub-singleuser", 0o700)]]
+    [closed] = judge(case(layers, inspect=VENV_INSPECT))
+    assert "lies behind /opt/venv (mode 0700), /opt/venv/bin (mode 0750), directories others may not search" \
+        in closed.problem
+    assert closed.problem.endswith("; the file itself (mode 0700) may not be run by others either")
+    assert closed.fix.startswith("RUN chmod o+x /opt/venv /opt/venv/bin && chmod o+rx /opt/venv/bin/jupyterhub-singleuser ")
+
+
+def test_the_directories_holding_the_links_on_the_way_count_too():
+    """The kernel searches every directory it looks a name up in: those holding links, and
+    those the links lead through."""
+    through_link = [VENV + [link("srv", "/opt/venv/bin"), d("hidden", 0o700), link("hidden/bin", "/opt/venv/bin")]]
+    scan_ = scan_image(io.BytesIO(export(through_link)), ["jupyterhub-singleuser"])
+    assert scan_.walk("/srv/jupyterhub-singleuser") == ("/opt/venv/bin/jupyterhub-singleuser", ("/", "/opt", "/opt/venv", "/opt/venv/bin"))
+    assert scan_.closed_to_others("/srv/jupyterhub-singleuser") == ()
+    assert scan_.closed_to_others("/hidden/bin/jupyterhub-singleuser") == (("/hidden", 0o700),)
+    # a link into a closed directory
+    private = [VENV + [d("private", 0o750), d("private/bin"), f("private/bin/start.sh", 0o755),
+                       link("usr/bin/start.sh", "/private/bin/start.sh")]]
+    inspect = {**VENV_INSPECT, "Config": {**VENV_INSPECT["Config"], "Entrypoint": ["start.sh"]}}
+    [entrypoint] = judge(case(private, inspect=inspect, names=("start.sh",)))
+    assert (entrypoint.check, entrypoint.key) == ("command", "start.sh")
+    assert "the image's ENTRYPOINT start.sh (/private/bin/start.sh) lies behind /private (mode 0750)" in entrypoint.problem
+    assert entrypoint.fix.startswith("RUN chmod o+x /private in the image")
+
+
+def test_directory_facts_round_trip_and_older_facts_are_read_again():
+    facts = case([VENV, [d("opt/venv/bin", 0o700)]], inspect=VENV_INSPECT).facts
+    assert ImageFacts.from_json(json.loads(json.dumps(facts.to_json()))) == facts
+    assert facts.to_json()["closed"] == {"jupyterhub-singleuser": [["/opt/venv/bin", 0o700]]}
+    older = {**facts.to_json(), "version": 2}
+    del older["closed"]
+    assert not ImageFacts.from_json(older).covers(("jupyterhub-singleuser",))  # read without the directories
+    # a hub of the version before reads what this one keeps without failing (and reads the layers
+    # again: the version differs)
+    for found in facts.to_json()["commands"].values():
+        assert Located(**found).found
 
 
 def test_an_image_volume_is_refused():
