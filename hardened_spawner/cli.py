@@ -8,6 +8,9 @@
   who holds it and since when, and the pool's totals.
 - ``hardened-spawner images [--json]`` and ``images approve NAME [--by WHO]``: what
   admission judges each allowed image on, and approving a name for the image it means now.
+- ``hardened-spawner usage [--since T] [--until T] [--by user|group|device] [--json|--csv]``:
+  GPU-hours held and server-hours from the audit trail (`usage`), reconciled with the
+  servers that run now.
 
 The Application classes only turn options into arguments; the work is in
 plain functions (`audit_containers`, `run_check`, `run_gpus`, ...) that take a
@@ -21,10 +24,14 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import os
 import sys
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from typing import TextIO
 
-from traitlets import Bool, Unicode
+from traitlets import Bool, Enum, Unicode
 from traitlets.config import Application, Config
 from traitlets.config.loader import (
     ArgumentError,
@@ -35,10 +42,15 @@ from .core.gpus import GpuAllocator, GpuConfigError
 from .docker import image_admin
 from .docker.checks import (
     _ENGINE_ERRORS,
+    WorkspaceQuotaReport,
     audit_containers,
     cannot_reach_message,
     engine_client,
     network_report,
+    workspace_quota_as_json,
+    workspace_quota_as_text,
+    workspace_quota_exit_status,
+    workspace_quota_report,
 )
 from .docker.image_admin import ImageReport
 from .docker.inspection import (
@@ -55,6 +67,7 @@ from .docker.isolation.command import FirewallCommand
 from .errors import CannotCheck
 from .hubconfig import DEFAULT_CONFIG_FILE, build_spawner, default_config_file, load_hub_config
 from .labels import MANAGED_SERVERS
+from .usage import BY, TrailError, month_start, parse_time
 
 EXIT_OK = 0
 EXIT_CANNOT_CHECK = 2
@@ -72,15 +85,18 @@ def run_check(
     names: tuple[str, ...] = (),
     network: NetworkReport | None = None,
     images: list[ImageReport] | None = None,
+    workspaces: WorkspaceQuotaReport | None = None,
     out: TextIO | None = None,
 ) -> int:
     """Audit, print the table or JSON (to ``out``, default stdout), return the exit status.
-    ``images``: the running servers' images as admission judges them today."""
+    ``images``: the running servers' images as admission judges them today; ``workspaces``:
+    the workspaces and their quotas, when quotas are asked for."""
     out = out or sys.stdout
     reports = audit_containers(client, allowed_cap_add, everything=everything, names=names)
     if as_json:
         data = json.loads(check_as_json(reports, network))
         data["images"] = None if images is None else json.loads(image_admin.as_json(images))
+        data["workspaces"] = workspace_quota_as_json(workspaces)
         out.write(json.dumps(data, indent=2) + "\n")
     else:
         out.write(check_as_table(reports, everything=everything))
@@ -88,8 +104,9 @@ def run_check(
             out.write(network_as_text(network))
         if images is not None:
             out.write(image_admin.running_as_text(images))
+        out.write(workspace_quota_as_text(workspaces))
     refused = any(report.violations for report in images or ())
-    return max(check_exit_status(reports, network), int(refused))
+    return max(check_exit_status(reports, network), int(refused), workspace_quota_exit_status(workspaces))
 
 
 # --- plain functions: gpus -------------------------------------------------
@@ -107,6 +124,60 @@ def run_gpus(
     report = gpu_report(allocator, running_servers(client))
     out.write(gpus_as_json(report) + "\n" if as_json else gpus_as_table(report))
     return EXIT_OK
+
+
+# --- plain functions: usage -----------------------------------------------
+
+
+def run_usage(
+    client,
+    trail: str,
+    *,
+    since: float,
+    until: float | None = None,
+    by: str = "user",
+    output: str = "table",
+    groups: Mapping[str, Sequence[str]] | None = None,
+    hub_id: str = "",
+    exclusive: bool = True,
+    out: TextIO | None = None,
+) -> int:
+    """The usage report (`usage`): the engine's running servers first, then the trail, so a
+    server that stops in between has its stop in the trail, and one that starts in between
+    counts as running. ``until`` None: now; ``client`` None: the engine is not asked (nothing
+    counts as running)."""
+    from . import usage, usage_sources
+
+    out = out or sys.stdout
+    looked = time.time()
+    running = usage_sources.running_from_containers(running_servers(client), hub_id) if client is not None else []
+    problems: list[str] = []
+    book = usage_sources.read_ledger(trail, exclusive=exclusive, keep_from=since, problems=problems)
+    now = time.time()
+    end = now if until is None else min(until, now)
+    intervals = book.intervals(running, now, running_at=looked)
+    rows = usage.totals(intervals, since=since, until=end, by=by, groups=groups)
+    notes = []
+    if problems:
+        notes.append(f"{len(problems)} line(s) of {trail} are not audit records and were skipped; "
+                     f"the first: {problems[0]}")
+    if output == "json":
+        out.write(usage.as_json(rows, by=by, since=since, until=end, notes=notes) + "\n")
+    elif output == "csv":
+        out.write(usage.as_csv(rows, by=by))
+        for note in notes:
+            print(f"hardened-spawner usage: {note}", file=sys.stderr)
+    else:
+        out.write(usage.as_table(rows, by=by, since=since, until=end, notes=notes))
+    return EXIT_OK
+
+
+def period_bound(text: str, option: str) -> float:
+    try:
+        return parse_time(text)
+    except (ValueError, TrailError):
+        raise CannotCheck(f"{option}={text!r} is not a date or time: write it as ISO 8601, "
+                          "e.g. 2026-11-01 or 2026-11-01T08:00:00+01:00 (UTC unless it says)") from None
 
 
 # --- the thin Application shell ---------------------------------------------
@@ -206,6 +277,7 @@ class CheckCommand(AdminCommand):
                 network=None if names else network_report(client, spawner, config),
                 images=image_admin.running_images(client, spawner.admission_settings())
                 if spawner.image_admission and not names else None,
+                workspaces=None if names else workspace_quota_report(client, spawner),
             )
         except _ENGINE_ERRORS as e:
             raise CannotCheck(cannot_reach_message(spawner, e)) from None
@@ -231,7 +303,9 @@ class GpusCommand(AdminCommand):
         spawner = self.spawner()
         try:
             allocator = spawner.gpu_allocator()
-        except (GpuConfigError, ValueError) as e:
+        except GpuConfigError as e:
+            raise CannotCheck(e.naming(type(spawner).__name__)) from None
+        except ValueError as e:
             raise CannotCheck(str(e)) from None
         client = engine_client(spawner)
         try:
@@ -309,6 +383,72 @@ class ApproveCommand(AdminCommand):
         return status
 
 
+class UsageCommand(AdminCommand):
+    name = "usage"
+    description = """GPU-hours held and server-hours per user, group or device over a period,
+    from the audit trail (HardenedSpawner.audit_log), with the servers that run now counted to
+    now. Groups are the hub database's groups today."""
+
+    since = Unicode("", help="Start of the period, ISO 8601 (UTC unless it says). Default: the "
+                             "start of this month, UTC.").tag(config=True)
+    until = Unicode("", help="End of the period (not included). Default: now.").tag(config=True)
+    by = Enum(BY, default_value="user", help="One row per user, group or device.").tag(config=True)
+    csv_output = Bool(False, help="Print CSV instead of a table.").tag(config=True)
+    ask_engine = Bool(True, help="Ask the engine which servers run now (else an interval still open "
+                                 "at the trail's end counts to the trail's last record).").tag(config=True)
+    audit = Unicode("", help="The audit trail file. Default: HardenedSpawner.audit_log of the config.").tag(
+        config=True)
+    db_url = Unicode("", help="The hub's database (for --by group, and to tell this hub's servers from another "
+                              "hub's on the engine). Default: JupyterHub.db_url of the config.").tag(config=True)
+
+    aliases = {
+        **AdminCommand.aliases,
+        "f": "AdminCommand.config_file",
+        "since": "UsageCommand.since",
+        "until": "UsageCommand.until",
+        "by": "UsageCommand.by",
+        "audit": "UsageCommand.audit",
+        "db-url": "UsageCommand.db_url",
+    }
+    flags = {
+        **AdminCommand.flags,
+        "csv": ({"UsageCommand": {"csv_output": True}}, csv_output.help),
+        "no-engine": ({"UsageCommand": {"ask_engine": False}},
+                      "Do not ask the engine (on Kubernetes, or without the engine at hand)."),
+    }
+
+    def run(self) -> int:
+        from . import usage_sources
+
+        if self.extra_args:
+            raise CannotCheck(f"unexpected arguments: {' '.join(self.extra_args)}")
+        if self.csv_output and self.json_output:
+            raise CannotCheck("--json and --csv: choose one")
+        config = self.hub_config()
+        spawner = self.spawner(config)
+        # relative paths of the config are relative to where the hub runs: taken as its folder
+        config_dir = os.path.dirname(os.path.abspath(self.config_file or default_config_file() or "."))
+        trail = self.audit or os.path.join(config_dir, usage_sources.trail_file(spawner.audit_log))
+        since = period_bound(self.since, "--since") if self.since else \
+            month_start(datetime.now(timezone.utc)).timestamp()
+        until = period_bound(self.until, "--until") if self.until else None
+        if until is not None and until <= since:
+            raise CannotCheck(f"--until={self.until} is not after the start of the period")
+        configured = self.db_url or config.JupyterHub.get("db_url", usage_sources.DEFAULT_DB_URL)
+        groups = usage_sources.groups_from_database(usage_sources.resolve_db_url(configured, config_dir)) \
+            if self.by == "group" else None
+        client = engine_client(spawner) if self.ask_engine else None
+        try:
+            return run_usage(
+                client, trail, since=since, until=until, by=self.by,
+                output="json" if self.json_output else "csv" if self.csv_output else "table",
+                groups=groups, hub_id=usage_sources.hub_id_for_url(configured),
+                exclusive=spawner.gpu_max_users_per_gpu == 1,
+            )
+        except _ENGINE_ERRORS as e:
+            raise CannotCheck(cannot_reach_message(spawner, e)) from None
+
+
 class HardenedSpawnerApp(Application):
     name = "hardened-spawner"
     version = __version__
@@ -318,6 +458,7 @@ class HardenedSpawnerApp(Application):
     hardened-spawner check --all --json         # every container, as JSON
     hardened-spawner gpus --config /etc/jupyterhub/jupyterhub_config.py
     hardened-spawner images approve hardened-spawner-singleuser:latest
+    hardened-spawner usage --since 2026-11-01 --until 2026-12-01 --by group
     """
     # factories, not classes: traitlets would keep a class's singleton instance
     # between two calls of main() in one process
@@ -338,6 +479,10 @@ class HardenedSpawnerApp(Application):
             lambda parent: FirewallCommand(parent=parent),
             "apply|status|remove the iptables rules isolating users' servers (root, on the Docker host).",
         ),
+        "usage": (
+            lambda parent: UsageCommand(parent=parent),
+            "GPU-hours and server-hours per user, group or device over a period, from the audit trail.",
+        ),
     }
 
     def initialize(self, argv=None):
@@ -347,7 +492,7 @@ class HardenedSpawnerApp(Application):
         if self.subapp is None:
             self.print_subcommands()
             unknown = f"Unknown command {self.extra_args[0]!r}. " if self.extra_args else ""
-            print(f"{unknown}Usage: hardened-spawner {{check,gpus,images,firewall}} [options]", file=sys.stderr)
+            print(f"{unknown}Usage: hardened-spawner {{{','.join(self.subcommands)}}} [options]", file=sys.stderr)
             return EXIT_CANNOT_CHECK
         return self.subapp.start()
 

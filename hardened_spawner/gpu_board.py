@@ -2,8 +2,8 @@
 
 The board says, for every device in the pool, whether it is free or busy and since
 when, who holds it (or "another user", where the admin keeps names private), and for
-the person looking: their quota, what they hold, and when an idle server of theirs
-gives its GPUs back. `due` says which holders are to be stopped now and why
+the person looking: their quota, what they hold, when an idle server of theirs gives
+its GPUs back, and their usage this month (`usage_view`; admins see every user's). `due` says which holders are to be stopped now and why
 (``gpu-idle``: no activity the hub has seen for ``gpu_idle_timeout``; ``gpu-max-hold``:
 held for ``gpu_max_hold``, active or not). The hub's pages render the board; the GPU
 culler service acts on `due`. Nothing here reads traits, the engine or the clock.
@@ -11,11 +11,12 @@ culler service acts on `due`. Nothing here reads traits, the engine or the clock
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .core.gpus import GpuAllocator, Holding
+from .usage import Row
 
 SCOPE_READ = "custom:gpus:read"
 SCOPE_RECLAIM = "custom:gpus:reclaim"
@@ -68,9 +69,32 @@ def due(holdings: list[Holding], activity: Mapping[str, datetime | None], rule: 
     return found
 
 
+def usage_view(rows: Sequence[Row] | None, viewer: Viewer, *, since: datetime, until: datetime,
+               problem: str = "") -> dict:
+    """The usage part of the board: the viewer's own GPU-hours held and server-hours over the
+    period (the month so far), and for those who see everyone, every user's, most GPU time
+    first. ``rows``: `usage.totals` by user; None when there is no trail to count from
+    (``problem`` says why)."""
+    def hours(row: Row | None) -> dict:
+        gpu, server = (row.gpu_seconds, row.server_seconds or 0.0) if row else (0.0, 0.0)
+        return {"gpu_hours": round(gpu / 3600, 2), "server_hours": round(server / 3600, 2),
+                "gpu_seconds": round(gpu), "server_seconds": round(server),
+                "estimated": row.estimated if row else False}
+
+    you, users = hours(None), []
+    for row in rows or ():
+        if row.key == viewer.name:
+            you = hours(row)
+        if viewer.sees_everyone:
+            users.append({"user": row.key, **hours(row)})
+    return {"since": since.isoformat(), "until": until.isoformat(), "available": rows is not None,
+            "problem": problem, "you": you, "users": users}
+
+
 def board(allocator: GpuAllocator, activity: Mapping[str, datetime | None], rule: ReclaimRule,
-          viewer: Viewer, *, names_public: bool, now: datetime) -> dict:
-    """The board as JSON-ready data (the page renders the same dict the API returns)."""
+          viewer: Viewer, *, names_public: bool, now: datetime, usage: dict | None = None) -> dict:
+    """The board as JSON-ready data (the page renders the same dict the API returns);
+    ``usage``: `usage_view`'s, None where the usage is not shown."""
     holdings = allocator.holdings()
     by_device: dict[str, list[Holding]] = {}
     for holding in holdings:
@@ -93,6 +117,7 @@ def board(allocator: GpuAllocator, activity: Mapping[str, datetime | None], rule
             "holding": [_holding(h, activity, rule) for h in mine],
         },
         "due": due(holdings, activity, rule, now) if viewer.sees_everyone else [],
+        "usage": usage,
     }
 
 

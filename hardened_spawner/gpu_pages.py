@@ -1,7 +1,9 @@
 """The GPU board on the hub: a page, its JSON on the hub's REST API, and the reclaim call.
 
 - ``/hub/gpus``: the board for a logged-in user (admins also see server names and get a
-  *Stop* button, which calls JupyterHub's own ``DELETE /hub/api/users/…/servers/…``);
+  *Stop* button, which calls JupyterHub's own ``DELETE /hub/api/users/…/servers/…``), with
+  the reader's GPU-hours and server-hours this month (admins: every user's), counted by the
+  usage ledger (`usage`) from the audit trail file, read on from where the last look ended;
 - ``GET /hub/api/gpus``: the same data, for tokens with ``custom:gpus:read`` (every user
   has it once `enable` ran; a token made with fewer scopes does not);
 - ``POST /hub/api/gpus/reclaim``: stops every server that is due (`gpu_board.due`), with
@@ -15,6 +17,7 @@ of services and logs a warning at start; it still serves them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from datetime import datetime, timezone
@@ -23,8 +26,10 @@ from jupyterhub.apihandlers import APIHandler
 from jupyterhub.handlers import BaseHandler
 from tornado import web
 
+from . import hub_database, usage, usage_sources
 from .core.options import reclaim_text
-from .gpu_board import CULLER, SCOPE_READ, SCOPE_RECLAIM, SCOPES, ReclaimRule, Viewer, board, due
+from .errors import CannotCheck
+from .gpu_board import CULLER, SCOPE_READ, SCOPE_RECLAIM, SCOPES, ReclaimRule, Viewer, board, due, usage_view
 from .page_templates import TEMPLATES
 
 #: the tornado setting that holds the spawner the hub built from its config at start
@@ -41,7 +46,8 @@ class _Board:
     def spawner(self):
         spawner = self.settings.get(SPAWNER_SETTING)
         if spawner is None:
-            raise web.HTTPError(503, "The GPU board needs the hub's spawner_class to be HardenedSpawner.")
+            raise web.HTTPError(503, "The GPU board needs the hub's spawner_class to be a hardened spawner "
+                                     "(hardened or hardened-kube).")
         return spawner
 
     def viewer(self) -> Viewer:
@@ -70,8 +76,37 @@ class _Board:
     async def board(self, viewer: Viewer) -> dict:
         broker = self.spawner.gpus
         async with broker.table() as allocator:
+            holdings = allocator.holdings()
+        now = datetime.now(timezone.utc)
+        used = await self.usage(viewer, holdings, now)
+        async with broker.table() as allocator:
             return board(allocator, self.activity(allocator.holdings()), self.rule(), viewer,
-                         names_public=self.spawner.gpu_board_names_public, now=datetime.now(timezone.utc))
+                         names_public=self.spawner.gpu_board_names_public, now=now, usage=used)
+
+    async def usage(self, viewer: Viewer, holdings, now: datetime) -> dict:
+        """This month's usage (`gpu_board.usage_view`): the ledger of the audit trail file, with
+        the GPU table's holdings and the database's running servers as what runs now."""
+        since = usage.month_start(now)
+        spawner = self.spawner
+        try:
+            path = usage_sources.trail_file(spawner.audit_log, spawner.setting_owner)
+        except CannotCheck:
+            return usage_view(None, viewer, since=since, until=now,
+                              problem="Usage is counted from the audit trail, and this hub keeps none in a file.")
+        db = self.db  # type: ignore[attr-defined]
+        running = {key: usage.Running(*key) for key in hub_database.servers_in_database(db) or ()}
+        for holding in holdings:
+            running[(holding.person, holding.server)] = usage.Running(
+                holding.person, holding.server, holding.devices, holding.since.timestamp())
+        follower = usage_sources.follower_for(path, exclusive=spawner.gpu_max_users_per_gpu == 1)
+        try:
+            intervals = await asyncio.to_thread(
+                follower.intervals, list(running.values()), now.timestamp(), since.timestamp())
+        except OSError as e:
+            self.log.error("The GPU board cannot read the audit trail %s: %s", path, e)  # type: ignore[attr-defined]
+            return usage_view(None, viewer, since=since, until=now, problem="The audit trail cannot be read now.")
+        rows = usage.totals(intervals, since=since.timestamp(), until=now.timestamp(), by="user")
+        return usage_view(rows, viewer, since=since, until=now)
 
 
 class GpuBoardPage(_Board, BaseHandler):

@@ -93,6 +93,7 @@ GOOD = {
         "GroupAdd": None,
         "VolumesFrom": None,
         "OomKillDisable": False,
+        "LogConfig": {"Type": "json-file", "Config": {"max-size": "10485760", "max-file": "3"}},
     },
 }
 
@@ -157,6 +158,7 @@ NAIVE_CHECKS = [
     "cpu",
     "pids",
     "healthcheck",
+    "log-cap",
 ]
 
 
@@ -662,7 +664,7 @@ def test_check_table_and_exit_1(engine, config_dir, capsys):
     assert cli.main(["check"]) == 1
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "OK             jupyter-alice    owner=alice    user=200001:200001    running"
-    assert out.splitlines()[1] == "14 violations  jupyter-mallory  owner=mallory  user=(image default)  running"
+    assert out.splitlines()[1] == "15 violations  jupyter-mallory  owner=mallory  user=(image default)  running"
     assert "by-hand" not in out
     # mallory's image would not be admitted today: its setuid su is named
     assert out.splitlines()[-3:] == [
@@ -738,8 +740,8 @@ def test_a_missing_or_bad_config_exits_2(engine, config_dir, capsys):
         (["check", "--jsn"], "argument --jsn: expected one argument"),
         (["check", "--config"], "expected one argument"),
         (["gpus", "extra"], "hardened-spawner gpus: unexpected arguments: extra"),
-        (["bogus"], "Unknown command 'bogus'. Usage: hardened-spawner {check,gpus,images,firewall} [options]"),
-        ([], "Usage: hardened-spawner {check,gpus,images,firewall} [options]"),
+        (["bogus"], "Unknown command 'bogus'. Usage: hardened-spawner {check,gpus,images,firewall,usage} [options]"),
+        ([], "Usage: hardened-spawner {check,gpus,images,firewall,usage} [options]"),
     ],
 )
 def test_usage_errors_exit_2_never_1(engine, config_dir, capsys, argv, message):
@@ -920,3 +922,142 @@ def test_network_report_says_what_the_hub_would_say(monkeypatch):
     config.HardenedSpawner.network_isolation = False
     off = cli.network_report(None, cli.build_spawner(config), config)
     assert not off.ok and "network_isolation is False" in off.problems[0]
+
+
+# --- usage -------------------------------------------------------------------------
+
+
+def trail_line(when, event, user, devices=(), server=""):
+    return json.dumps({"__timestamp__": when, "event": event, "user": user, "server_name": server,
+                       "devices": list(devices)}) + "\n"
+
+
+USAGE_TRAIL = "".join([
+    trail_line("2026-10-31T23:00:00Z", "gpus-assigned", "ada", ["GPU-a"]),
+    trail_line("2026-10-31T23:00:00Z", "server-started", "ada", ["GPU-a"]),
+    trail_line("2026-11-01T01:00:00Z", "gpus-released", "ada", ["GPU-a"]),
+    trail_line("2026-11-01T01:00:00Z", "server-stopped", "ada"),
+    trail_line("2026-11-02T10:00:00Z", "gpus-assigned", "bob", ["GPU-a", "GPU-b"]),
+    trail_line("2026-11-02T10:00:00Z", "server-started", "bob", ["GPU-a", "GPU-b"]),
+    trail_line("2026-11-02T10:30:00Z", "server-started", "cy"),
+    "this line is not a record\n",
+])
+
+
+class UsageEngine:
+    """The engine as `usage` asks it: the running server containers (docker ps)."""
+
+    def __init__(self, running):
+        self.running = running
+
+    def containers(self, all=False, filters=None):
+        assert filters == cli.MANAGED_SERVERS and not all
+        return self.running
+
+
+def running_ps(owner, gpus="", since="", hub="", created=0):
+    found = server_labels(owner, 200001, gpus=gpus, since=since)
+    if hub:
+        found[P + "hub"] = hub
+    return {"Id": owner, "Created": created, "Labels": found}
+
+
+def test_run_usage_counts_the_trail_and_the_running_servers_to_the_end_of_the_period(tmp_path):
+    trail = tmp_path / "audit.jsonl"
+    trail.write_text(USAGE_TRAIL)
+    engine = UsageEngine([running_ps("bob", "GPU-a,GPU-b", "2026-11-02T10:00:00+00:00", hub="h1"),
+                          running_ps("cy", hub="h1"), running_ps("dan", "GPU-c", "2026-11-02T09:00:00+00:00", hub="h2")])
+    out = io.StringIO()
+    since = cli.period_bound("2026-11-01", "--since")
+    until = cli.period_bound("2026-11-02T12:00:00Z", "--until")
+    assert cli.run_usage(engine, str(trail), since=since, until=until, hub_id="h1", out=out) == 0
+    assert out.getvalue() == (
+        "Usage from 2026-11-01T00:00:00Z to 2026-11-02T12:00:00Z, by user:\n"
+        "USER   GPU-HOURS  SERVER-HOURS\n"
+        "bob         4.00          2.00\n"
+        "ada         1.00          1.00\n"
+        "cy          0.00          1.50\n"
+        "TOTAL       5.00          4.50\n"
+        f"note: 1 line(s) of {trail} are not audit records and were skipped; the first: line 8: not an audit "
+        "record (JSONDecodeError: Expecting value: line 1 column 1 (char 0)): 'this line is not a record'\n"
+    )
+    out = io.StringIO()
+    cli.run_usage(engine, str(trail), since=since, until=until, by="device", output="csv", hub_id="h1", out=out)
+    assert out.getvalue() == (
+        "device,gpu_seconds,gpu_hours,server_seconds,server_hours,estimated\n"
+        "GPU-a,10800.0,3.0,,,False\n"
+        "GPU-b,7200.0,2.0,,,False\n"
+    )
+
+
+@pytest.fixture
+def usage_hub(config_dir, monkeypatch):
+    """A hub's config with its audit trail and database (with groups), and its engine."""
+    import sqlite3
+
+    (config_dir / "audit.jsonl").write_text(USAGE_TRAIL)
+    db = sqlite3.connect(config_dir / "hub.sqlite")
+    db.executescript("""
+        CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE groups (id INTEGER PRIMARY KEY, name TEXT);
+        CREATE TABLE user_group_map (user_id INTEGER, group_id INTEGER);
+        INSERT INTO users VALUES (1, 'ada'), (2, 'bob'), (3, 'cy');
+        INSERT INTO groups VALUES (1, 'ml'), (2, 'vision');
+        INSERT INTO user_group_map VALUES (1, 1), (2, 1), (2, 2);
+    """)
+    db.commit()
+    db.close()
+    (config_dir / "hub.py").write_text(
+        'c.HardenedSpawner.audit_log = "audit.jsonl"\nc.JupyterHub.db_url = "sqlite:///hub.sqlite"\n')
+    from hardened_spawner import usage_sources
+
+    hub = usage_sources.hub_id_for_url("sqlite:///hub.sqlite")
+    engine = UsageEngine([running_ps("bob", "GPU-a,GPU-b", "2026-11-02T10:00:00+00:00", hub=hub)])
+    monkeypatch.setattr(cli, "engine_client", lambda spawner: engine)
+    return config_dir
+
+
+def test_usage_by_group_as_json(usage_hub, capsys):
+    argv = ["usage", "-f", "hub.py", "--since", "2026-11-01", "--until", "2026-11-02T12:00:00Z", "--by", "group"]
+    assert cli.main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(r["group"], r["gpu_hours"], r["server_hours"]) for r in data["rows"]] == [
+        ("ml", 5.0, 3.0), ("vision", 4.0, 2.0)]  # cy's server is gone and its end unrecorded: 0 h
+    assert data["since"] == "2026-11-01T00:00:00Z" and data["until"] == "2026-11-02T12:00:00Z"
+    assert len(data["notes"]) == 1
+
+
+@pytest.mark.parametrize(("argv", "config", "message"), [
+    (["--since", "yesterday"], "", "--since='yesterday' is not a date or time: write it as ISO 8601"),
+    (["--since", "2026-11-02", "--until", "2026-11-01"], "", "--until=2026-11-01 is not after the start"),
+    (["--json", "--csv"], "", "--json and --csv: choose one"),
+    ([], 'c.HardenedSpawner.audit_log = ""\n', "HardenedSpawner.audit_log is '': there is no audit trail"),
+    ([], 'c.HardenedSpawner.audit_log = "stdout"\n', "a stream: name the file it is kept in with --audit"),
+    (["--audit", "missing.jsonl"], "", "cannot read the audit trail missing.jsonl: No such file or directory"),
+    (["--by", "group", "--db-url", "sqlite:///nowhere.sqlite"], "", "the hub's database"),
+    (["--by", "image"], "", "The 'by' trait of an UsageCommand instance expected any of ['user', 'group', 'device']"),
+])
+def test_usage_errors_exit_2(usage_hub, capsys, argv, config, message):
+    if config:
+        (usage_hub / "hub.py").write_text(config)
+    assert cli.main(["usage", "-f", "hub.py", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_usage_without_the_engine_counts_open_intervals_to_the_trails_last_record(usage_hub, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "engine_client", lambda spawner: pytest.fail("the engine was asked"))
+    argv = ["usage", "-f", "hub.py", "--since", "2026-11-01", "--until", "2026-11-02T12:00:00Z", "--no-engine"]
+    assert cli.main([*argv, "--json"]) == 0
+    rows = {r["user"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    # bob's GPUs and server are open at the trail's end (10:30, cy's start): an estimate
+    assert (rows["bob"]["gpu_hours"], rows["bob"]["server_hours"], rows["bob"]["estimated"]) == (1.0, 0.5, True)
+
+
+def test_usage_takes_relative_paths_of_the_config_from_its_folder(usage_hub, tmp_path, capsys, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    argv = ["usage", "-f", str(usage_hub / "hub.py"), "--since", "2026-11-01", "--until", "2026-11-02T12:00:00Z"]
+    assert cli.main([*argv, "--by", "group", "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["ml,18000.0,5.0,10800.0,3.0,False",
+                                                        "vision,14400.0,4.0,7200.0,2.0,False"]

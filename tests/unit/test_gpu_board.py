@@ -106,3 +106,71 @@ def test_timeouts_without_the_culler_service_are_said_at_hub_start():
     assert "gpu_pages.enable(c)" in culler_missing(ReclaimRule(max_hold=60), [])
     assert culler_missing(ReclaimRule(idle_timeout=900), ["gpu-culler"]) == ""
     assert culler_missing(ReclaimRule(), []) == ""  # nothing to reclaim: nothing missing
+
+
+# --- usage this month ------------------------------------------------------------------
+
+from hardened_spawner.gpu_board import usage_view  # noqa: E402
+from hardened_spawner.usage import Row  # noqa: E402
+
+MONTH = datetime(2026, 12, 1, tzinfo=timezone.utc)
+ROWS = [Row("bob", 3 * 3600.0, 5 * 3600.0), Row("alice", 1800.0, 7200.0, estimated=True), Row("carol", 0.0, 900.0)]
+
+
+def test_a_user_sees_their_own_usage_this_month_and_no_one_elses():
+    shown = usage_view(ROWS, Viewer("alice"), since=MONTH, until=NOW)
+    assert shown == {"since": MONTH.isoformat(), "until": NOW.isoformat(), "available": True, "problem": "",
+                     "you": {"gpu_hours": 0.5, "server_hours": 2.0, "gpu_seconds": 1800, "server_seconds": 7200,
+                             "estimated": True}, "users": []}
+    # someone with no time this month: zeros
+    assert usage_view(ROWS, Viewer("dave"), since=MONTH, until=NOW)["you"] == {
+        "gpu_hours": 0.0, "server_hours": 0.0, "gpu_seconds": 0, "server_seconds": 0, "estimated": False}
+
+
+def test_an_admin_sees_every_users_usage_most_gpu_time_first():
+    shown = usage_view(ROWS, Viewer("boss", sees_everyone=True), since=MONTH, until=NOW)
+    assert [(u["user"], u["gpu_hours"], u["server_hours"], u["estimated"]) for u in shown["users"]] == [
+        ("bob", 3.0, 5.0, False), ("alice", 0.5, 2.0, True), ("carol", 0.0, 0.25, False)]
+    assert shown["users"][2] == {"user": "carol", "gpu_hours": 0.0, "server_hours": 0.25, "gpu_seconds": 0,
+                                 "server_seconds": 900, "estimated": False}
+
+
+def test_without_a_trail_the_board_says_why():
+    shown = usage_view(None, Viewer("alice"), since=MONTH, until=NOW, problem="no trail")
+    assert (shown["available"], shown["problem"], shown["users"]) == (False, "no trail", [])
+
+
+def test_the_board_carries_the_usage():
+    used = usage_view(ROWS, Viewer("alice"), since=MONTH, until=NOW)
+    assert board(table(), {}, ReclaimRule(), Viewer("alice"), names_public=True, now=NOW, usage=used)["usage"] == used
+    assert board(table(), {}, ReclaimRule(), Viewer("alice"), names_public=True, now=NOW)["usage"] is None
+
+
+def render_page(data: dict, sees_everyone: bool) -> str:
+    import jinja2
+
+    from hardened_spawner.page_templates import TEMPLATES
+
+    loader = jinja2.ChoiceLoader([
+        jinja2.DictLoader({"page.html": "{% block main %}{% endblock %}{% block script %}{% endblock %}"}),
+        jinja2.FileSystemLoader(TEMPLATES)])
+    page = jinja2.Environment(loader=loader, autoescape=True).get_template("gpus.html")
+    return page.render(board=data, reclaim_text="", sees_everyone=sees_everyone, base_url="/hub/")
+
+
+@pytest.mark.parametrize(("viewer", "expected", "unexpected"), [
+    (Viewer("alice"), ["your servers\n    held GPUs for 0.50 GPU-hours and ran for\n    2.00 hours."],
+     ["gpu-usage-table"]),
+    (Viewer("boss", sees_everyone=True),
+     ['<td>bob</td><td>3.00</td>', "<td>alice</td><td>0.50 *</td>", "* includes time whose end"], []),
+])
+def test_the_page_shows_the_usage(viewer, expected, unexpected):
+    data = board(table(), {}, ReclaimRule(), viewer, names_public=True, now=NOW,
+                 usage=usage_view(ROWS, viewer, since=MONTH, until=NOW))
+    text = render_page(data, viewer.sees_everyone)
+    for piece in expected:
+        assert piece in text
+    for piece in unexpected:
+        assert piece not in text
+    unavailable = {**data, "usage": usage_view(None, viewer, since=MONTH, until=NOW, problem="No trail here.")}
+    assert '<p id="gpu-usage-none">No trail here.</p>' in render_page(unavailable, viewer.sees_everyone)
