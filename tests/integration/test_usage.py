@@ -100,7 +100,7 @@ def test_usage_equals_the_engines_own_times_across_a_sigkill(usage_hub, engine):
     hub.stop_server("ugo")
     mark = len(hub.audit_events())
 
-    hub.kill()  # uma's GPU stays assigned: no gpus-released will ever be written for it
+    hub.kill()  # uma's server and GPU outlive the hub; its assignment is open in the trail
     hub.start()
     time.sleep(1)
     hub.stop_server("uma")
@@ -109,7 +109,8 @@ def test_usage_equals_the_engines_own_times_across_a_sigkill(usage_hub, engine):
     until = time.time()
 
     after = [(e["event"], e["user"]) for e in hub.audit_events()[mark:]]
-    assert ("server-stopped", "uma") in after and ("gpus-released", "uma") not in after, after
+    # the restarted hub read uma's server into its GPU table before stopping it: the release is recorded
+    assert after[:2] == [("gpus-released", "uma"), ("server-stopped", "uma")], after
     running = engine.containers.get(f"{TEST_PREFIX}-ugo--")
     assert running.labels[labels.HUB] == usage_sources.hub_id_for_url(f"sqlite:///{hub.workdir}/hub.sqlite")
 
