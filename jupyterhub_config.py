@@ -23,6 +23,8 @@
 #   HARDENED_UID_MIN      first UID of the users' range         200000
 #   HARDENED_WORKSPACE_VOLUME  workspace volume name template   jupyterhub-workspace-{username}
 #   HARDENED_NAME_TEMPLATE     server container name template   (spawner default: jupyter-{username})
+#   HARDENED_WORKSPACE_QUOTA   most a user keeps in their workspace ("none": no quota)   10G
+#   HARDENED_BTRFS_ROOT   a btrfs directory with quotas on, for the workspaces' quotas   (none: XFS size)
 #   HARDENED_CPU_LIMIT    CPUs per server                       4 (or fewer, on a smaller host)
 #   HUB_IDLE_TIMEOUT      seconds before idle servers stop (0 = never)   3600
 #   HUB_GPU_IDLE_TIMEOUT  seconds before an idle server holding GPUs stops (0 = never)   900
@@ -135,6 +137,12 @@ c.HardenedSpawner.tmp_size = "1G"
 
 # One persistent workspace volume per user, mounted at /home/<name>.
 c.HardenedSpawner.workspace_volume_name = env("HARDENED_WORKSPACE_VOLUME", "jupyterhub-workspace-{username}")
+# A quota on each workspace, enforced by the storage (see the README's Disk section): a btrfs
+# directory with quotas on, or XFS project quotas under the engine's volumes. Where neither is
+# there the hub says so at start, and workspaces are made without one.
+quota = env("HARDENED_WORKSPACE_QUOTA", "10G")
+c.HardenedSpawner.workspace_quota = None if quota.lower() in ("", "none", "0") else quota
+c.HardenedSpawner.workspace_btrfs_root = env("HARDENED_BTRFS_ROOT", "")
 if env("HARDENED_NAME_TEMPLATE", ""):
     # Give named servers their own containers: include {servername} if you use them.
     c.HardenedSpawner.name_template = env("HARDENED_NAME_TEMPLATE", "")

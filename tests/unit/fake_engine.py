@@ -8,6 +8,7 @@ hooks: volumes, networks, images and containers with labels, states and logs.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import docker
@@ -15,7 +16,9 @@ import docker.errors
 import requests
 from image_exports import SINGLEUSER_IMAGE, export
 
-from hardened_spawner import labels
+from hardened_spawner import audit, labels
+from hardened_spawner.docker import spawner as spawner_module
+from hardened_spawner.docker.hub_context import reset_hub_contexts
 
 NETWORK = "hardened-spawner-users"
 
@@ -194,3 +197,19 @@ def _response(status: int):
     response = requests.Response()
     response.status_code = status
     return response
+
+
+@contextlib.contextmanager
+def engine_in_use(monkeypatch, fake: FakeEngine):
+    """Every HardenedSpawner made inside talks to ``fake``, with fresh hub contexts; the
+    audit trails they opened (kept per sink for the process) are closed after."""
+    reset_hub_contexts()
+    monkeypatch.setattr(spawner_module, "connect", lambda *args: fake)
+    trails = dict(audit._TRAILS)
+    try:
+        yield fake
+    finally:
+        reset_hub_contexts()
+        for key, trail in list(audit._TRAILS.items()):
+            if trails.get(key) is not trail:
+                trail.close()

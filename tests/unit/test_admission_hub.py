@@ -11,47 +11,20 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from fake_engine import FakeEngine
+from fake_engine import FakeEngine, engine_in_use
 from image_exports import SINGLEUSER_IMAGE, export, f
 from jupyterhub.objects import Hub, Server
-from tornado import web
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
 
-from hardened_spawner import audit
 from hardened_spawner.docker import admission, hub_start, image_records
-from hardened_spawner.docker import spawner as spawner_module
-from hardened_spawner.docker.hub_context import reset_hub_contexts
 from hardened_spawner.docker.spawner import HardenedSpawner
 
 DEFAULT = "hardened-spawner-singleuser:latest"
 
 
-class Answer(web.RequestHandler):
-    def get(self, *args):
-        self.write({"version": "fake"})
-
-
-@pytest.fixture
-async def server_port():
-    sockets = bind_sockets(0, "127.0.0.1")
-    http = HTTPServer(web.Application([(r"/.*", Answer)]))
-    http.add_sockets(sockets)
-    yield sockets[0].getsockname()[1]
-    http.stop()
-
-
 @pytest.fixture
 def engine(monkeypatch):
-    reset_hub_contexts()
-    fake = FakeEngine()
-    monkeypatch.setattr(spawner_module, "connect", lambda *args: fake)
-    trails = dict(audit._TRAILS)
-    yield fake
-    reset_hub_contexts()
-    for key, trail in list(audit._TRAILS.items()):  # the process-wide trails these spawners opened
-        if trails.get(key) is not trail:
-            trail.close()
+    with engine_in_use(monkeypatch, FakeEngine()) as fake:
+        yield fake
 
 
 def make_spawner(port: int, name: str = "alice", **settings) -> HardenedSpawner:

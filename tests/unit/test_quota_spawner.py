@@ -11,16 +11,11 @@ from types import SimpleNamespace
 import docker.errors
 import pytest
 import requests
-from fake_engine import FakeEngine
+from fake_engine import FakeEngine, engine_in_use
 from test_quota import FakeHost
-from test_spawner_hooks import Answer, make_spawner
-from tornado import web
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
+from test_spawner_hooks import make_spawner
 
 from hardened_spawner.docker import quota
-from hardened_spawner.docker import spawner as spawner_module
-from hardened_spawner.docker.hub_context import reset_hub_contexts
 from hardened_spawner.errors import SpawnRefused
 
 MIB, GIB = 1024**2, 1024**3
@@ -47,22 +42,9 @@ class QuotaEngine(FakeEngine):
 
 
 @pytest.fixture
-async def server_port():
-    """A single-user server stand-in (`test_spawner_hooks.Answer`)."""
-    sockets = bind_sockets(0, "127.0.0.1")
-    http = HTTPServer(web.Application([(r"/.*", Answer)]))
-    http.add_sockets(sockets)
-    yield sockets[0].getsockname()[1]
-    http.stop()
-
-
-@pytest.fixture
 def engine(monkeypatch):
-    reset_hub_contexts()
-    fake = QuotaEngine()
-    monkeypatch.setattr(spawner_module, "connect", lambda *args: fake)
-    yield fake
-    reset_hub_contexts()
+    with engine_in_use(monkeypatch, QuotaEngine()) as fake:
+        yield fake
 
 
 @pytest.fixture

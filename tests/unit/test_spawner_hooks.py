@@ -9,46 +9,23 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from fake_engine import FakeEngine
+from fake_engine import FakeEngine, engine_in_use
 from image_exports import SINGLEUSER_IMAGE, d, export, f
 from jupyterhub.objects import Hub, Server
-from tornado import web
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
 
 from hardened_spawner import labels
-from hardened_spawner.audit import get_audit_trail
 from hardened_spawner.docker import spawner as spawner_module
 from hardened_spawner.docker.guard import GuardPolicy, check_container
-from hardened_spawner.docker.hub_context import reset_hub_contexts
 from hardened_spawner.docker.spawner import HardenedSpawner
 from hardened_spawner.errors import SpawnRefused
 
 GPUS = ["GPU-a", "GPU-b"]
 
 
-class Answer(web.RequestHandler):
-    def get(self, *args):
-        self.write({"version": "fake"})
-
-
-@pytest.fixture
-async def server_port():
-    """A single-user server stand-in: answers /user/<name>/api as jupyterhub-singleuser does."""
-    sockets = bind_sockets(0, "127.0.0.1")
-    http = HTTPServer(web.Application([(r"/.*", Answer)]))
-    http.add_sockets(sockets)
-    yield sockets[0].getsockname()[1]
-    http.stop()
-
-
 @pytest.fixture
 def engine(monkeypatch):
-    reset_hub_contexts()
-    fake = FakeEngine()
-    monkeypatch.setattr(spawner_module, "connect", lambda *args: fake)
-    yield fake
-    reset_hub_contexts()
+    with engine_in_use(monkeypatch, FakeEngine()) as fake:
+        yield fake
 
 
 def make_spawner(port: int, name: str = "alice", user_id: int = 1, **settings) -> HardenedSpawner:
@@ -383,4 +360,3 @@ async def test_an_attempt_after_a_started_server_carries_nothing_of_it_into_its_
     assert started["image_digest"] and started["policy_fingerprint"]
     for event in (requested_again, refused):
         assert (event["image_digest"], event["policy_fingerprint"], event["security"]) == (None, None, {})
-    get_audit_trail(str(trail)).close()  # the trails are kept per sink for the process
