@@ -34,7 +34,7 @@ from jupyterhub.utils import maybe_future, url_path_join
 
 from . import hub_database
 from ._version import __version__
-from .core.decision import GpuGrant
+from .core.decision import BY_HUB, GpuGrant
 from .core.identity import Identity, UidRequest, check_policy_uid, derived_uid, make_identity, resolve_uid
 from .core.options import OptionsError, gpu_request
 from .errors import SpawnRefused
@@ -60,7 +60,7 @@ class HardenedLifecycle(ServerEvents, WorkspaceQuotaSettings, HardenedSettings):
     #: whether an admin may name the GPU devices (on Kubernetes the scheduler picks them)
     devices_choosable: ClassVar[bool] = True
     #: who picks the devices of a grant (`core.decision.GpuGrant.picked_by`)
-    devices_picked_by: ClassVar[str] = ""
+    devices_picked_by: ClassVar[str] = BY_HUB
     #: state keys a user keeps across servers -> the attribute holding each: never cleared
     kept_state: ClassVar[dict[str, str]] = {"uid": "_uid"}
 
@@ -217,8 +217,7 @@ class HardenedLifecycle(ServerEvents, WorkspaceQuotaSettings, HardenedSettings):
         self._gpus_held = held
         if held:
             self.audit.emit("gpus-assigned", **self._audit_fields(devices=list(held)))
-        return GpuGrant(held, since.isoformat(), picked_by=self.devices_picked_by) if self.devices_picked_by \
-            else GpuGrant(held, since.isoformat())
+        return GpuGrant(held, since.isoformat(), picked_by=self.devices_picked_by)
 
     async def _release_gpus(self, reason: str | None = None) -> None:
         released = await self.gpus.release(holder_key(self.user.name, self.name))
