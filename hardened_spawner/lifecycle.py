@@ -121,11 +121,11 @@ class HardenedLifecycle(ServerEvents, WorkspaceQuotaSettings, HardenedSettings):
         try:
             self._report(5, "Checking your identity")
             admitted = await self._admit()
-            identity, workspace_found = await self._claim_identity()
+            identity, workspace = await self._claim_identity()
             # GPUs before the workspace: a busy pool refuses at once, before anything runs
             self._report(15, "Assigning GPUs")
             gpus = await self._assign_gpus()
-            result = await self._launch(identity, gpus, admitted, workspace_found)
+            result = await self._launch(identity, gpus, admitted, workspace)
         except Exception as e:
             await self._release_gpus()
             refusal = self._as_refusal(e)
@@ -146,14 +146,14 @@ class HardenedLifecycle(ServerEvents, WorkspaceQuotaSettings, HardenedSettings):
 
     # --- identity ---------------------------------------------------------------
 
-    async def _claim_identity(self) -> tuple[Identity, bool]:
-        """The user's UID, and whether their workspace exists: the UID their state keeps,
+    async def _claim_identity(self) -> tuple[Identity, Any]:
+        """The user's UID, and what the backend found of their workspace (`_workspace_uid`): the UID their state keeps,
         else the one their workspace carries, else their UID claim's, else `uid_map`'s,
         else the first free one from `uid_min + hub user id`; claimed on the backend before
         anyone else can take it (one spawn at a time per hub; across hubs the backend's
         claims decide)."""
         async with self._uid_lock():
-            workspace_found, remembered = await self._workspace_uid()
+            workspace, remembered = await self._workspace_uid()
             if self._uid is None and remembered is None:  # a claim is all a new workspace has
                 remembered = await self._claimed_uid()
             offer, static = derived_uid(self.user.id, self.uid_min, self.uid_max), await self._static_uid()
@@ -169,7 +169,7 @@ class HardenedLifecycle(ServerEvents, WorkspaceQuotaSettings, HardenedSettings):
                 uid = decision.uid
                 await self._claim_known_uid(uid, decision.source, request)
         self._uid = uid
-        return make_identity(self.user.name, uid, self.home_template), workspace_found
+        return make_identity(self.user.name, uid, self.home_template), workspace
 
     async def _static_uid(self) -> int | None:
         """The UID `uid_map` gives this user, or None when it gives none."""
@@ -281,8 +281,9 @@ class HardenedLifecycle(ServerEvents, WorkspaceQuotaSettings, HardenedSettings):
     def _workspace_name(self) -> str:
         raise NotImplementedError
 
-    async def _workspace_uid(self) -> tuple[bool, int | None]:
-        """Whether the user's workspace exists, and the UID it carries (None when none)."""
+    async def _workspace_uid(self) -> tuple[Any, int | None]:
+        """What the backend found of the user's workspace (None when nothing; handed on to
+        `_launch`), and the UID it carries (None when none)."""
         raise NotImplementedError
 
     async def _claimed_uid(self) -> int | None:
@@ -296,7 +297,7 @@ class HardenedLifecycle(ServerEvents, WorkspaceQuotaSettings, HardenedSettings):
         """Claim the UID the user already has (``source``: where `resolve_uid` found it)."""
         raise NotImplementedError
 
-    async def _launch(self, identity: Identity, gpus: GpuGrant, admitted: Any, workspace_found: bool):
+    async def _launch(self, identity: Identity, gpus: GpuGrant, admitted: Any, workspace: Any):
         """Prepare the workspace, render the server, let the guard judge it, create it and
         wait until it answers; sets `_plan`. Returns what the hub's `start` expects. What a
         failed launch made that no one can use is the launch's to remove."""

@@ -254,15 +254,15 @@ class HardenedSpawner(WorkspaceSteps, ImageAdmissionSettings, DockerSettings, Ha
 
     # --- the lifecycle's verbs: launch ---------------------------------------------
 
-    async def _launch(self, identity: Identity, gpus: GpuGrant, admitted: Admitted, workspace_found: bool):
+    async def _launch(self, identity: Identity, gpus: GpuGrant, admitted: Admitted, workspace: dict | None):
         facts, image = admitted.facts, admitted.image
         async with self._start_slot(facts.cpus):  # the part that costs the engine's CPU
-            workspace = await self._prepare_workspace(identity, image["Id"], workspace_found)
+            mount = await self._prepare_workspace(identity, image["Id"], workspace)
             self._plan = StartPlan(
                 identity=identity,
                 gpus=gpus,
                 profile=self.security_profile(facts),
-                workspace=workspace,
+                workspace=mount,
                 identity_files=identity_file_sources(facts.identity_mountpoint, identity.uid),
                 image_digest=(image.get("RepoDigests") or [image["Id"]])[0],
                 image_cmd=tuple(image["Config"].get("Cmd") or ()),

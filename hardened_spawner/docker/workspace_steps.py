@@ -55,36 +55,31 @@ class WorkspaceSteps:
             return self._render_templates(self.workspace_host_path), True
         return self._render_templates(self.workspace_volume_name), False
 
-    async def _workspace_uid(self) -> tuple[bool, int | None]:
-        """Whether the workspace volume exists, and the UID its label names (a host folder:
-        neither; the helper decides about it)."""
+    async def _workspace_uid(self) -> tuple[dict | None, int | None]:
+        """The workspace volume's ``inspect`` (None when there is none) and the UID its label
+        names (a host folder: neither; the helper decides about it)."""
         source, is_host_path = self._workspace_source()
-        self._found_volume = None
         if is_host_path:
-            return False, None
+            return None, None
         try:
             volume = await self.docker("inspect_volume", source)
         except docker.errors.NotFound:
-            return False, None
-        self._found_volume = (source, volume)  # its options tell its quota (`_update_quota`)
-        return True, int((volume.get("Labels") or {}).get(labels.UID, "") or 0) or None
+            return None, None
+        return volume, int((volume.get("Labels") or {}).get(labels.UID, "") or 0) or None
 
-    #: (name, ``inspect``) of the workspace volume this start found, asked once per start
-    _found_volume: tuple[str, dict] | None = None
-
-    async def _prepare_workspace(self, identity, image_id: str, volume_found: bool) -> WorkspaceMount:
-        """The workspace mount, its volume made if this start did not find it
-        (``volume_found``: `_workspace_uid` asked just before), its quota applied, and
-        prepared when needed."""
+    async def _prepare_workspace(self, identity, image_id: str, volume: dict | None) -> WorkspaceMount:
+        """The workspace mount, its volume made if this start did not find it (``volume``:
+        the ``inspect`` `_workspace_uid` got just before; its options tell its quota), its
+        quota applied, and prepared when needed."""
         source, is_host_path = self._workspace_source()
         wanted = self.workspace_quota_for([group.name for group in self.user.groups])
         method = docker_method(wanted, btrfs_root=self.workspace_btrfs_root, host_path=is_host_path)
         created, enforced = False, None
         if method == NO_METHOD:
             self._quota_unenforced(wanted, method, source, "a host folder (workspace_host_path) has no quota")
-        elif volume_found and (method != NO_QUOTA or self.workspace_btrfs_root):
-            enforced = await self._update_quota(source, wanted, method)
-        elif not (is_host_path or volume_found):
+        elif volume is not None and (method != NO_QUOTA or self.workspace_btrfs_root):
+            enforced = await self._update_quota(source, volume, wanted, method)
+        elif not is_host_path and volume is None:
             created, enforced = await self._make_volume(
                 source, volume_labels(self.user.name, identity, __version__), wanted, method)
         mount = WorkspaceMount(source, identity.home, host_path=is_host_path, quota=enforced)
@@ -144,11 +139,9 @@ class WorkspaceSteps:
                           format_size(before), format_size(wanted))
         return path
 
-    async def _update_quota(self, name: str, wanted: int | None, method: str) -> int | None:
-        """Bring an existing volume's quota to ``wanted``, or say why it stays as it is; the
-        quota it has now."""
-        found = self._found_volume
-        volume = found[1] if found and found[0] == name else await self.docker("inspect_volume", name)
+    async def _update_quota(self, name: str, volume: dict, wanted: int | None, method: str) -> int | None:
+        """Bring an existing volume's quota (``volume``: its ``inspect``) to ``wanted``, or say
+        why it stays as it is; the quota it has now."""
         held = quota.volume_quota(volume, self.workspace_btrfs_root)
         if held.method == BTRFS:
             return wanted if await self._btrfs_quota(name, wanted) else None

@@ -158,10 +158,12 @@ class HardenedKubeSpawner(KubeSettings, HardenedLifecycle, KubeSpawner):
     def _workspace_name(self) -> str:
         return self.pvc_name
 
-    async def _workspace_uid(self) -> tuple[bool, int | None]:
+    async def _workspace_uid(self) -> tuple[None, int | None]:
+        """The UID the workspace claim carries (`_launch` makes the claim when it is missing,
+        so nothing else found is handed on)."""
         uid = await claims.workspace_uid(self.api, self.namespace, self.pvc_name, self.user.name,
                                          self.workspace_allow_adopt)
-        return uid is not None, uid
+        return None, uid
 
     async def _claimed_uid(self) -> int | None:
         return await claims.claimed_uid(self.api, self.namespace, self.user.name, self.pvc_name)
@@ -174,7 +176,7 @@ class HardenedKubeSpawner(KubeSettings, HardenedLifecycle, KubeSpawner):
 
     # --- the lifecycle's verbs: launch ---------------------------------------------
 
-    async def _launch(self, identity: Identity, gpus: GpuGrant, admitted: None, workspace_found: bool):
+    async def _launch(self, identity: Identity, gpus: GpuGrant, admitted: None, workspace: None):
         self._report(30, "Preparing your workspace")
         await self._ensure_workspace(identity)
         await self._ensure_network_policy()
