@@ -29,7 +29,7 @@ AUDIT_SCHEMA_ID = "https://schema.jupyter.org/hardened-spawner/audit"
 AUDIT_SCHEMA_PATH = Path(__file__).parent / "event_schemas" / "audit" / "v1.yaml"
 EVENTS = (
     "spawn-requested", "spawn-refused", "server-started", "server-stopped",
-    "server-died", "gpus-assigned", "gpus-released", "orphan-removed",
+    "server-died", "gpus-assigned", "gpus-released", "orphan-removed", "gpu-usage",
     "image-admitted", "image-refused", "image-approved",
 )
 # Every field of the schema, in output order, with its value when not given.

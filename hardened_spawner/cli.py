@@ -156,7 +156,7 @@ def run_usage(
     now = time.time()
     end = now if until is None else min(until, now)
     intervals = book.intervals(running, now, running_at=looked)
-    rows = usage.totals(intervals, since=since, until=end, by=by, groups=groups)
+    rows = usage.totals(intervals, since=since, until=end, by=by, groups=groups, used=book.used)
     notes = []
     if problems:
         notes.append(f"{len(problems)} line(s) of {trail} are not audit records and were skipped; "

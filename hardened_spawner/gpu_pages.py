@@ -29,12 +29,32 @@ from tornado import web
 from . import hub_database, usage, usage_sources
 from .core.options import reclaim_text
 from .errors import CannotCheck
-from .gpu_board import CULLER, SCOPE_READ, SCOPE_RECLAIM, SCOPES, ReclaimRule, Viewer, board, due, usage_view
+from .gpu_board import (
+    CULLER,
+    NOT_SAMPLED,
+    SCOPE_READ,
+    SCOPE_RECLAIM,
+    SCOPES,
+    ReclaimRule,
+    Sampled,
+    Viewer,
+    board,
+    due,
+    usage_view,
+)
 from .page_templates import TEMPLATES
 
 #: the tornado setting that holds the spawner the hub built from its config at start
 #: (`hubstart`): the board reads the hub's GPU broker through it
 SPAWNER_SETTING = "hardened_spawner"
+#: the tornado setting that holds the hub's GPU sampler (`gpu_sampler`), where it samples
+SAMPLER_SETTING = "hardened_spawner_gpu_sampler"
+
+
+def reclaim_rule(settings) -> ReclaimRule:
+    """The reclaim rule a hardened spawner's settings make."""
+    return ReclaimRule(settings.gpu_idle_timeout, settings.gpu_max_hold, settings.gpu_underused_timeout,
+                       settings.gpu_underused_percent, settings.gpu_reclaim_warning)
 
 
 class _Board:
@@ -71,7 +91,13 @@ class _Board:
         return found
 
     def rule(self) -> ReclaimRule:
-        return ReclaimRule(self.spawner.gpu_idle_timeout, self.spawner.gpu_max_hold)
+        return reclaim_rule(self.spawner)
+
+    def sampled(self) -> Sampled:
+        sampler = self.settings.get(SAMPLER_SETTING)
+        if sampler is None:
+            return NOT_SAMPLED
+        return Sampled(sampler.readings, sampler.low_since(), sampler.sampled_at)
 
     async def board(self, viewer: Viewer) -> dict:
         broker = self.spawner.gpus
@@ -81,7 +107,8 @@ class _Board:
         used = await self.usage(viewer, holdings, now)
         async with broker.table() as allocator:
             return board(allocator, self.activity(allocator.holdings()), self.rule(), viewer,
-                         names_public=self.spawner.gpu_board_names_public, now=now, usage=used)
+                         names_public=self.spawner.gpu_board_names_public, now=now, usage=used,
+                         sampled=self.sampled())
 
     async def usage(self, viewer: Viewer, holdings, now: datetime) -> dict:
         """This month's usage (`gpu_board.usage_view`): the ledger of the audit trail file, with
@@ -100,12 +127,12 @@ class _Board:
                 holding.person, holding.server, holding.devices, holding.since.timestamp())
         follower = usage_sources.follower_for(path, exclusive=spawner.gpu_max_users_per_gpu == 1)
         try:
-            intervals = await asyncio.to_thread(
-                follower.intervals, list(running.values()), now.timestamp(), since.timestamp())
+            intervals, used = await asyncio.to_thread(
+                follower.read, list(running.values()), now.timestamp(), since.timestamp())
         except OSError as e:
             self.log.error("The GPU board cannot read the audit trail %s: %s", path, e)  # type: ignore[attr-defined]
             return usage_view(None, viewer, since=since, until=now, problem="The audit trail cannot be read now.")
-        rows = usage.totals(intervals, since=since.timestamp(), until=now.timestamp(), by="user")
+        rows = usage.totals(intervals, since=since.timestamp(), until=now.timestamp(), by="user", used=used)
         return usage_view(rows, viewer, since=since, until=now)
 
 
@@ -114,7 +141,8 @@ class GpuBoardPage(_Board, BaseHandler):
     async def get(self):
         viewer = self.viewer()
         data = await self.board(viewer)
-        text = reclaim_text(data["reclaim"]["idle_timeout"], data["reclaim"]["max_hold"])
+        rule = data["reclaim"]
+        text = reclaim_text(rule["idle_timeout"], rule["max_hold"], rule["underused_timeout"], rule["underused_percent"])
         self.finish(await self.render_template("gpus.html", board=data, reclaim_text=text,
                                                sees_everyone=viewer.sees_everyone))
 
@@ -135,7 +163,8 @@ class GpuReclaimAPI(_Board, APIHandler):
         broker = self.spawner.gpus
         async with broker.table() as allocator:
             holdings = allocator.holdings()
-            now_due = due(holdings, self.activity(holdings), self.rule(), datetime.now(timezone.utc))
+            now_due = due(holdings, self.activity(holdings), self.rule(), datetime.now(timezone.utc),
+                          self.sampled().low_since)
         stopped, failed = [], []
         for entry in now_due:
             problem = await self._stop(entry)

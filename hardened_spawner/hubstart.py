@@ -14,8 +14,9 @@ from types import SimpleNamespace
 
 from traitlets import TraitError
 
-from .gpu_board import ReclaimRule, culler_missing
-from .gpu_pages import SPAWNER_SETTING
+from .gpu_board import culler_missing
+from .gpu_pages import SAMPLER_SETTING, SPAWNER_SETTING, reclaim_rule
+from .gpu_sampler import sampler_for
 from .lifecycle import HardenedLifecycle
 
 
@@ -50,6 +51,7 @@ def install_hub_start_checks() -> None:
                                              groups=[], db=app.db, url="/user/config-check/")
                 spawner = app.spawner_class(config=app.config, log=app.log, user=probe_user)
                 spawner.check_config()
+                sampler = sampler_for(spawner)
             except TraitError as e:
                 app.log.critical("Invalid %s configuration: %s", name, e)
                 app.exit(1)
@@ -60,11 +62,13 @@ def install_hub_start_checks() -> None:
             app.log.info("%s configuration checked", name)
             # the GPU board's pages reach the hub's GPU table through it (`gpu_pages`)
             app.tornado_settings[SPAWNER_SETTING] = spawner
-            missing = culler_missing(ReclaimRule(spawner.gpu_idle_timeout, spawner.gpu_max_hold),
-                                     [service.get("name") for service in app.services])
+            missing = culler_missing(reclaim_rule(spawner), [service.get("name") for service in app.services], name)
             if missing:
                 app.log.warning(missing)
-            _start_in_background(spawner, app)
+            _start_in_background(spawner.hub_start_work(app), app)
+            if sampler is not None:  # built here, before any thread can reach it
+                app.tornado_settings[SAMPLER_SETTING] = sampler
+                _start_in_background(sampler.run(), app)
         return original(app)
 
     init_tornado_settings._hardened_spawner_check = True  # type: ignore[attr-defined]
@@ -75,14 +79,16 @@ def install_hub_start_checks() -> None:
 _background: set = set()
 
 
-def _start_in_background(spawner, app) -> None:
-    """The backend's hub-start work, in the background, so the hub's start never waits.
-    It is started here, on the hub's event loop, so what it builds hub-wide (the engine
-    client and its threads) exists before any thread can ask for it."""
+def _start_in_background(work, app) -> None:
+    """Hub-wide work (the backend's hub-start work, the GPU sampler), in the background, so
+    the hub's start never waits. It is started here, on the hub's event loop, so what it
+    builds hub-wide (the engine client and its threads) exists before any thread can ask
+    for it."""
     try:
-        task = asyncio.get_running_loop().create_task(spawner.hub_start_work(app))
+        task = asyncio.get_running_loop().create_task(work)
     except RuntimeError as e:  # no running event loop to schedule it on
-        app.log.warning("Not checking the engine at hub start: %s", e)
+        work.close()
+        app.log.warning("Not starting the hub-wide work at hub start: %s", e)
         return
     _background.add(task)
     task.add_done_callback(_background.discard)

@@ -274,6 +274,12 @@ class HardenedLifecycle(ServerEvents, WorkspaceQuotaSettings, HardenedSettings):
         keep hub-wide things only (it outlives this spawner in the hub's GPU table)."""
         raise NotImplementedError
 
+    def _containers_source(self):
+        """An async callable giving this hub's running server containers by id, as
+        `gpu_broker.holder_key`s (the GPU sampler maps NVML's processes through it). Only a
+        backend whose GPUs are the hub host's own has one."""
+        raise NotImplementedError(f"{type(self).__name__} does not sample GPU utilisation")
+
     async def _admit(self) -> Any:
         """What is checked before anything of the user's is made; handed on to `_launch`."""
         raise NotImplementedError

@@ -181,6 +181,42 @@ class HardenedSettings(HasTraits):
         0 = no limit. Users see the time on the GPU board.""",
     ).tag(config=True)
 
+    gpu_utilisation_interval = Integer(
+        30,
+        help="""Seconds between two samples of the pooled GPUs' utilisation and memory (with
+        `gpu_inventory = "nvml"` only; 0 = never). The samples feed the GPU board, the
+        `gpu_underused_timeout` rule and the GPU-hours used in the usage ledger.""",
+    ).tag(config=True)
+
+    gpu_underused_percent = Integer(
+        5,
+        help="""A holding whose busiest GPU is under this utilisation (percent) at every sample
+        counts as underused (`gpu_underused_timeout`).""",
+    ).tag(config=True)
+
+    gpu_underused_timeout = Integer(
+        0,
+        help="""Seconds a server may hold GPUs at under `gpu_underused_percent` utilisation
+        before the GPU culler stops it, even when its kernel is busy (a notebook looping on CPU
+        work); 0 = never. The user is warned on the hub's pages `gpu_reclaim_warning` seconds
+        before. Needs `gpu_inventory = "nvml"`, `gpu_utilisation_interval` and the GPU culler
+        service (`hardened_spawner.gpu_pages.enable`).""",
+    ).tag(config=True)
+
+    gpu_reclaim_warning = Integer(
+        600,
+        help="""Seconds before a server's GPUs are reclaimed (any rule) from which the hub's
+        pages warn its user, with the reason and what keeps them. Must be shorter than
+        `gpu_underused_timeout`, so that the warning always comes first.""",
+    ).tag(config=True)
+
+    gpu_usage_record_interval = Integer(
+        900,
+        help="""Seconds between two `gpu-usage` audit records of one holding (GPU-seconds used,
+        mean utilisation, peak memory); one is also written when the holding ends. A hub killed
+        without a stop loses at most this much of the measurement (never of the time held).""",
+    ).tag(config=True)
+
     gpu_board = Bool(
         False,
         help="""Link the GPU board (``/hub/gpus``) from the spawn form and the "GPUs are busy"
@@ -310,13 +346,27 @@ class HardenedSettings(HasTraits):
         return proposal.value
 
     @validate("gpu_default_per_user", "gpu_max_per_user", "gpu_max_users_per_gpu",
-              "gpu_idle_timeout", "gpu_max_hold")
+              "gpu_idle_timeout", "gpu_max_hold", "gpu_utilisation_interval", "gpu_underused_timeout",
+              "gpu_reclaim_warning")
     def _validate_gpu_numbers(self, proposal):
         low = 1 if proposal.trait.name == "gpu_max_users_per_gpu" else 0
         if proposal.value < low:
             raise TraitError(
                 f"{type(self).__name__}.{proposal.trait.name} must be at least {low}, not {proposal.value}."
             )
+        return proposal.value
+
+    @validate("gpu_underused_percent")
+    def _validate_percent(self, proposal):
+        if not 1 <= proposal.value <= 100:
+            raise TraitError(f"{type(self).__name__}.gpu_underused_percent must be 1 to 100, not {proposal.value}.")
+        return proposal.value
+
+    @validate("gpu_usage_record_interval")
+    def _validate_record_interval(self, proposal):
+        if proposal.value < 60:
+            raise TraitError(f"{type(self).__name__}.gpu_usage_record_interval must be at least 60 (seconds), "
+                             f"not {proposal.value}: each record is a line of the audit trail.")
         return proposal.value
 
     @validate("egress")
@@ -345,6 +395,15 @@ class HardenedSettings(HasTraits):
             _ = self.audit  # opens the sink: a bad path fails now, not in a user's spawn
         except (AuditLogError, ValueError, OSError) as e:
             raise TraitError(str(e)) from None
+        problem = underuse_rule_problem(self.gpu_underused_timeout, self.gpu_reclaim_warning,
+                                        self.gpu_inventory, self.gpu_utilisation_interval)
+        if problem:
+            raise TraitError(f"{owner}.{problem}")
+
+    @property
+    def samples_utilisation(self) -> bool:
+        """Whether the hub samples the GPUs' utilisation (`gpu_sampler`)."""
+        return self.gpu_inventory == "nvml" and self.gpu_utilisation_interval > 0
 
     # --- derived from the settings alone --------------------------------
 
@@ -390,6 +449,25 @@ class HardenedSettings(HasTraits):
             max_users_per_gpu=self.gpu_max_users_per_gpu,
             pool=None if self.gpu_pool is None else tuple(self.gpu_pool),
         )
+
+
+def underuse_rule_problem(timeout: int, warning: int, inventory, interval: int) -> str:
+    """What is wrong with the underuse rule's settings, naming the setting ("" when nothing)."""
+    if not timeout:
+        return ""
+    if inventory != "nvml":
+        return ("gpu_underused_timeout needs the GPUs' utilisation, which the hub reads through NVML: "
+                f"set gpu_inventory = \"nvml\" (it is {inventory!r}), or gpu_underused_timeout = 0.")
+    if not interval:
+        return ("gpu_underused_timeout needs utilisation samples: set gpu_utilisation_interval above 0, "
+                "or gpu_underused_timeout = 0.")
+    if warning >= timeout:
+        return (f"gpu_reclaim_warning ({warning} s) must be shorter than gpu_underused_timeout ({timeout} s), "
+                "so that users are warned before their GPUs go back.")
+    if interval * 2 > timeout:
+        return (f"gpu_underused_timeout ({timeout} s) must be at least two utilisation samples "
+                f"(gpu_utilisation_interval = {interval} s).")
+    return ""
 
 
 def _as_trait_error(check, *args, **kwargs) -> None:

@@ -37,6 +37,13 @@ How an interval ends (`Interval.ended_by`)
     begins, whichever of the two records came first. A period cuts every interval at its
     ``since`` and ``until``.
 
+GPU time **used**
+    Where the hub samples utilisation (`gpu_sampler`), ``gpu-usage`` records say how much of a
+    window a holding's devices were busy (utilisation times time). They are kept apart from
+    the intervals (`Use`) and added up beside them (`Row.used_seconds`); a period takes the
+    share of a record's window that lies in it. Held time is the ledger's own; used time is a
+    measurement, and a hub killed hard loses the last unrecorded window of it.
+
 Groups are not in the audit trail: the caller maps users to groups (the hub's database at
 report time), so a user who changed groups counts in their groups of today.
 """
@@ -66,7 +73,7 @@ NO_GROUP = "(no group)"
 #: the audit events the ledger reads; the others (image-*) are skipped unread
 LEDGER_EVENTS = frozenset({
     "spawn-requested", "spawn-refused", "server-started", "server-stopped", "server-died",
-    "gpus-assigned", "gpus-released", "orphan-removed",
+    "gpus-assigned", "gpus-released", "orphan-removed", "gpu-usage",
 })
 # what each event closes of its holder's open intervals (GPU time, server time)
 _ENDS_SERVER_AND_GPUS = frozenset({
@@ -81,6 +88,10 @@ class Event(NamedTuple):
     user: str
     server: str  # the server name, "" for the default one
     devices: tuple[str, ...] = ()
+    #: for gpu-usage: the window it covers (seconds, ending at ``time``) and the seconds used
+    #: on each of ``devices``
+    window: float = 0.0
+    used: tuple[float, ...] = ()
 
 
 class TrailError(ValueError):
@@ -99,6 +110,8 @@ _HOUR = re.compile(r"\d{4}-\d\d-\d\dT\d\d")
 _DEVICES = ', "devices": ['
 _DECODE = json.JSONDecoder().raw_decode
 _WITH_DEVICES = frozenset({"gpus-assigned", "gpus-released", "orphan-removed"})
+#: read whole, through ``json`` (the utilisation is nested, and there are few of them)
+_WHOLE = frozenset({"gpu-usage"})
 _HOURS: dict[str, float] = {}
 
 
@@ -124,6 +137,8 @@ def parse_line(line: str) -> Event | None:
     hour, minute, seconds, kind, user, server = head.groups()
     if kind not in LEDGER_EVENTS:
         return None
+    if kind in _WHOLE:
+        return _slow(line)
     try:
         devices = _devices(line) if kind in _WITH_DEVICES else ()
         base = _HOURS.get(hour) or _hour(hour)
@@ -178,7 +193,13 @@ def _slow(line: str) -> Event | None:
         if not isinstance(user, str) or not isinstance(server, str) or not isinstance(devices, (list, tuple)) \
                 or not all(isinstance(d, str) for d in devices):
             raise TypeError("user, server_name or devices of the wrong type")
-        return Event(parse_time(record["__timestamp__"]), kind, user, server, tuple(devices))
+        when = parse_time(record["__timestamp__"])
+        if kind == "gpu-usage":
+            measured = record["utilisation"]
+            per_device = {d["uuid"]: float(d["used_seconds"]) for d in measured["per_device"]}
+            return Event(when, kind, user, server, tuple(per_device), float(measured["window_seconds"]),
+                         tuple(per_device.values()))
+        return Event(when, kind, user, server, tuple(devices))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise TrailError(f"not an audit record ({type(e).__name__}: {e}): {line.rstrip()[:120]!r}") from None
 
@@ -188,7 +209,8 @@ def read_events(lines: Iterable[str], problems: list[str] | None = None, first: 
     the lines the hub writes: a year of a large hub's trail is millions of lines). A line that
     is not an audit record is skipped and described in ``problems`` (when given), by its
     number (``first``: the number of the first line given): a trail cut by a full disk, say."""
-    match, wanted, with_devices, hours, new = _HEAD.match, LEDGER_EVENTS, _WITH_DEVICES, _HOURS, tuple.__new__
+    match, wanted, with_devices, whole, hours, new = _HEAD.match, LEDGER_EVENTS, _WITH_DEVICES, _WHOLE, _HOURS, \
+        tuple.__new__
     for number, line in enumerate(lines, first):
         head = match(line)
         if head is not None:
@@ -196,8 +218,8 @@ def read_events(lines: Iterable[str], problems: list[str] | None = None, first: 
             if kind not in wanted:
                 continue
             base = hours.get(hour)
-            if base is not None and kind not in with_devices:
-                yield new(Event, (base + int(minute) * 60 + float(seconds), kind, user, server, ()))
+            if base is not None and kind not in with_devices and kind not in whole:
+                yield new(Event, (base + int(minute) * 60 + float(seconds), kind, user, server, (), 0.0, ()))
                 continue
         try:
             event = parse_line(line)
@@ -241,6 +263,24 @@ class Running:
     started: float | None = None
 
 
+class Use(NamedTuple):
+    """GPU time used on one device by one server over a window (a ``gpu-usage`` record)."""
+
+    user: str
+    server: str
+    device: str
+    start: float
+    end: float
+    seconds: float  # used: utilisation times time
+
+    def within(self, since: float, until: float) -> float:
+        """The share of it in [since, until), spread evenly over its window."""
+        if self.end <= self.start:
+            return self.seconds if since <= self.end < until else 0.0
+        overlap = min(self.end, until) - max(self.start, since)
+        return self.seconds * overlap / (self.end - self.start) if overlap > 0 else 0.0
+
+
 Holder = tuple[str, str]
 _NEW = tuple.__new__
 
@@ -258,6 +298,8 @@ class Ledger:
     #: later periods: the CLI's --since, the GPU board's month)
     keep_from: float = -math.inf
     closed: list[Interval] = field(default_factory=list)
+    #: GPU time used (``gpu-usage`` records), as fed
+    used: list[Use] = field(default_factory=list)
     #: the time of the latest record fed
     last_time: float = -math.inf
     _gpus: dict[Holder, dict[str, float]] = field(default_factory=dict)
@@ -271,12 +313,16 @@ class Ledger:
         gpus, servers, holders_of = self._gpus, self._servers, self._device_holders
         last = self.last_time
         try:
-            for time, kind, user, server, devices in events:
+            for time, kind, user, server, devices, window, used in events:
                 if time < last:  # the hub's clock stepped back: keep the order of the file
                     time = last
                 last = time
                 holder = (user, server)
-                if kind == "gpus-released":
+                if kind == "gpu-usage":
+                    if time >= self.keep_from:
+                        self.used.extend(Use(user, server, device, time - window, time, seconds)
+                                         for device, seconds in zip(devices, used))
+                elif kind == "gpus-released":
                     if holder in gpus:
                         self._end_gpus(holder, time, kind)
                 elif kind == "server-started":
@@ -328,6 +374,7 @@ class Ledger:
         that only ever asks about later periods, such as the GPU board's current month)."""
         self.keep_from = max(self.keep_from, time)
         self.closed = [i for i in self.closed if i.end >= time]
+        self.used = [u for u in self.used if u.end >= time]
 
     def intervals(self, running: Iterable[Running], now: float, running_at: float | None = None) -> list[Interval]:
         """Every interval: the closed ones, and the open ones ended as the module docstring
@@ -389,12 +436,16 @@ class Row:
     server_seconds: float | None  # None by device: a device has no server time
     #: some of it ends at an estimate (`ESTIMATED`)
     estimated: bool = False
+    #: GPU time used (`Use`); None where the trail has no utilisation at all
+    used_seconds: float | None = None
 
     def as_dict(self, by: str) -> dict:
         return {
             by: self.key,
             "gpu_seconds": round(self.gpu_seconds, 3),
             "gpu_hours": round(self.gpu_seconds / 3600, 4),
+            "gpu_used_seconds": None if self.used_seconds is None else round(self.used_seconds, 3),
+            "gpu_used_hours": None if self.used_seconds is None else round(self.used_seconds / 3600, 4),
             "server_seconds": None if self.server_seconds is None else round(self.server_seconds, 3),
             "server_hours": None if self.server_seconds is None else round(self.server_seconds / 3600, 4),
             "estimated": self.estimated,
@@ -402,10 +453,11 @@ class Row:
 
 
 def totals(intervals: Iterable[Interval], *, since: float, until: float, by: str = "user",
-           groups: Mapping[str, Sequence[str]] | None = None) -> list[Row]:
+           groups: Mapping[str, Sequence[str]] | None = None, used: Sequence[Use] = ()) -> list[Row]:
     """GPU and server seconds in [since, until) per user, group or device, largest GPU time
     first. By group, a user counts in each of their groups (`NO_GROUP` when in none), so group
-    totals may add up to more than the whole."""
+    totals may add up to more than the whole. ``used``: the ledger's GPU time used, added up
+    beside (each row's ``used_seconds`` stays None when there is none at all)."""
     if by not in BY:
         raise ValueError(f"by must be one of {', '.join(BY)}, not {by!r}")
     gpu: dict[str, float] = {}
@@ -432,13 +484,25 @@ def totals(intervals: Iterable[Interval], *, since: float, until: float, by: str
                 gpu[key] = 0.0
             if ended_by == ESTIMATED:
                 estimated.add(key)
-    rows = [Row(key, gpu[key], None if by == "device" else server.get(key, 0.0), key in estimated) for key in gpu]
+    busy: dict[str, float] | None = _used_by(used, since, until, by, groups) if used else None
+    for key in busy or ():
+        gpu.setdefault(key, 0.0)
+    rows = [Row(key, gpu[key], None if by == "device" else server.get(key, 0.0), key in estimated,
+                None if busy is None else busy.get(key, 0.0)) for key in gpu]
     return sorted(rows, key=lambda r: (-r.gpu_seconds, -(r.server_seconds or 0.0), r.key))
 
 
-def user_totals(intervals: Iterable[Interval], *, since: float, until: float) -> dict[str, Row]:
-    """`totals` by user, keyed by user name."""
-    return {row.key: row for row in totals(intervals, since=since, until=until, by="user")}
+def _used_by(used: Iterable[Use], since: float, until: float, by: str,
+             groups: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for use in used:
+        seconds = use.within(since, until)
+        if seconds <= 0:
+            continue
+        keys = (use.user,) if by == "user" else (use.device,) if by == "device" else groups.get(use.user) or (NO_GROUP,)
+        for key in keys:
+            found[key] = found.get(key, 0.0) + seconds
+    return found
 
 
 def month_start(now: datetime) -> datetime:
@@ -461,16 +525,22 @@ def _iso(when: float) -> str:
 
 def as_table(rows: Sequence[Row], *, by: str, since: float, until: float, notes: Sequence[str] = ()) -> str:
     """For people: one line per row, hours with two decimals, a total, then the notes."""
-    head = [by.upper(), "GPU-HOURS", "SERVER-HOURS"] if by != "device" else [by.upper(), "GPU-HOURS"]
+    with_used = any(r.used_seconds is not None for r in rows)
+    head = [by.upper(), "GPU-HOURS", *(["GPU-HOURS USED"] if with_used else []),
+            *(["SERVER-HOURS"] if by != "device" else [])]
     lines = [head]
     for row in rows:
         mark = " *" if row.estimated else ""
         cells = [row.key, hours(row.gpu_seconds) + mark]
+        if with_used:
+            cells.append(hours(row.used_seconds))
         if by != "device":
             cells.append(hours(row.server_seconds))
         lines.append(cells)
     total_gpu = sum(r.gpu_seconds for r in rows)
     total = ["TOTAL", hours(total_gpu)]
+    if with_used:
+        total.append(hours(sum(r.used_seconds or 0.0 for r in rows)))
     if by != "device":
         total.append(hours(sum(r.server_seconds or 0.0 for r in rows)))
     widths = [max(len(line[i]) for line in [*lines, total]) for i in range(len(head))]
@@ -485,6 +555,8 @@ def as_table(rows: Sequence[Row], *, by: str, since: float, until: float, notes:
         text.append("A user counts in each of their groups (as the hub's database has them now).")
     if any(r.estimated for r in rows):
         text.append("* includes time whose end the trail does not record; counted to the trail's last record.")
+    if with_used:
+        text.append("GPU-hours used: the GPUs' utilisation times time, as the hub sampled it (NVML).")
     text.extend(f"note: {note}" for note in notes)
     return "\n".join(text) + "\n"
 
@@ -492,17 +564,20 @@ def as_table(rows: Sequence[Row], *, by: str, since: float, until: float, notes:
 def as_json(rows: Sequence[Row], *, by: str, since: float, until: float, notes: Sequence[str] = ()) -> str:
     total_gpu = sum(r.gpu_seconds for r in rows)
     total_server = None if by == "device" else sum(r.server_seconds or 0.0 for r in rows)
+    measured = [r.used_seconds for r in rows if r.used_seconds is not None]
+    total_used = sum(measured) if measured else None
     return json.dumps({
         "since": _iso(since), "until": _iso(until), "by": by,
         "rows": [row.as_dict(by) for row in rows],
-        "total": Row("", total_gpu, total_server, any(r.estimated for r in rows)).as_dict(by) | {by: None},
+        "total": Row("", total_gpu, total_server, any(r.estimated for r in rows), total_used).as_dict(by) | {by: None},
         "notes": list(notes),
     }, indent=2)
 
 
 def as_csv(rows: Sequence[Row], *, by: str) -> str:
     out = io.StringIO()
-    fields = [by, "gpu_seconds", "gpu_hours", "server_seconds", "server_hours", "estimated"]
+    fields = [by, "gpu_seconds", "gpu_hours", "gpu_used_seconds", "gpu_used_hours", "server_seconds", "server_hours",
+              "estimated"]
     writer = csv.DictWriter(out, fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from . import labels
 from .errors import CannotCheck
-from .usage import Interval, Ledger, Running, read_events
+from .usage import Interval, Ledger, Running, Use, read_events
 
 #: how much of the trail is read at a time
 CHUNK = 16 * 1024 * 1024
@@ -116,11 +116,12 @@ class TrailFollower:
                 self._offset, self._number = offset, self._number + len(lines)
         return self.ledger
 
-    def intervals(self, running: list[Running], now: float, keep_from: float | None = None) -> list[Interval]:
-        """`update`, then the ledger's intervals with ``running`` (under the follower's lock:
-        the ledger is not read while another thread feeds it)."""
+    def read(self, running: list[Running], now: float, keep_from: float | None = None) -> tuple[list[Interval], list[Use]]:
+        """`update`, then the ledger's intervals with ``running``, and its GPU time used (under
+        the follower's lock: the ledger is not read while another thread feeds it)."""
         with self._lock:
-            return self._update(keep_from).intervals(running, now)
+            book = self._update(keep_from)
+            return book.intervals(running, now), list(book.used)
 
 
 _FOLLOWERS: dict[tuple[str, bool], TrailFollower] = {}

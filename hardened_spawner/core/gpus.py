@@ -197,6 +197,20 @@ def discover_nvidia_smi(run: Callable[..., Any] = subprocess.run) -> tuple[GpuDe
     return inventory_from_nvidia_smi(*outputs)
 
 
+def nvml_module():
+    """nvidia-ml-py's ``pynvml``, or the setting's error saying how to install it."""
+    try:
+        import pynvml
+    except ImportError as err:
+        raise GpuConfigError(
+            "gpu_inventory",
+            "NVML discovery needs the nvidia-ml-py package, which is not installed. "
+            "Install it (pip install 'jupyterhub-hardened-spawner[nvml]'), "
+            "or list the devices in this setting instead.",
+        ) from err
+    return pynvml
+
+
 def discover_nvml(nvml=None) -> tuple[GpuDevice, ...]:
     """Devices through NVML (`nvidia-ml-py`); `nvml` is injectable so tests need no driver.
 
@@ -205,16 +219,7 @@ def discover_nvml(nvml=None) -> tuple[GpuDevice, ...]:
     (NVMLError_NotFound) are skipped.
     """
     if nvml is None:
-        try:
-            import pynvml
-        except ImportError as err:
-            raise GpuConfigError(
-                "gpu_inventory",
-                "NVML discovery needs the nvidia-ml-py package, which is not installed. "
-                "Install it (pip install 'jupyterhub-hardened-spawner[nvml]'), "
-                "or list the devices in this setting instead.",
-            ) from err
-        nvml = pynvml
+        nvml = nvml_module()
     try:
         nvml.nvmlInit()
     except nvml.NVMLError as err:

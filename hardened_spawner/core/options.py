@@ -50,15 +50,18 @@ def _board_link(spawner) -> str:
 
 def _reclaim_notice(spawner) -> str:
     """What the GPU culler will do, said before the user asks for a GPU."""
-    text = reclaim_text(spawner.gpu_idle_timeout, spawner.gpu_max_hold)
+    text = reclaim_text(spawner.gpu_idle_timeout, spawner.gpu_max_hold, spawner.gpu_underused_timeout,
+                        spawner.gpu_underused_percent)
     return f'<p id="hs-gpu-reclaim">{text}</p>' if text else ""
 
 
-def reclaim_text(idle_timeout: int, max_hold: int) -> str:
+def reclaim_text(idle_timeout: int, max_hold: int, underused_timeout: int = 0, underused_percent: int = 5) -> str:
     """The GPU culler's rule in words, for the spawn form and the GPU board ("" when off)."""
     rules = []
     if idle_timeout:
         rules.append(f"after {duration(idle_timeout)} without activity")
+    if underused_timeout:
+        rules.append(f"after {duration(underused_timeout)} with its GPUs under {underused_percent} % busy")
     if max_hold:
         rules.append(f"after {duration(max_hold)} in any case")
     if not rules:

@@ -32,7 +32,7 @@ from . import admission, hub_start, uid_claims
 from .container import DockerPlacement, WorkspaceMount, build_server_spec
 from .engine import gather_engine_facts, image_for_start, running_servers
 from .guard import GuardPolicy, check_container
-from .holdings import holdings_from_containers
+from .holdings import containers_by_id, holdings_from_containers
 from .hub_context import (
     UNREACHABLE,
     EngineFacts,
@@ -140,6 +140,15 @@ class HardenedSpawner(WorkspaceSteps, ImageAdmissionSettings, DockerSettings, Ha
             return holdings_from_containers(servers)
 
         return holdings
+
+    def _containers_source(self):
+        context, hub_id = self.context, self.hub_id
+
+        async def containers():
+            running = await context.docker("containers", filters=labels.MANAGED_SERVERS)
+            return containers_by_id(running, hub_id)
+
+        return containers
 
     async def engine_facts(self) -> EngineFacts:
         """Facts about the engine every spawn needs, asked once per hub process and users'

@@ -134,7 +134,13 @@ def wait_for_log(hub: Hub, pattern: str, timeout: float = 20) -> str:
     ("hardened", "c.HardenedSpawner.pids_limit = 0", "HardenedSpawner.pids_limit"),
     ("hardened", 'c.DockerSpawner.links = {"db": "db"}',
      "DockerSpawner.links = {'db': 'db'} is not supported by HardenedSpawner"),
+    ("hardened", "c.HardenedSpawner.gpu_underused_timeout = 3600",
+     'HardenedSpawner.gpu_underused_timeout needs the GPUs\' utilisation, which the hub reads through NVML: '
+     'set gpu_inventory = "nvml"'),
+    ("hardened", "c.HardenedSpawner.gpu_underused_percent = 0", "HardenedSpawner.gpu_underused_percent must be 1 to 100"),
     ("hardened-kube", "c.HardenedKubeSpawner.pids_limit = 0", "HardenedKubeSpawner.pids_limit"),
+    ("hardened-kube", "c.HardenedKubeSpawner.gpu_underused_timeout = 3600",
+     "HardenedKubeSpawner.gpu_underused_timeout needs the GPUs' utilisation"),
     ("hardened-kube", "c.KubeSpawner.uid = 1000", "KubeSpawner.uid = 1000 is not supported by HardenedKubeSpawner"),
 ])
 def test_a_bad_setting_stops_the_hub_and_the_log_names_it(start_hub, entry_point, setting, named):

@@ -984,9 +984,9 @@ def test_run_usage_counts_the_trail_and_the_running_servers_to_the_end_of_the_pe
     out = io.StringIO()
     cli.run_usage(engine, str(trail), since=since, until=until, by="device", output="csv", hub_id="h1", out=out)
     assert out.getvalue() == (
-        "device,gpu_seconds,gpu_hours,server_seconds,server_hours,estimated\n"
-        "GPU-a,10800.0,3.0,,,False\n"
-        "GPU-b,7200.0,2.0,,,False\n"
+        "device,gpu_seconds,gpu_hours,gpu_used_seconds,gpu_used_hours,server_seconds,server_hours,estimated\n"
+        "GPU-a,10800.0,3.0,,,,,False\n"
+        "GPU-b,7200.0,2.0,,,,,False\n"
     )
 
 
@@ -1059,5 +1059,5 @@ def test_usage_takes_relative_paths_of_the_config_from_its_folder(usage_hub, tmp
     monkeypatch.chdir(elsewhere)
     argv = ["usage", "-f", str(usage_hub / "hub.py"), "--since", "2026-11-01", "--until", "2026-11-02T12:00:00Z"]
     assert cli.main([*argv, "--by", "group", "--csv"]) == 0
-    assert capsys.readouterr().out.splitlines()[1:] == ["ml,18000.0,5.0,10800.0,3.0,False",
-                                                        "vision,14400.0,4.0,7200.0,2.0,False"]
+    assert capsys.readouterr().out.splitlines()[1:] == ["ml,18000.0,5.0,,,10800.0,3.0,False",
+                                                        "vision,14400.0,4.0,,,7200.0,2.0,False"]

@@ -74,7 +74,7 @@ def test_a_user_sees_every_device_their_quota_and_when_theirs_go_back():
     assert shown["you"] == {"user": "alice", "limit": 2, "holding": [{
         "server": "", "devices": ["GPU-a"], "since": (NOW - 10 * MIN).isoformat(),
         "last_activity": (NOW - 2 * MIN).isoformat(), "reclaim_at": (NOW + 13 * MIN).isoformat(),
-        "reclaim_reason": IDLE}]}
+        "reclaim_reason": IDLE, "underused_since": None, "warning": None}]}
     assert shown["due"] == []  # who is due is the culler's and the admins' business
 
 
@@ -120,18 +120,20 @@ ROWS = [Row("bob", 3 * 3600.0, 5 * 3600.0), Row("alice", 1800.0, 7200.0, estimat
 def test_a_user_sees_their_own_usage_this_month_and_no_one_elses():
     shown = usage_view(ROWS, Viewer("alice"), since=MONTH, until=NOW)
     assert shown == {"since": MONTH.isoformat(), "until": NOW.isoformat(), "available": True, "problem": "",
-                     "you": {"gpu_hours": 0.5, "server_hours": 2.0, "gpu_seconds": 1800, "server_seconds": 7200,
+                     "you": {"gpu_hours": 0.5, "server_hours": 2.0, "gpu_used_hours": None, "gpu_seconds": 1800, "server_seconds": 7200,
                              "estimated": True}, "users": []}
     # someone with no time this month: zeros
     assert usage_view(ROWS, Viewer("dave"), since=MONTH, until=NOW)["you"] == {
-        "gpu_hours": 0.0, "server_hours": 0.0, "gpu_seconds": 0, "server_seconds": 0, "estimated": False}
+        "gpu_hours": 0.0, "server_hours": 0.0, "gpu_used_hours": None, "gpu_seconds": 0, "server_seconds": 0,
+        "estimated": False}
 
 
 def test_an_admin_sees_every_users_usage_most_gpu_time_first():
     shown = usage_view(ROWS, Viewer("boss", sees_everyone=True), since=MONTH, until=NOW)
     assert [(u["user"], u["gpu_hours"], u["server_hours"], u["estimated"]) for u in shown["users"]] == [
         ("bob", 3.0, 5.0, False), ("alice", 0.5, 2.0, True), ("carol", 0.0, 0.25, False)]
-    assert shown["users"][2] == {"user": "carol", "gpu_hours": 0.0, "server_hours": 0.25, "gpu_seconds": 0,
+    assert shown["users"][2] == {"user": "carol", "gpu_hours": 0.0, "server_hours": 0.25, "gpu_used_hours": None,
+                                 "gpu_seconds": 0,
                                  "server_seconds": 900, "estimated": False}
 
 

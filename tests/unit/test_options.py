@@ -111,7 +111,8 @@ def _spawner(inventory, *, admin=False, groups=(), default=1, held=(), board=Fal
     )
     return SimpleNamespace(
         gpus=SimpleNamespace(allocator=allocator), user=user, gpu_default_per_user=default,
-        gpu_board=board, gpu_idle_timeout=idle, gpu_max_hold=max_hold, hub=SimpleNamespace(base_url="/hub/"),
+        gpu_board=board, gpu_idle_timeout=idle, gpu_max_hold=max_hold, gpu_underused_timeout=0,
+        gpu_underused_percent=5, hub=SimpleNamespace(base_url="/hub/"),
     )
 
 

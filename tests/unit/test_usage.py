@@ -391,19 +391,22 @@ def test_json_and_csv():
     assert data == {
         "since": "2026-11-02T09:00:00Z", "until": "2026-11-02T10:00:00Z", "by": "user",
         "rows": [
-            {"user": "ada", "gpu_seconds": 5400.0, "gpu_hours": 1.5, "server_seconds": 7200.0, "server_hours": 2.0,
+            {"user": "ada", "gpu_seconds": 5400.0, "gpu_hours": 1.5, "gpu_used_seconds": None, "gpu_used_hours": None,
+             "server_seconds": 7200.0, "server_hours": 2.0,
              "estimated": False},
-            {"user": "bob", "gpu_seconds": 1800.0, "gpu_hours": 0.5, "server_seconds": 1800.0, "server_hours": 0.5,
+            {"user": "bob", "gpu_seconds": 1800.0, "gpu_hours": 0.5, "gpu_used_seconds": None, "gpu_used_hours": None,
+             "server_seconds": 1800.0, "server_hours": 0.5,
              "estimated": True},
         ],
-        "total": {"user": None, "gpu_seconds": 7200.0, "gpu_hours": 2.0, "server_seconds": 9000.0,
+        "total": {"user": None, "gpu_seconds": 7200.0, "gpu_hours": 2.0, "gpu_used_seconds": None, "gpu_used_hours": None,
+                  "server_seconds": 9000.0,
                   "server_hours": 2.5, "estimated": True},
         "notes": [],
     }
     assert usage.as_csv(ROWS, by="user") == (
-        "user,gpu_seconds,gpu_hours,server_seconds,server_hours,estimated\n"
-        "ada,5400.0,1.5,7200.0,2.0,False\n"
-        "bob,1800.0,0.5,1800.0,0.5,True\n")
+        "user,gpu_seconds,gpu_hours,gpu_used_seconds,gpu_used_hours,server_seconds,server_hours,estimated\n"
+        "ada,5400.0,1.5,,,7200.0,2.0,False\n"
+        "bob,1800.0,0.5,,,1800.0,0.5,True\n")
 
 
 def test_month_start():
@@ -495,17 +498,17 @@ def test_the_whole_file_in_small_chunks_reads_as_at_once(tmp_path, monkeypatch):
 def test_the_follower_reads_what_the_hub_appends_and_starts_over_on_a_new_file(tmp_path):
     path = tmp_path / "audit.jsonl"
     follower = usage_sources.TrailFollower(str(path))
-    assert follower.intervals([], at(10)) == []  # no trail yet
+    assert follower.read([], at(10))[0] == []  # no trail yet
     first, second = trail("0 gpus-assigned ada A\n5 gpus-released ada A"), trail("7 gpus-assigned bob B")
     path.write_text(first[0] + "\n" + first[1][:40])
-    assert [(i.user, i.ended_by) for i in follower.intervals([], at(10))] == [("ada", ESTIMATED)]
+    assert [(i.user, i.ended_by) for i in follower.read([], at(10))[0]] == [("ada", ESTIMATED)]
     with open(path, "a") as out:
         out.write(first[1][40:] + "\n" + second[0] + "\n")
-    assert [(i.user, i.end) for i in follower.intervals([], at(10))] == [("ada", at(5)), ("bob", at(7))]
-    assert [i.user for i in follower.intervals([], at(10), keep_from=at(6))] == ["bob"]  # ada's ended before
+    assert [(i.user, i.end) for i in follower.read([], at(10))[0]] == [("ada", at(5)), ("bob", at(7))]
+    assert [i.user for i in follower.read([], at(10), keep_from=at(6))[0]] == ["bob"]  # ada's ended before
     path.unlink()  # rotated: a new file
     path.write_text(second[0] + "\n")
-    assert [i.user for i in follower.intervals([], at(10))] == ["bob"]
+    assert [i.user for i in follower.read([], at(10))[0]] == ["bob"]
     assert usage_sources.follower_for(str(path)) is usage_sources.follower_for(str(tmp_path / "." / "audit.jsonl"))
 
 
@@ -541,3 +544,58 @@ def test_the_hub_id_is_the_one_the_hub_labels_its_servers_with(tmp_path):
     assert usage_sources.resolve_db_url("sqlite:///jupyterhub.sqlite", "/srv/hub") == "sqlite:////srv/hub/jupyterhub.sqlite"
     for kept in ("sqlite:////var/hub.sqlite", "sqlite:///:memory:", "postgresql://hub@db/hub"):
         assert usage_sources.resolve_db_url(kept, "/srv/hub") == kept
+
+
+# --- GPU time used: gpu-usage records --------------------------------------------------------
+
+
+def usage_record(minute: float, holder: str, window_minutes: float, used: dict[str, float]) -> str:
+    """A gpu-usage line as the hub writes it: the audit fields, then the utilisation last."""
+    line = record(minute, "gpu-usage", holder, list(used))
+    line["utilisation"] = {"window_seconds": window_minutes * 60, "per_device": [
+        {"uuid": uuid, "used_seconds": seconds, "measured_seconds": window_minutes * 60,
+         "mean_percent": 100 * seconds / (window_minutes * 60), "memory_max_bytes": None}
+        for uuid, seconds in used.items()]}
+    return json.dumps(line)
+
+
+def test_gpu_time_used_is_added_up_beside_the_time_held_and_split_at_the_period():
+    lines = trail("""
+        0 gpus-assigned ada A,B
+        0 server-started ada
+        0 gpus-assigned bob/train C
+    """)
+    lines += [usage_record(15, "ada", 15, {"GPU-a": 450.0, "GPU-b": 0.0}),  # a at 50 %, b idle
+              usage_record(15, "bob/train", 15, {"GPU-c": 900.0})]
+    lines += trail("""
+        30 gpus-released ada A,B
+        30 server-stopped ada
+        30 gpus-released bob/train C
+    """)
+    lines += [usage_record(30, "ada", 15, {"GPU-a": 900.0, "GPU-b": 90.0}),
+              usage_record(30, "bob/train", 15, {"GPU-c": 0.0})]
+    book = usage.Ledger()
+    book.feed(usage.read_events(lines))
+    intervals = book.intervals([], at(60))
+    rows = {r.key: r for r in usage.totals(intervals, since=at(0), until=at(60), by="user", used=book.used)}
+    assert (rows["ada"].gpu_seconds, rows["ada"].used_seconds) == (3600.0, 1440.0)
+    assert (rows["bob"].gpu_seconds, rows["bob"].used_seconds) == (1800.0, 900.0)
+    devices = {r.key: r.used_seconds for r in usage.totals(intervals, since=at(0), until=at(60), by="device",
+                                                             used=book.used)}
+    assert devices == {"GPU-a": 1350.0, "GPU-b": 90.0, "GPU-c": 900.0}
+    # a period that cuts a window takes its share of it, spread evenly
+    cut = {r.key: r.used_seconds for r in usage.totals(intervals, since=at(10), until=at(20), by="user",
+                                                         used=book.used)}
+    assert cut == {"ada": pytest.approx(450.0 / 3 + 990.0 / 3), "bob": pytest.approx(900.0 / 3)}
+    # without any gpu-usage record, nothing claims a measurement
+    assert {r.used_seconds for r in usage.totals(intervals, since=at(0), until=at(60), by="user")} == {None}
+
+
+def test_the_reports_show_gpu_hours_used_only_when_measured():
+    rows = [usage.Row("ada", 7200.0, 7200.0, used_seconds=1800.0)]
+    table = usage.as_table(rows, by="user", since=at(0), until=at(120))
+    assert table.splitlines()[1:3] == ["USER   GPU-HOURS  GPU-HOURS USED  SERVER-HOURS",
+                                       "ada         2.00            0.50          2.00"]
+    assert "GPU-HOURS USED" not in usage.as_table([usage.Row("ada", 7200.0, 7200.0)], by="user", since=at(0),
+                                                  until=at(120))
+    assert json.loads(usage.as_json(rows, by="user", since=at(0), until=at(120)))["total"]["gpu_used_hours"] == 0.5
