@@ -30,6 +30,8 @@
 #   HUB_GPU_IDLE_TIMEOUT  seconds before an idle server holding GPUs stops (0 = never)   900
 #   HUB_GPU_MAX_HOLD      seconds a server may hold GPUs at all (0 = no limit)   0
 #   HUB_GPU_CULL_EVERY    seconds between two GPU culler rounds     60
+#   HUB_GPU_UNDERUSED_TIMEOUT  seconds a server may hold GPUs under 5 % busy (0 = never;
+#                         needs HARDENED_GPUS=nvml)   3600 with nvml, else 0
 import os
 import signal
 import subprocess
@@ -191,3 +193,7 @@ if idle_timeout > 0:
 __import__("hardened_spawner.gpu_pages").gpu_pages.enable(c, cull_every=int(env("HUB_GPU_CULL_EVERY", "60")))
 c.HardenedSpawner.gpu_idle_timeout = int(env("HUB_GPU_IDLE_TIMEOUT", "900"))
 c.HardenedSpawner.gpu_max_hold = int(env("HUB_GPU_MAX_HOLD", "0"))
+# With NVML the hub samples the GPUs' utilisation (every 30 s): the board shows it, the usage
+# ledger counts GPU-hours used beside GPU-hours held, and a server whose GPUs stay under 5 %
+# busy for this long is stopped however busy its kernel, after 10 minutes' warning.
+c.HardenedSpawner.gpu_underused_timeout = int(env("HUB_GPU_UNDERUSED_TIMEOUT", "3600" if gpus == "nvml" else "0"))

@@ -11,7 +11,9 @@ session a day, starting between 08:00 and 16:00 and lasting 30 minutes to 8 hour
 asks for a GPU with probability 0.7 and gets one of ``--devices`` when one is free (the
 allocator's rule: never two holders), else runs CPU-only. Each session writes what the hub
 writes: spawn-requested, image-admitted, gpus-assigned, server-started, gpus-released,
-server-stopped, full records with the security summary (about 1.3 kB a line). Once a month
+server-stopped, full records with the security summary (about 1.3 kB a line), and while a
+session holds its GPU a gpu-usage record every ``--record-every`` seconds and at the release
+(the sampler's ``gpu_usage_record_interval``, default an hour; 0: none, a hub without NVML). Once a month
 the hub is "SIGKILLed": the sessions running then lose their gpus-released, as a real crash
 leaves them. Users are in 20 groups.
 
@@ -90,7 +92,22 @@ def _line(when: float, event: str, user: str, uid: int, devices: list[str]) -> s
     })
 
 
-def generate(path: Path, users: int, days: int, devices: int, active: float, seed: int = 1) -> dict:
+def _usage_line(when: float, user: str, device: str, window: float, used: float) -> str:
+    """A gpu-usage record, as the hub's sampler writes it (`core.utilisation.UseRecord`)."""
+    fields = {"user": user, "server_name": "", "uid": None, "gid": None, "client_ip": None, "image": None,
+              "image_digest": None, "policy_fingerprint": None, "security": None, "devices": [device],
+              "container_id": None, "container_name": None, "reason": None, "admission": None}
+    return json.dumps({
+        "__timestamp__": _stamp(when), "__schema__": "https://schema.jupyter.org/hardened-spawner/audit",
+        "__schema_version__": "1", "__metadata_version__": 1, "event": "gpu-usage", **fields,
+        "utilisation": {"window_seconds": round(window, 3), "per_device": [
+            {"uuid": device, "used_seconds": round(used, 3), "measured_seconds": round(window, 3),
+             "mean_percent": round(100 * used / window, 1) if window else None, "memory_max_bytes": 21474836480}]},
+    })
+
+
+def generate(path: Path, users: int, days: int, devices: int, active: float, record_every: float,
+             seed: int = 1) -> dict:
     """Write the trail; what it holds."""
     rng = random.Random(seed)
     pool = [f"GPU-{i:08x}-0000-0000-0000-000000000000" for i in range(devices)]
@@ -120,14 +137,27 @@ def generate(path: Path, users: int, days: int, devices: int, active: float, see
         if held:
             records.append((start + 0.03, 2, "gpus-assigned", user, held))
         records.append((start + 3.5, 3, "server-started", user, held))
+        if held and record_every:
+            stop = next(c for c in crashes if start < c < end) if crashed else end
+            busy_share = rng.uniform(0.0, 0.95)
+            window = start + 0.03
+            while window < stop:
+                closes = min(window + record_every, stop)
+                records.append((closes, 3.5, "gpu-usage", user, (held[0], closes - window, busy_share)))
+                window = closes
         if held and not crashed:
             records.append((end, 4, "gpus-released", user, held))
         records.append((end + 0.001, 5, "server-stopped", user, []))
     records.sort(key=lambda r: (r[0], r[1]))
     with open(path, "w") as out:
         for when, _, event, user, held in records:
-            out.write(_line(when, event, user, 4200000 + int(user[4:]), held) + "\n")
+            if event == "gpu-usage":
+                device, window, share = held
+                out.write(_usage_line(when, user, device, window, window * share) + "\n")
+            else:
+                out.write(_line(when, event, user, 4200000 + int(user[4:]), held) + "\n")
     return {"sessions": len(sessions), "records": len(records), "bytes": path.stat().st_size,
+            "gpu_usage_records": sum(r[2] == "gpu-usage" for r in records),
             "crashes": len(crashes), "end": records[-1][0] if records else YEAR_START.timestamp()}
 
 
@@ -144,11 +174,11 @@ def measure(path: Path, users: int, end: float) -> dict:
     mark()
     intervals = book.intervals([], end)  # close what is open
     mark()
-    by_user = usage.totals(intervals, since=year, until=end, by="user")
+    by_user = usage.totals(intervals, since=year, until=end, by="user", used=book.used)
     mark()
     for since in (year, end - 30 * 86400):
         for by in usage.BY:
-            usage.totals(intervals, since=since, until=end, by=by, groups=groups)
+            usage.totals(intervals, since=since, until=end, by=by, groups=groups, used=book.used)
     mark()
     steps = {}
     for name, (a, b) in zip(("read_s", "intervals_s", "totals_s", "other_totals_s"), zip(marks, marks[1:])):
@@ -158,6 +188,7 @@ def measure(path: Path, users: int, end: float) -> dict:
     steps["end_to_end_cpu_s"] = marks[3][1] - marks[0][1]
     return {**steps, "closed_intervals": len(book.closed), "intervals": len(intervals),
             "gpu_hours_year": sum(r.gpu_seconds for r in by_user) / 3600,
+            "gpu_used_hours_year": sum(r.used_seconds or 0.0 for r in by_user) / 3600,
             "server_hours_year": sum(r.server_seconds or 0 for r in by_user) / 3600}
 
 
@@ -177,9 +208,11 @@ def render(results: dict) -> str:
     ]
     lines = [
         f"Usage ledger over a generated trail: {results['users']} users, {results['days']} days, "
-        f"{trail['sessions']} sessions, {trail['records']} records ({trail['bytes'] / 1e6:.0f} MB), "
+        f"{trail['sessions']} sessions, {trail['records']} records ({trail['gpu_usage_records']} gpu-usage; "
+        f"{trail['bytes'] / 1e6:.0f} MB), "
         f"{trail['crashes']} hub crashes; {last['intervals']} intervals.",
-        f"GPU-hours held in the trail: {last['gpu_hours_year']:.0f}; server-hours: {last['server_hours_year']:.0f}.",
+        f"GPU-hours held in the trail: {last['gpu_hours_year']:.0f} (used: {last['gpu_used_hours_year']:.0f}); "
+        f"server-hours: {last['server_hours_year']:.0f}.",
         "",
         f"{'step':<48}{'wall s':>8}{'CPU s':>8}   (medians of {len(runs)} rounds)",
         *(f"{label:<48}{med(key):>8.3f}{med(key.replace('_s', '_cpu_s')):>8.3f}" for label, key in rows),
@@ -199,18 +232,22 @@ def main() -> None:
     p.add_argument("--devices", type=int, default=32, help="GPUs in the pool (default 32)")
     p.add_argument("--active", type=float, default=0.8, help="chance a user works on a weekday (default 0.8)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--record-every", type=float, default=3600,
+                   help="seconds between two gpu-usage records of a holding (the sampler's "
+                        "gpu_usage_record_interval, default 3600; 0: a hub without NVML writes none)")
     p.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/usage-<date>.json)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="usage-bench-") as folder:
         path = Path(folder) / "audit.jsonl"
         log(f"generating {args.days} days of trail for {args.users} users")
-        trail = generate(path, args.users, args.days, args.devices, args.active)
+        trail = generate(path, args.users, args.days, args.devices, args.active, args.record_every)
         log(f"{trail['records']} records, {trail['bytes'] / 1e6:.0f} MB")
         runs = []
         for i in range(args.rounds):
             runs.append(measure(path, args.users, trail["end"]))
             log(f"round {i + 1}/{args.rounds}: {runs[-1]['end_to_end_s']:.3f} s end to end")
     results = {"benchmark": "usage", "users": args.users, "days": args.days, "devices": args.devices,
+               "record_every": args.record_every,
                "active": args.active, "trail": trail, "runs": runs, "target_s": TARGET_S,
                "loadavg": os.getloadavg(), "python": sys.version.split()[0]}
     publish(results, render(results), args.out, "usage-")

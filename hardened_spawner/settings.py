@@ -211,10 +211,11 @@ class HardenedSettings(HasTraits):
     ).tag(config=True)
 
     gpu_usage_record_interval = Integer(
-        900,
+        3600,
         help="""Seconds between two `gpu-usage` audit records of one holding (GPU-seconds used,
         mean utilisation, peak memory); one is also written when the holding ends. A hub killed
-        without a stop loses at most this much of the measurement (never of the time held).""",
+        without a stop loses at most this much of the measurement (never of the time held);
+        shorter means more lines for the usage ledger to read (benchmarks/usage.py).""",
     ).tag(config=True)
 
     gpu_board = Bool(

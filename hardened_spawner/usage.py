@@ -110,8 +110,16 @@ _HOUR = re.compile(r"\d{4}-\d\d-\d\dT\d\d")
 _DEVICES = ', "devices": ['
 _DECODE = json.JSONDecoder().raw_decode
 _WITH_DEVICES = frozenset({"gpus-assigned", "gpus-released", "orphan-removed"})
-#: read whole, through ``json`` (the utilisation is nested, and there are few of them)
+#: read with their utilisation (`_measured`)
 _WHOLE = frozenset({"gpu-usage"})
+#: a gpu-usage record's utilisation as the hub writes it (`core.utilisation.UseRecord`), its last field
+_UTILISATION_AT = ', "utilisation": {"window_seconds": '
+_UTILISATION = re.compile(r'([0-9.]+), "per_device": \[(.*)\]\}\}\n?$')
+_PER_DEVICE_TEXT = (r'\{"uuid": "([^"\\]+)", "used_seconds": ([0-9.]+), "measured_seconds": [0-9.]+, '
+                    r'"mean_percent": (?:[0-9.]+|null), "memory_max_bytes": (?:[0-9]+|null)\}')
+_PER_DEVICE = re.compile(_PER_DEVICE_TEXT)
+#: the common case, a server with one GPU, in one match
+_ONE_DEVICE = re.compile(r'([0-9.]+), "per_device": \[' + _PER_DEVICE_TEXT + r'\]\}\}\n?$')
 _HOURS: dict[str, float] = {}
 
 
@@ -137,14 +145,36 @@ def parse_line(line: str) -> Event | None:
     hour, minute, seconds, kind, user, server = head.groups()
     if kind not in LEDGER_EVENTS:
         return None
-    if kind in _WHOLE:
-        return _slow(line)
     try:
+        if kind in _WHOLE:
+            return _measured(line, _HOURS.get(hour) or _hour(hour), minute, seconds, kind, user, server)
         devices = _devices(line) if kind in _WITH_DEVICES else ()
         base = _HOURS.get(hour) or _hour(hour)
     except (ValueError, TypeError):
         return _slow(line)
     return Event(base + int(minute) * 60 + float(seconds), kind, user, server, devices)
+
+
+def _measured(line: str, base: float, minute: str, seconds: str, kind: str, user: str, server: str) -> Event:
+    """A gpu-usage record as the hub writes it, by regular expression (a year of a large hub
+    has hundreds of thousands); any other layout through `_slow`."""
+    at = line.rfind(_UTILISATION_AT)
+    if at < 0:
+        return _slow(line)
+    one = _ONE_DEVICE.match(line, at + len(_UTILISATION_AT))
+    if one is not None:
+        window, device, seconds_used = one.groups()
+        return _NEW(Event, (base + int(minute) * 60 + float(seconds), kind, user, server, (device,),
+                            float(window), (float(seconds_used),)))
+    found = _UTILISATION.match(line, at + len(_UTILISATION_AT))
+    if found is None:
+        return _slow(line)
+    window, per_device = found.groups()
+    used = _PER_DEVICE.findall(per_device)
+    if len(used) != per_device.count('{"uuid"'):
+        return _slow(line)
+    return _NEW(Event, (base + int(minute) * 60 + float(seconds), kind, user, server, tuple(u for u, _ in used),
+                        float(window), tuple(float(s) for _, s in used)))
 
 
 def _devices(line: str) -> tuple[str, ...]:
@@ -209,8 +239,8 @@ def read_events(lines: Iterable[str], problems: list[str] | None = None, first: 
     the lines the hub writes: a year of a large hub's trail is millions of lines). A line that
     is not an audit record is skipped and described in ``problems`` (when given), by its
     number (``first``: the number of the first line given): a trail cut by a full disk, say."""
-    match, wanted, with_devices, whole, hours, new = _HEAD.match, LEDGER_EVENTS, _WITH_DEVICES, _WHOLE, _HOURS, \
-        tuple.__new__
+    match, wanted, with_devices, whole, hours, new, measured = (
+        _HEAD.match, LEDGER_EVENTS, _WITH_DEVICES, _WHOLE, _HOURS, tuple.__new__, _measured)
     for number, line in enumerate(lines, first):
         head = match(line)
         if head is not None:
@@ -218,9 +248,16 @@ def read_events(lines: Iterable[str], problems: list[str] | None = None, first: 
             if kind not in wanted:
                 continue
             base = hours.get(hour)
-            if base is not None and kind not in with_devices and kind not in whole:
-                yield new(Event, (base + int(minute) * 60 + float(seconds), kind, user, server, (), 0.0, ()))
-                continue
+            if base is not None and kind not in with_devices:
+                if kind in whole:
+                    try:
+                        yield measured(line, base, minute, seconds, kind, user, server)
+                        continue
+                    except (ValueError, TypeError):
+                        pass  # parse_line says what is wrong
+                else:
+                    yield new(Event, (base + int(minute) * 60 + float(seconds), kind, user, server, (), 0.0, ()))
+                    continue
         try:
             event = parse_line(line)
         except TrailError as e:
@@ -320,8 +357,8 @@ class Ledger:
                 holder = (user, server)
                 if kind == "gpu-usage":
                     if time >= self.keep_from:
-                        self.used.extend(Use(user, server, device, time - window, time, seconds)
-                                         for device, seconds in zip(devices, used))
+                        for device, seconds in zip(devices, used):
+                            self.used.append(_NEW(Use, (user, server, device, time - window, time, seconds)))
                 elif kind == "gpus-released":
                     if holder in gpus:
                         self._end_gpus(holder, time, kind)
@@ -496,12 +533,20 @@ def _used_by(used: Iterable[Use], since: float, until: float, by: str,
              groups: Mapping[str, Sequence[str]]) -> dict[str, float]:
     found: dict[str, float] = {}
     for use in used:
-        seconds = use.within(since, until)
-        if seconds <= 0:
-            continue
-        keys = (use.user,) if by == "user" else (use.device,) if by == "device" else groups.get(use.user) or (NO_GROUP,)
-        for key in keys:
-            found[key] = found.get(key, 0.0) + seconds
+        user, _, device, start, end, _ = use
+        if start >= since and end < until:  # the whole window (most of them)
+            seconds = use.seconds
+        else:
+            seconds = use.within(since, until)
+            if seconds <= 0:
+                continue
+        if by == "user":
+            found[user] = found.get(user, 0.0) + seconds
+        elif by == "device":
+            found[device] = found.get(device, 0.0) + seconds
+        else:
+            for key in groups.get(user) or (NO_GROUP,):
+                found[key] = found.get(key, 0.0) + seconds
     return found
 
 

@@ -599,3 +599,24 @@ def test_the_reports_show_gpu_hours_used_only_when_measured():
     assert "GPU-HOURS USED" not in usage.as_table([usage.Row("ada", 7200.0, 7200.0)], by="user", since=at(0),
                                                   until=at(120))
     assert json.loads(usage.as_json(rows, by="user", since=at(0), until=at(120)))["total"]["gpu_used_hours"] == 0.5
+
+
+def test_a_gpu_usage_line_as_the_hub_writes_it_is_read_fast_and_the_same_as_through_json(tmp_path):
+    from datetime import datetime, timezone
+
+    from hardened_spawner.core.utilisation import DeviceUse, UseRecord
+
+    trail_path = tmp_path / "audit.jsonl"
+    audit = AuditTrail(str(trail_path))
+    end = datetime(2026, 11, 2, 9, 15, 30, 250000, tzinfo=timezone.utc)
+    record = UseRecord("ada", "train", end, end, (DeviceUse("GPU-a", 450.5, 900.0, 50.1, 2**33),
+                                                       DeviceUse("MIG-b", 0.0, 0.0, None, None)))
+    audit.emit("gpu-usage", **record.audit_fields())
+    audit.close()
+    [line] = trail_path.read_text().splitlines()
+    assert usage._HEAD.match(line) and usage._UTILISATION.search(line)  # the fast path reads it
+    event = usage.parse_line(line)
+    assert event == usage._slow(line)
+    assert (event.kind, event.user, event.server, event.devices, event.used) == (
+        "gpu-usage", "ada", "train", ("GPU-a", "MIG-b"), (450.5, 0.0))
+    assert list(usage.read_events([line])) == [event]
