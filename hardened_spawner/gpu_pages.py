@@ -209,7 +209,14 @@ def enable(c, *, cull_every: int = 60) -> None:
         "name": CULLER,
         "command": [sys.executable, "-m", "hardened_spawner.gpu_culler", f"--every={cull_every}"],
     })
-    c.JupyterHub.template_paths.append(TEMPLATES)
+    # before JupyterHub's own templates, which are the default: the home page's (warnings, SSH)
+    # must win over JupyterHub's home.html
+    paths = c.JupyterHub.template_paths
+    if isinstance(paths, list):
+        if TEMPLATES not in paths:
+            paths.insert(0, TEMPLATES)
+    else:
+        paths.prepend([TEMPLATES])
     c.JupyterHub.template_vars.update({"hardened_gpu_board": True})
     # whichever backend the hub runs (a spawner reads only its own class's section)
     c.HardenedSpawner.gpu_board = True

@@ -104,3 +104,47 @@ def test_nothing_is_left_on_the_engine(smoke):
     assert not client.containers.list(all=True, filters={"name": PREFIX})
     assert not client.volumes.list(filters={"name": PREFIX})
     assert not client.networks.list(names=[PREFIX])
+
+
+def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-6000:]}"
+    return done
+
+
+def test_the_sampling_benchmark_runs_both_parts_and_prints_its_table(tmp_path):
+    out = tmp_path / "sampling.json"
+    done = run_script("benchmarks/gpu_sampling.py", "--samples", "5", "--seconds", "3", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert [row["mode"] for row in results["in_process"]] == ["exclusive", "shared"]
+    assert all(row["cpu_ms_median"] > 0 for row in results["in_process"])
+    assert len(results["hubs"]["hub_cpu_s"]) == 3
+    assert "1. One sample in the hub's code" in done.stdout and "2. Idle hubs side by side" in done.stdout
+
+
+def test_the_ledger_benchmark_counts_gpu_time_used_from_its_records(tmp_path):
+    out = tmp_path / "usage.json"
+    done = run_script("benchmarks/usage.py", "--users", "20", "--days", "20", "--devices", "4", "--rounds", "1",
+                      "--out", str(out))
+    results = json.loads(out.read_text())
+    assert results["trail"]["gpu_usage_records"] > 0
+    run = results["runs"][0]
+    assert 0 < run["gpu_used_hours_year"] < run["gpu_hours_year"]
+    assert "end to end" in done.stdout
+
+
+def test_the_real_gpu_check_runs_each_step_against_the_stand_in(tmp_path):
+    script = tmp_path / "nvml.json"
+    script.write_text(json.dumps({"devices": [
+        {"uuid": "GPU-check-0", "name": "Stand-in H100", "utilisation": 40,
+         "processes": [{"pid": os.getpid(), "sm": 40, "memory": 2**30}]},
+        {"uuid": "MIG-check-1", "utilisation": None, "process_samples": False}]}))
+    out = tmp_path / "found.json"
+    done = run_script("scripts/check_nvml.py", "--stand-in", str(script), "--json", str(out))
+    found = json.loads(out.read_text())
+    assert found["failed"] == [] and "all steps ran" in done.stdout
+    assert [d["uuid"] for d in found["steps"]["discovery"]] == ["GPU-check-0", "MIG-check-1"]
+    assert [d["percent"] for d in found["steps"]["read"]["devices"]] == [40, None]
+    [mapped] = found["steps"]["pid_to_cgroup"]
+    assert mapped["pid"] == os.getpid() and mapped["cgroup"]  # this test's own process: read from /proc

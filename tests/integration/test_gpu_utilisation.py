@@ -24,6 +24,7 @@ from hardened_spawner.core.utilisation import container_id_from_cgroup
 from hardened_spawner.nvml_reader import cgroup_of
 from hubdriver import TEST_PREFIX, Kernel
 
+from . import browser as chromium
 from .hubtools import Browser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,10 +72,11 @@ def held_device(engine, user) -> str:
     return container(engine, user).labels["org.jupyter.hardened-spawner.gpus"]
 
 
-def watch_until_stopped(hub, user, timeout: float) -> tuple[float | None, float, str]:
+def watch_until_stopped(hub, user, timeout: float, driver=None) -> tuple[float | None, float, str]:
     """Poll the user's board until their server is gone: when a warning first showed (seconds
     from now), when the server was gone, and the warning's text; the board's page, as the user
-    reads it in their browser session, must show it too."""
+    reads it in their browser session, must show it too, and so must the home page in a real
+    browser (``driver``, logged in as the user), where the warning is fetched by the page."""
     browser = Browser(hub.url)
     assert browser.login(user, "any").ok
     started = time.monotonic()
@@ -87,6 +89,11 @@ def watch_until_stopped(hub, user, timeout: float) -> tuple[float | None, float,
                 warned, text = time.monotonic() - started, holding["warning"]
                 page = browser.session.get(f"{hub.url}/hub/gpus", timeout=30).text
                 assert 'class="alert alert-warning gpu-warning"' in page and "goes back to the pool in" in page
+                if driver is not None:
+                    driver.get(f"{hub.url}/hub/home")
+                    shown = chromium.wait(driver, 5).until(chromium.expected_conditions.visibility_of_element_located(
+                        (chromium.By.CSS_SELECTOR, "#hardened-gpu-warnings .gpu-warning")))
+                    assert "goes back to the pool in" in shown.text
         time.sleep(0.3)
     raise AssertionError(f"{user}'s server was not stopped within {timeout} s\n{hub.log_tail()}")
 
@@ -131,11 +138,19 @@ def test_an_underused_gpu_is_warned_then_reclaimed_however_busy_its_kernel_and_a
 
     typist = threading.Thread(target=type_into_the_kernel, daemon=True)
     typist.start()
-    write_script(script, [{"uuid": idle, "utilisation": 0, "memory_used": 2**30},
-                          {"uuid": busy, "utilisation": 90, "memory_used": 9 * 2**30}])
+    driver = chromium.chromium()
     try:
-        warned, stopped, text = watch_until_stopped(hub, "uma", timeout=UNDERUSED + 30)
+        chromium.log_in(driver, hub.url, "uma")
+        driver.get(f"{hub.url}/hub/home")
+        assert not driver.find_elements(chromium.By.CSS_SELECTOR, ".gpu-warning")  # nothing to warn of yet
+        write_script(script, [{"uuid": idle, "utilisation": 0, "memory_used": 2**30},
+                              {"uuid": busy, "utilisation": 90, "memory_used": 9 * 2**30}])
+        warned, stopped, text = watch_until_stopped(hub, "uma", timeout=UNDERUSED + 30, driver=driver)
+    except Exception:
+        chromium.keep_evidence(driver, "gpu-underused-warning")
+        raise
     finally:
+        driver.quit()
         keep_typing.set()
         typist.join(timeout=15)
         kernel.close()

@@ -176,3 +176,17 @@ def test_the_page_shows_the_usage(viewer, expected, unexpected):
         assert piece not in text
     unavailable = {**data, "usage": usage_view(None, viewer, since=MONTH, until=NOW, problem="No trail here.")}
     assert '<p id="gpu-usage-none">No trail here.</p>' in render_page(unavailable, viewer.sees_everyone)
+
+
+def test_enable_puts_the_templates_before_jupyterhubs_own_so_the_home_page_is_ours():
+    from traitlets.config import Config
+
+    from hardened_spawner import TEMPLATES, gpu_pages
+
+    fresh = Config()
+    gpu_pages.enable(fresh)
+    assert fresh.JupyterHub.template_paths.get_value(["/jupyterhub/templates"]) == [TEMPLATES, "/jupyterhub/templates"]
+    chosen = Config()
+    chosen.JupyterHub.template_paths = [TEMPLATES]  # as the shipped jupyterhub_config.py does
+    gpu_pages.enable(chosen)
+    assert chosen.JupyterHub.template_paths == [TEMPLATES]
