@@ -155,7 +155,7 @@ def parse_line(line: str) -> Event | None:
     return Event(base + int(minute) * 60 + float(seconds), kind, user, server, devices)
 
 
-def _measured(line: str, base: float, minute: str, seconds: str, kind: str, user: str, server: str) -> Event:
+def _measured(line: str, base: float, minute: str, seconds: str, kind: str, user: str, server: str) -> Event | None:
     """A gpu-usage record as the hub writes it, by regular expression (a year of a large hub
     has hundreds of thousands); any other layout through `_slow`."""
     at = line.rfind(_UTILISATION_AT)
@@ -251,10 +251,13 @@ def read_events(lines: Iterable[str], problems: list[str] | None = None, first: 
             if base is not None and kind not in with_devices:
                 if kind in whole:
                     try:
-                        yield measured(line, base, minute, seconds, kind, user, server)
-                        continue
+                        event = measured(line, base, minute, seconds, kind, user, server)
                     except (ValueError, TypeError):
                         pass  # parse_line says what is wrong
+                    else:
+                        if event is not None:
+                            yield event
+                        continue
                 else:
                     yield new(Event, (base + int(minute) * 60 + float(seconds), kind, user, server, (), 0.0, ()))
                     continue
