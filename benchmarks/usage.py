@@ -13,7 +13,7 @@ allocator's rule: never two holders), else runs CPU-only. Each session writes wh
 writes: spawn-requested, image-admitted, gpus-assigned, server-started, gpus-released,
 server-stopped, full records with the security summary (about 1.3 kB a line), and while a
 session holds its GPU a gpu-usage record every ``--record-every`` seconds and at the release
-(the sampler's ``gpu_usage_record_interval``, default an hour; 0: none, a hub without NVML). Once a month
+(the sampler's ``gpu_usage_record_interval``, default 4 hours; 0: none, a hub without NVML). Once a month
 the hub is "SIGKILLed": the sessions running then lose their gpus-released, as a real crash
 leaves them. Users are in 20 groups.
 
@@ -232,9 +232,9 @@ def main() -> None:
     p.add_argument("--devices", type=int, default=32, help="GPUs in the pool (default 32)")
     p.add_argument("--active", type=float, default=0.8, help="chance a user works on a weekday (default 0.8)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--record-every", type=float, default=3600,
+    p.add_argument("--record-every", type=float, default=14400,
                    help="seconds between two gpu-usage records of a holding (the sampler's "
-                        "gpu_usage_record_interval, default 3600; 0: a hub without NVML writes none)")
+                        "gpu_usage_record_interval, default 14400; 0: a hub without NVML writes none)")
     p.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/usage-<date>.json)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="usage-bench-") as folder:

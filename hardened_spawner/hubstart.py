@@ -9,6 +9,7 @@ engine, audit the existing server containers and check the network isolation).
 """
 
 import asyncio
+import contextlib
 import sys
 from types import SimpleNamespace
 
@@ -68,7 +69,7 @@ def install_hub_start_checks() -> None:
             _start_in_background(spawner.hub_start_work(app), app)
             if sampler is not None:  # built here, before any thread can reach it
                 app.tornado_settings[SAMPLER_SETTING] = sampler
-                _start_in_background(sampler.run(), app)
+                _stop_at_cleanup(_start_in_background(sampler.run(), app), app)
         return original(app)
 
     init_tornado_settings._hardened_spawner_check = True  # type: ignore[attr-defined]
@@ -79,7 +80,7 @@ def install_hub_start_checks() -> None:
 _background: set = set()
 
 
-def _start_in_background(work, app) -> None:
+def _start_in_background(work, app) -> asyncio.Task | None:
     """Hub-wide work (the backend's hub-start work, the GPU sampler), in the background, so
     the hub's start never waits. It is started here, on the hub's event loop, so what it
     builds hub-wide (the engine client and its threads) exists before any thread can ask
@@ -89,6 +90,24 @@ def _start_in_background(work, app) -> None:
     except RuntimeError as e:  # no running event loop to schedule it on
         work.close()
         app.log.warning("Not starting the hub-wide work at hub start: %s", e)
-        return
+        return None
     _background.add(task)
     task.add_done_callback(_background.discard)
+    return task
+
+
+def _stop_at_cleanup(task: asyncio.Task | None, app) -> None:
+    """Cancel ``task`` when the hub shuts down, before its own cleanup (which may stop every
+    server), and wait for it: the GPU sampler then records the windows it has open, which a
+    stop of the hub would otherwise lose (the event loop drops pending tasks unrun)."""
+    if task is None:
+        return
+    original = app.cleanup
+
+    async def cleanup():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await original()
+
+    app.cleanup = cleanup

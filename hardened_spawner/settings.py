@@ -206,16 +206,18 @@ class HardenedSettings(HasTraits):
     gpu_reclaim_warning = Integer(
         600,
         help="""Seconds before a server's GPUs are reclaimed (any rule) from which the hub's
-        pages warn its user, with the reason and what keeps them. Must be shorter than
-        `gpu_underused_timeout`, so that the warning always comes first.""",
+        home page and GPU board warn its user, with the reason and what keeps them; 0 = no
+        warning. Must be shorter than `gpu_underused_timeout` when that is set, so that the
+        warning always comes first.""",
     ).tag(config=True)
 
     gpu_usage_record_interval = Integer(
-        3600,
+        14400,
         help="""Seconds between two `gpu-usage` audit records of one holding (GPU-seconds used,
-        mean utilisation, peak memory); one is also written when the holding ends. A hub killed
-        without a stop loses at most this much of the measurement (never of the time held);
-        shorter means more lines for the usage ledger to read (benchmarks/usage.py).""",
+        mean utilisation, peak memory); one is also written when the holding ends and when the
+        hub stops. A hub killed hard (SIGKILL, a crash) loses at most this much of the
+        measurement, never of the time held; shorter means more lines for the usage ledger to
+        read (benchmarks/usage.py).""",
     ).tag(config=True)
 
     gpu_board = Bool(

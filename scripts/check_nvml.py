@@ -52,6 +52,7 @@ def hub_modules():
 
 def cuda_context(ready, hold: float) -> None:
     """A child: a CUDA context on device 0, busy copying for ``hold`` seconds."""
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's device 0 is NVML's
     cuda = ctypes.CDLL("libcuda.so.1")
     device, context = ctypes.c_int(), ctypes.c_void_p()
     assert cuda.cuInit(0) == 0, "cuInit failed"
@@ -151,6 +152,11 @@ def main() -> int:
         print(f"   the CUDA child (pid {child.pid}) is {'listed' if seen else 'NOT listed'} by NVML")
         if not seen:
             failed.append("pid_to_cgroup")
+        busy = max((r.percent for r in readings if r.percent is not None), default=None)
+        found["steps"]["busy_device_percent"] = busy
+        print(f"   the busiest device while the child copies: {busy} %")
+        if not busy:  # unknown or 0 while a kernel runs: the utilisation read does not see work
+            failed.append("read")
         child.join(args.hold + 30)
 
     found["failed"] = failed

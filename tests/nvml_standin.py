@@ -13,7 +13,10 @@ or a JSON file read at every call, so a test can change a GPU's utilisation whil
                   "process_samples": true}]}
 
 ``"utilisation": null`` makes the device answer NotSupported (as a MIG instance does);
-``"process_samples": false`` makes per-process utilisation NotSupported. A hub's config
+``"samples": false`` makes it keep no utilisation samples (``nvmlDeviceGetSamples``
+NotSupported: the reader falls back to ``nvmlDeviceGetUtilizationRates``);
+``"process_samples": false`` makes per-process utilisation NotSupported. Samples are stamped
+with the time of the call; a call that asks for samples newer than now gets NotFound. A hub's config
 installs it with ``sys.path`` and ``install(path)`` before it names ``gpu_inventory = "nvml"``.
 """
 
@@ -70,6 +73,18 @@ class StandIn:
                                                "gpuInstanceId": 0xFFFFFFFF, "computeInstanceId": 0xFFFFFFFF})
                     for p in self.device(handle).get("processes", [])]
 
+        def samples(handle, kind, since):
+            d = self.device(handle)
+            if kind != pynvml.NVML_GPU_UTILIZATION_SAMPLES or d.get("utilisation") is None \
+                    or not d.get("samples", True):
+                not_supported()
+            now = int(time.time() * 1e6)
+            if now <= since:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+            value = pynvml.c_nvmlValue_t()
+            value.uiVal = d["utilisation"]
+            return pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, [pynvml.c_nvmlSample_t(timeStamp=now, sampleValue=value)]
+
         def process_utilisation(handle, since):
             d = self.device(handle)
             if not d.get("process_samples", True):
@@ -98,6 +113,7 @@ class StandIn:
             "nvmlDeviceGetName": lambda handle: self.device(handle).get("name", "Stand-in GPU"),
             "nvmlDeviceGetMigMode": lambda handle: not_supported(),
             "nvmlDeviceGetUtilizationRates": utilisation,
+            "nvmlDeviceGetSamples": samples,
             "nvmlDeviceGetMemoryInfo": memory,
             "nvmlDeviceGetComputeRunningProcesses": processes,
             "nvmlDeviceGetProcessUtilization": process_utilisation,

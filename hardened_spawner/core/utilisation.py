@@ -8,7 +8,8 @@ The hub samples each pooled device (`nvml_reader`) and hands the readings here:
   it, `container_id_from_cgroup` maps each PID (through ``/proc/PID/cgroup``) to the server
   container it runs in, and the holder gets the sum of its processes' SM utilisation.
   Anything that cannot be known (no reading, a MIG device, a shared device without
-  per-process samples) is None, and None is never read as idle.
+  per-process samples, or with a busy process that maps to none of its holders) is None, and
+  None is never read as idle.
 - `UnderuseWatch`: since when each holding has been under the threshold at every sample,
   which the reclaim rule (`gpu_board.ReclaimRule`) turns into a deadline.
 - `UseMeter`: GPU-seconds used (utilisation times time) per holding and device, closed into
@@ -95,12 +96,20 @@ def use_by_holder(readings: Iterable[DeviceReading], holdings: Sequence[Holding]
                 mine[uuid] = None
             elif holders_of[uuid] == 1 or reading.percent == 0:
                 mine[uuid] = reading.percent
-            elif not reading.per_process:
+            elif not reading.per_process or unattributed_work(reading, holder_of_pid):
                 mine[uuid] = None
-            else:
+            else:  # a process with no sample since the last read ran no kernel: 0
                 mine[uuid] = min(100, sum(p.sm_percent or 0 for p in reading.processes
                                           if holder_of_pid.get(p.pid) == holding.user))
     return found
+
+
+def unattributed_work(reading: DeviceReading, holder_of_pid: Mapping[int, str]) -> bool:
+    """Whether a process on the device ran kernels (or may have: its sample is missing while the
+    device is busy) and belongs to no holder: a process this hub cannot map (a hub outside the
+    host's PID namespace, another hub's server). Then no holder's share can be known."""
+    return any(p.pid not in holder_of_pid and (p.sm_percent is None or p.sm_percent > 0)
+               for p in reading.processes)
 
 
 def memory_by_holder(readings: Iterable[DeviceReading], holdings: Sequence[Holding],
@@ -156,6 +165,10 @@ class UnderuseWatch:
         """Holder -> the first sample of its current run under the threshold."""
         return {holder: since for holder, (_, since) in self._low.items()}
 
+    def forget(self) -> None:
+        """A sample that failed: nobody is known to be underused any more."""
+        self._low = {}
+
 
 @dataclass(frozen=True)
 class DeviceUse:
@@ -202,10 +215,12 @@ class _Open:
 
 
 class UseMeter:
-    """GPU-seconds used per holding and device (module docstring). Each sample counts from the
-    holding's previous sample (its first from ``max_gap`` before, never before the holding),
-    at most ``max_gap`` seconds (a hub that did not sample for a while does not
-    guess). A holding's record closes every ``record_every`` seconds and when it ends."""
+    """GPU-seconds used per holding and device (module docstring). Each sample's utilisation (the
+    mean since the previous read) counts for the time since the holding's previous sample, at
+    most ``max_gap`` seconds (a hub that did not sample for a while does not guess). A holding's
+    first sample counts from its start when that is at most ``max_gap`` ago; one found running
+    (a hub restart: the hub before it recorded up to its stop) counts from this sample on. A
+    holding's record closes every ``record_every`` seconds and when it ends."""
 
     def __init__(self, record_every: float, max_gap: float) -> None:
         self.record_every = record_every
@@ -224,7 +239,8 @@ class UseMeter:
                     records.append(self._close(ended, ended.last))
         for holder, holding in current.items():
             if holder not in self._open:
-                start = max(holding.since, now - timedelta(seconds=self.max_gap))
+                new = now - holding.since <= timedelta(seconds=self.max_gap)
+                start = holding.since if new else now
                 self._open[holder] = _Open(holding, start, start)
             opened = self._open[holder]
             step = min((now - opened.last).total_seconds(), self.max_gap)

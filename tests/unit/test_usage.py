@@ -601,22 +601,28 @@ def test_the_reports_show_gpu_hours_used_only_when_measured():
     assert json.loads(usage.as_json(rows, by="user", since=at(0), until=at(120)))["total"]["gpu_used_hours"] == 0.5
 
 
-def test_a_gpu_usage_line_as_the_hub_writes_it_is_read_fast_and_the_same_as_through_json(tmp_path):
-    from datetime import datetime, timezone
+@pytest.mark.parametrize("devices", [
+    (("GPU-a", 450.5, 900.0, 50.1, 2**33),),  # one GPU: one regular expression
+    (("GPU-a", 450.5, 900.0, 50.1, 2**33), ("MIG-b", 0.0, 0.0, None, None)),
+])
+def test_a_gpu_usage_line_as_the_hub_writes_it_is_read_fast_and_the_same_as_through_json(
+        tmp_path, monkeypatch, devices):
+    from datetime import datetime, timedelta, timezone
 
     from hardened_spawner.core.utilisation import DeviceUse, UseRecord
 
     trail_path = tmp_path / "audit.jsonl"
     audit = AuditTrail(str(trail_path))
     end = datetime(2026, 11, 2, 9, 15, 30, 250000, tzinfo=timezone.utc)
-    record = UseRecord("ada", "train", end, end, (DeviceUse("GPU-a", 450.5, 900.0, 50.1, 2**33),
-                                                       DeviceUse("MIG-b", 0.0, 0.0, None, None)))
+    record = UseRecord("ada", "train", end - timedelta(seconds=900.125), end,
+                       tuple(DeviceUse(*d) for d in devices))
     audit.emit("gpu-usage", **record.audit_fields())
     audit.close()
-    [line] = trail_path.read_text().splitlines()
-    assert usage._HEAD.match(line) and usage._UTILISATION.search(line)  # the fast path reads it
+    [line] = trail_path.read_text().splitlines(keepends=True)
+    through_json = usage._slow(line)
+    monkeypatch.setattr(usage, "_slow", lambda line: pytest.fail("the fast path fell back to json"))
     event = usage.parse_line(line)
-    assert event == usage._slow(line)
-    assert (event.kind, event.user, event.server, event.devices, event.used) == (
-        "gpu-usage", "ada", "train", ("GPU-a", "MIG-b"), (450.5, 0.0))
+    assert event == through_json
+    assert (event.kind, event.user, event.server, event.devices, event.window, event.used) == (
+        "gpu-usage", "ada", "train", tuple(d[0] for d in devices), 900.125, tuple(d[1] for d in devices))
     assert list(usage.read_events([line])) == [event]
