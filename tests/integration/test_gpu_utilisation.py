@@ -212,8 +212,10 @@ def test_a_shared_gpu_is_split_by_process_through_the_containers_cgroups(hub_fac
             text = cgroup_of(pid)
             assert container_id_from_cgroup(text) == server.id, (pid, text)
 
-    # sid's process keeps the GPU 60 % busy; pat's holds memory and computes nothing
-    write_script(script, [{"uuid": GPU_A, "utilisation": 60, "memory_used": 5 * 2**30, "processes": [
+    # sid's process keeps the GPU 60 % busy; pat's holds memory and computes nothing. (The device's
+    # own memory reads 3 GiB, sid's alone: the script cannot drop pat's process at the very
+    # moment its container goes, and the sample between would give sid the device's whole.)
+    write_script(script, [{"uuid": GPU_A, "utilisation": 60, "memory_used": 3 * 2**30, "processes": [
         {"pid": sid.attrs["State"]["Pid"], "sm": 60, "memory": 3 * 2**30},
         {"pid": pat.attrs["State"]["Pid"], "sm": 0, "memory": 2 * 2**30}]}])
     warned, stopped, _ = watch_until_stopped(hub, "pat", timeout=UNDERUSED + 30)
