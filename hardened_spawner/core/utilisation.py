@@ -22,7 +22,7 @@ Nothing here reads NVML, ``/proc``, the engine or the clock.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -81,10 +81,10 @@ def holders_per_device(holdings: Iterable[Holding]) -> dict[str, int]:
     return found
 
 
-def use_by_holder(readings: Iterable[DeviceReading], holdings: Sequence[Holding],
-                  holder_of_pid: Mapping[int, str]) -> dict[str, dict[str, int | None]]:
-    """Each holding's utilisation per device, keyed by holder (`Holding.user`); see the module
-    docstring. ``holder_of_pid``: the holder whose server runs each NVML PID."""
+def _per_holding(readings: Iterable[DeviceReading], holdings: Sequence[Holding],
+                 share: Callable[[DeviceReading, bool, str], int | None]) -> dict[str, dict[str, int | None]]:
+    """Holder -> device -> ``share(reading, shared by several holders, holder)``; None for a
+    device without a reading."""
     by_uuid = {r.uuid: r for r in readings}
     holders_of = holders_per_device(holdings)
     found: dict[str, dict[str, int | None]] = {}
@@ -92,16 +92,23 @@ def use_by_holder(readings: Iterable[DeviceReading], holdings: Sequence[Holding]
         mine = found.setdefault(holding.user, {})
         for uuid in holding.devices:
             reading = by_uuid.get(uuid)
-            if reading is None or reading.percent is None:
-                mine[uuid] = None
-            elif holders_of[uuid] == 1 or reading.percent == 0:
-                mine[uuid] = reading.percent
-            elif not reading.per_process or unattributed_work(reading, holder_of_pid):
-                mine[uuid] = None
-            else:  # a process with no sample since the last read ran no kernel: 0
-                mine[uuid] = min(100, sum(p.sm_percent or 0 for p in reading.processes
-                                          if holder_of_pid.get(p.pid) == holding.user))
+            mine[uuid] = None if reading is None else share(reading, holders_of[uuid] > 1, holding.user)
     return found
+
+
+def use_by_holder(readings: Iterable[DeviceReading], holdings: Sequence[Holding],
+                  holder_of_pid: Mapping[int, str]) -> dict[str, dict[str, int | None]]:
+    """Each holding's utilisation per device, keyed by holder (`Holding.user`); see the module
+    docstring. ``holder_of_pid``: the holder whose server runs each NVML PID."""
+    def share(reading: DeviceReading, shared: bool, holder: str) -> int | None:
+        if reading.percent is None or not shared or reading.percent == 0:
+            return reading.percent
+        if not reading.per_process or unattributed_work(reading, holder_of_pid):
+            return None
+        # a process with no sample since the last read ran no kernel: 0
+        return min(100, sum(p.sm_percent or 0 for p in reading.processes if holder_of_pid.get(p.pid) == holder))
+
+    return _per_holding(readings, holdings, share)
 
 
 def unattributed_work(reading: DeviceReading, holder_of_pid: Mapping[int, str]) -> bool:
@@ -116,21 +123,13 @@ def memory_by_holder(readings: Iterable[DeviceReading], holdings: Sequence[Holdi
                      holder_of_pid: Mapping[int, str]) -> dict[str, dict[str, int | None]]:
     """Each holding's GPU memory in use per device: the device's, where it has one holder;
     its processes' sum where several share it (None when NVML does not say)."""
-    by_uuid = {r.uuid: r for r in readings}
-    holders_of = holders_per_device(holdings)
-    found: dict[str, dict[str, int | None]] = {}
-    for holding in holdings:
-        mine = found.setdefault(holding.user, {})
-        for uuid in holding.devices:
-            reading = by_uuid.get(uuid)
-            if reading is None:
-                mine[uuid] = None
-            elif holders_of[uuid] == 1:
-                mine[uuid] = reading.memory_used
-            else:
-                sizes = [p.memory_bytes for p in reading.processes if holder_of_pid.get(p.pid) == holding.user]
-                mine[uuid] = None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
-    return found
+    def share(reading: DeviceReading, shared: bool, holder: str) -> int | None:
+        if not shared:
+            return reading.memory_used
+        sizes = [p.memory_bytes for p in reading.processes if holder_of_pid.get(p.pid) == holder]
+        return None if any(size is None for size in sizes) else sum(size or 0 for size in sizes)
+
+    return _per_holding(readings, holdings, share)
 
 
 def holding_percent(percents: Mapping[str, int | None], holding: Holding) -> int | None:
