@@ -144,7 +144,7 @@ class GpuSampler:
 
     def close(self) -> None:
         """The hub stopping: the open windows are recorded, NVML is let go."""
-        for record in self.meter.close_all():
+        for record in self.meter.close_all(datetime.now(timezone.utc)):
             self.audit.emit("gpu-usage", **record.audit_fields())
         with contextlib.suppress(Exception):
             self.reader.close()

@@ -235,7 +235,9 @@ class UseMeter:
             if holder not in current or current[holder].since != ended.holding.since:
                 del self._open[holder]
                 if ended.last > ended.start:  # not a window just opened
-                    records.append(self._close(ended, ended.last))
+                    # it ended between its last sample and this one: the window runs to now, so that
+                    # the ledger, which places a window by its record's time, puts it where it was
+                    records.append(self._close(ended, now))
         for holder, holding in current.items():
             if holder not in self._open:
                 new = now - holding.since <= timedelta(seconds=self.max_gap)
@@ -258,9 +260,9 @@ class UseMeter:
                 self._open[holder] = _Open(holding, now, now)
         return records
 
-    def close_all(self) -> list[UseRecord]:
-        """Every open window, closed at its last sample (the hub stopping)."""
-        records = [self._close(o, o.last) for o in self._open.values() if o.last > o.start]
+    def close_all(self, now: datetime) -> list[UseRecord]:
+        """Every open window, closed now (the hub stopping: the holdings ran until now)."""
+        records = [self._close(o, now) for o in self._open.values() if o.last > o.start]
         self._open.clear()
         return records
 

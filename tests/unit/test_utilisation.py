@@ -169,15 +169,22 @@ def test_the_meter_adds_utilisation_times_time_and_records_windows_and_ends():
              "memory_max_bytes": None},
             {"uuid": "GPU-b", "used_seconds": 60.0, "measured_seconds": 60.0, "mean_percent": 100.0,
              "memory_max_bytes": None}]}}
-    assert meter.close_all() == []  # the window the end opened was empty: no record
+    assert meter.close_all(NOW + 22 * MIN) == []  # the window the end opened was empty: no record
 
 
 def test_the_meter_never_counts_before_the_holding_and_closes_what_is_open_when_asked():
     meter = UseMeter(record_every=900, max_gap=60)
     new = holding("bob/train", "GPU-c", since=NOW - 10 * 1 / 60 * MIN)  # 10 s ago
     meter.observe(NOW, [new], {"bob/train": {"GPU-c": 100}})
-    [record] = meter.close_all()
+    [record] = meter.close_all(NOW + 5 * timedelta(seconds=1))
     assert (record.person, record.server, record.devices[0].used_seconds) == ("bob", "train", 10.0)
+    assert (record.start, record.end) == (new.since, NOW + 5 * timedelta(seconds=1))  # the hub stops now
+    # a holding that ended between two samples: its window runs to the sample that found it gone
+    second = timedelta(seconds=1)
+    meter.observe(NOW, [new], {"bob/train": {"GPU-c": 100}})
+    meter.observe(NOW + 30 * second, [new], {"bob/train": {"GPU-c": 50}})
+    [ended] = meter.observe(NOW + 60 * second, [], {})
+    assert (ended.start, ended.end, ended.devices[0].used_seconds) == (new.since, NOW + 60 * second, 10.0 + 15.0)
 
 
 # --- the NVML reader, against the stand-in ---------------------------------------------------
