@@ -148,6 +148,9 @@ class HubContext:
         self.start_watch = StartWatch(self)
         #: how many servers start at once, the others in line (`start_queue`)
         self.start_queue = StartQueue()
+        #: the engine's answer to a volume with a ``size`` when it has no XFS quotas (the hub-start
+        #: check's, or a spawn's): later workspaces do not ask again ("" until it refused one)
+        self.engine_size_refused = ""
 
     @property
     def client(self):

@@ -109,7 +109,10 @@ class WorkspaceSteps:
             path = await self._btrfs_quota(name, wanted)
             options = quota.bind_options(path) if path else {}
         elif method == ENGINE_SIZE:
-            options = quota.size_options(wanted or 0)
+            if self.context.engine_size_refused:  # it will refuse again: no failing create, the same words
+                self._quota_unenforced(wanted, method, name, self.context.engine_size_refused)
+            else:
+                options = quota.size_options(wanted or 0)
         if not options:
             return (await ensure_volume(self.context, name, labels_))[1], None
         try:
@@ -117,7 +120,8 @@ class WorkspaceSteps:
         except docker.errors.APIError as e:
             if not quota.is_no_quota_support(e):
                 raise
-            self._quota_unenforced(wanted, method, name, f"the Docker engine answered {e.explanation!r}")
+            self.context.engine_size_refused = f"the Docker engine answered {e.explanation!r}"
+            self._quota_unenforced(wanted, method, name, self.context.engine_size_refused)
             return (await ensure_volume(self.context, name, labels_))[1], None
         self.log.info("Workspace %s for %s made with a quota of %s (%s)", name, self.user.name,
                       format_size(wanted), method)
@@ -200,6 +204,7 @@ class WorkspaceSteps:
             method = ENGINE_SIZE
             why = await self.context.run(lambda: quota.engine_size_problem(self.context.client))
             why = why and f"the Docker engine answered {why!r} for a volume with a size"
+            self.context.engine_size_refused = why
         if not why:
             return ""
         return quota.unenforced_message(cls, summary, method, why, self.workspace_quota_required)

@@ -29,10 +29,12 @@ class QuotaEngine(FakeEngine):
     def __init__(self, sizes: bool = False):
         super().__init__()
         self.sizes = sizes
+        self.sizes_refused: list[str] = []
 
     def create_volume(self, name=None, driver=None, driver_opts=None, labels=None):
         if driver_opts and "size" in driver_opts and not self.sizes:
             self._call("create_volume")
+            self.sizes_refused.append(name)
             response = requests.Response()
             response.status_code = 500
             raise docker.errors.APIError("500", response, explanation=f"create {name}: {quota.NO_ENGINE_QUOTA}")
@@ -148,6 +150,19 @@ async def test_an_engine_without_xfs_quotas_makes_a_plain_volume(engine, server_
         await spawner.start()
     assert engine.volume_state["jupyterhub-workspace-alice"]["Options"] is None
     assert "quota size requested but no quota support" in caplog.text
+
+
+async def test_an_engine_without_xfs_quotas_is_asked_once_per_hub(engine, server_port, caplog):
+    """The first refusal is the engine's for the hub's life: the next new workspaces are made
+    plain at once (each still logged as without a quota), with no failing create first."""
+    first = spawner_in(server_port)
+    await first.start()
+    second = make_spawner(server_port, name="bob", user_id=2)
+    with caplog.at_level(logging.WARNING):
+        await second.start()
+    assert engine.sizes_refused == ["jupyterhub-workspace-alice"]
+    assert engine.volume_state["jupyterhub-workspace-bob"]["Options"] is None
+    assert "jupyterhub-workspace-bob: the Docker engine answered" in caplog.text
 
 
 async def test_an_engine_without_xfs_quotas_refuses_a_required_quota(engine, server_port):
