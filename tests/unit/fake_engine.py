@@ -23,7 +23,38 @@ from hardened_spawner.docker.hub_context import reset_hub_contexts
 NETWORK = "hardened-spawner-users"
 
 
-class FakeEngine(docker.APIClient):
+class VolumeTable:
+    """The engine's named volumes as docker-py's volume calls see them, for any fake engine
+    (the calls are reported to ``_call``, which a fake may record or fail)."""
+
+    volume_state: dict[str, dict]
+
+    def _call(self, name: str) -> None:
+        pass
+
+    def create_volume(self, name=None, driver=None, driver_opts=None, labels=None):
+        self._call("create_volume")
+        self.volume_state.setdefault(name, {"Name": name, "Labels": dict(labels or {}),
+                                            "Mountpoint": f"/var/lib/docker/volumes/{name}/_data"})
+        return self.volume_state[name]
+
+    def inspect_volume(self, name):
+        self._call("inspect_volume")
+        if name not in self.volume_state:
+            raise docker.errors.NotFound(name)
+        return self.volume_state[name]
+
+    def remove_volume(self, name, force=False):
+        self._call("remove_volume")
+        if self.volume_state.pop(name, None) is None:
+            raise docker.errors.NotFound(name)
+
+    def volumes(self, filters=None):
+        self._call("volumes")
+        return {"Volumes": [v for v in self.volume_state.values() if _matches(v["Labels"], filters)]}
+
+
+class FakeEngine(VolumeTable, docker.APIClient):
     def __init__(self, *, server_ip: str = "127.0.0.1"):
         super().__init__(base_url="unix:///nonexistent/fake.sock", version="1.41")
         self.server_ip = server_ip
@@ -71,29 +102,6 @@ class FakeEngine(docker.APIClient):
         if name not in self.networks_by_name:
             raise docker.errors.NotFound(name)
         return self.networks_by_name[name]
-
-    # --- volumes ----------------------------------------------------------------------
-
-    def create_volume(self, name=None, driver=None, driver_opts=None, labels=None):
-        self._call("create_volume")
-        self.volume_state.setdefault(name, {"Name": name, "Labels": dict(labels or {}),
-                                            "Mountpoint": f"/var/lib/docker/volumes/{name}/_data"})
-        return self.volume_state[name]
-
-    def inspect_volume(self, name):
-        self._call("inspect_volume")
-        if name not in self.volume_state:
-            raise docker.errors.NotFound(name)
-        return self.volume_state[name]
-
-    def remove_volume(self, name, force=False):
-        self._call("remove_volume")
-        if self.volume_state.pop(name, None) is None:
-            raise docker.errors.NotFound(name)
-
-    def volumes(self, filters=None):
-        self._call("volumes")
-        return {"Volumes": [v for v in self.volume_state.values() if _matches(v["Labels"], filters)]}
 
     # --- containers -------------------------------------------------------------------
 

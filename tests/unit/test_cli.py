@@ -11,6 +11,7 @@ import threading
 
 import docker.errors
 import pytest
+from fake_engine import VolumeTable
 from image_exports import SINGLEUSER_IMAGE, export, f
 
 from hardened_spawner import cli
@@ -493,8 +494,9 @@ def test_no_inventory():
 # --- the plain functions over a stand-in engine ------------------------------
 
 
-class FakeEngine:
-    """The docker-py APIClient methods the commands use, answering from literal dicts."""
+class FakeEngine(VolumeTable):
+    """The docker-py APIClient methods the commands use, answering from literal dicts (the
+    volumes: `fake_engine.VolumeTable`)."""
 
     def __init__(self, containers, identity_volume=True):
         self.inspects = {c["Id"]: c for c in containers}
@@ -528,17 +530,6 @@ class FakeEngine:
         self.calls.append(("get_image", name))
         return iter([EXPORTS[self.inspect_image(name)["Id"]]])
 
-    def create_volume(self, name, labels):
-        self.volume_state[name] = {"Name": name, "Labels": labels}
-
-    def remove_volume(self, name):
-        if self.volume_state.pop(name, None) is None:
-            raise docker.errors.NotFound(name)
-
-    def volumes(self, filters):
-        wanted = dict(f.split("=", 1) for f in filters["label"])
-        return {"Volumes": [v for v in self.volume_state.values() if all_items(wanted, v["Labels"])]}
-
     def inspect_container(self, container):
         found = self.inspects.get(container) or self.by_name.get(container)
         if found is None:
@@ -546,9 +537,8 @@ class FakeEngine:
         return found
 
     def inspect_volume(self, name):
-        if name in self.volume_state:
-            return self.volume_state[name]
-        if name != "hardened-spawner-identity":
+        if name in self.volume_state or name != "hardened-spawner-identity":
+            return super().inspect_volume(name)
             raise docker.errors.NotFound(name)
         if not self.identity_volume:
             raise docker.errors.NotFound(f"get {name}: no such volume")

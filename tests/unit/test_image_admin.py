@@ -5,6 +5,7 @@ servers run it."""
 from __future__ import annotations
 
 import docker.errors
+from fake_engine import VolumeTable
 from image_exports import SINGLEUSER_IMAGE, export, f
 
 from hardened_spawner.admission.rules import AdmissionRules, Approval
@@ -16,9 +17,9 @@ SETTINGS = AdmissionSettings(AdmissionRules())
 APPROVED_OLD = Approval("img:1", OLD, "", "alice", "2026-12-01T09:00:00+00:00")
 
 
-class Engine:
+class Engine(VolumeTable):
     """The engine calls `running_images` makes: servers, images (with their exports) and
-    admission's records (volume labels)."""
+    admission's records (volume labels, `fake_engine.VolumeTable`)."""
 
     def __init__(self, tags: dict[str, str], servers: dict[str, tuple[str, str]]):
         self.tags = tags  # name -> the ID it means now
@@ -45,22 +46,6 @@ class Engine:
     def get_image(self, image_id, chunk_size=None):
         return iter([self.exports[image_id]])
 
-    def inspect_volume(self, name):
-        if name not in self.volume_state:
-            raise docker.errors.NotFound(name)
-        return self.volume_state[name]
-
-    def create_volume(self, name, labels):
-        self.volume_state[name] = {"Name": name, "Labels": labels}
-
-    def remove_volume(self, name):
-        if self.volume_state.pop(name, None) is None:
-            raise docker.errors.NotFound(name)
-
-    def volumes(self, filters):
-        wanted = dict(item.split("=", 1) for item in filters["label"])
-        return {"Volumes": [v for v in self.volume_state.values()
-                            if all(v["Labels"].get(k) == w for k, w in wanted.items())]}
 
 
 def engine_with(tags, servers, *approvals) -> Engine:
