@@ -67,24 +67,32 @@ class Hub:
     def log_path(self) -> Path:
         return self.workdir / "hub.log"
 
-    def config_text(self) -> str:
+    def process_config(self, spawner_class: str, hub_ip: str) -> str:
+        """What every test hub process is given: its spawner, the dummy login, its ports, its
+        proxy and its files (`config_text` adds the rest; `KubeHub` too)."""
         return textwrap.dedent(
             f"""
             c = get_config()  # noqa
-            c.JupyterHub.spawner_class = "hardened"
+            c.JupyterHub.spawner_class = "{spawner_class}"
             c.JupyterHub.authenticator_class = "dummy"
             c.Authenticator.allow_all = True
             c.JupyterHub.ip = "127.0.0.1"
             c.JupyterHub.port = {self.port}
-            c.JupyterHub.hub_ip = "0.0.0.0"
+            c.JupyterHub.hub_ip = "{hub_ip}"
             c.JupyterHub.hub_port = {self.hub_port}
-            c.JupyterHub.hub_connect_ip = "{docker0_address()}"
             c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
             # fixed, so a restarted hub can talk to the proxy that outlived it
             c.ConfigurableHTTPProxy.auth_token = "{self.token}-proxy"
             c.ConfigurableHTTPProxy.pid_file = "{self.workdir}/proxy.pid"
             c.JupyterHub.db_url = "sqlite:///{self.workdir}/hub.sqlite"
             c.JupyterHub.cookie_secret_file = "{self.workdir}/cookie_secret"
+            """
+        )
+
+    def config_text(self) -> str:
+        return self.process_config("hardened", "0.0.0.0") + textwrap.dedent(
+            f"""
+            c.JupyterHub.hub_connect_ip = "{docker0_address()}"
             c.JupyterHub.cleanup_servers = False
             # answer spawn requests at once, so tests follow the whole progress stream
             c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}

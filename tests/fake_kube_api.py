@@ -219,23 +219,7 @@ class KubeHub(Hub):
     kube_api: FakeKubeApi | None = None
 
     def config_text(self) -> str:
-        head = textwrap.dedent(
-            f"""
-            c = get_config()  # noqa
-            c.JupyterHub.spawner_class = "hardened-kube"
-            c.JupyterHub.authenticator_class = "dummy"
-            c.Authenticator.allow_all = True
-            c.JupyterHub.ip = "127.0.0.1"
-            c.JupyterHub.port = {self.port}
-            c.JupyterHub.hub_ip = "127.0.0.1"
-            c.JupyterHub.hub_port = {self.hub_port}
-            c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
-            c.ConfigurableHTTPProxy.auth_token = "{self.token}-proxy"
-            c.ConfigurableHTTPProxy.pid_file = "{self.workdir}/proxy.pid"
-            c.JupyterHub.db_url = "sqlite:///{self.workdir}/hub.sqlite"
-            c.JupyterHub.cookie_secret_file = "{self.workdir}/cookie_secret"
-            """
-        )
+        head = self.process_config("hardened-kube", "127.0.0.1")
         tail = textwrap.dedent(
             f"""
             # --- the test's own, after the spawner's config -----------------------------
