@@ -271,14 +271,33 @@ def test_the_board_shows_utilisation_memory_the_underuse_and_the_warning():
 @pytest.mark.parametrize("timeout, warning, inventory, interval, problem", [
     (0, 600, "none", 30, ""),
     (3600, 600, "nvml", 30, ""),
-    (3600, 600, ["GPU-a"], 30, 'set gpu_inventory = "nvml"'),
-    (3600, 600, "nvml", 0, "set gpu_utilisation_interval above 0"),
-    (600, 600, "nvml", 30, "gpu_reclaim_warning (600 s) must be shorter than gpu_underused_timeout (600 s)"),
-    (50, 10, "nvml", 30, "must be at least two utilisation samples"),
+    (3600, 600, ["GPU-a"], 30, "gpu_underused_timeout needs the GPUs' utilisation, which the hub reads through "
+                               "NVML: set gpu_inventory = \"nvml\" (it is ['GPU-a']), or gpu_underused_timeout = 0."),
+    (3600, 600, "nvml", 0, "gpu_underused_timeout needs utilisation samples: set gpu_utilisation_interval above 0, "
+                           "or gpu_underused_timeout = 0."),
+    (600, 600, "nvml", 30, "gpu_reclaim_warning (600 s) must be shorter than gpu_underused_timeout (600 s), so "
+                           "that users are warned before their GPUs go back."),
+    (50, 10, "nvml", 30, "gpu_underused_timeout (50 s) must be at least two utilisation samples "
+                         "(gpu_utilisation_interval = 30 s)."),
 ])
 def test_the_underuse_rules_settings_are_checked_together(timeout, warning, inventory, interval, problem):
-    found = underuse_rule_problem(timeout, warning, inventory, interval)
-    assert (problem in found) if problem else found == ""
+    assert underuse_rule_problem(timeout, warning, inventory, interval) == problem
+
+
+def test_the_hub_start_check_names_the_setting_of_the_configured_class():
+    from types import SimpleNamespace
+
+    from traitlets import TraitError
+
+    from hardened_spawner import HardenedSpawner
+
+    spawner = HardenedSpawner(user=SimpleNamespace(name="config-check", id=0, admin=False, groups=[]),
+                              gpu_underused_timeout=3600)
+    with pytest.raises(TraitError) as refused:
+        spawner.check_config()
+    assert str(refused.value) == (
+        "HardenedSpawner.gpu_underused_timeout needs the GPUs' utilisation, which the hub reads through NVML: "
+        "set gpu_inventory = \"nvml\" (it is 'none'), or gpu_underused_timeout = 0.")
 
 
 # --- the sampler, end to end in one process (stand-in driver, a real GPU table) --------------
